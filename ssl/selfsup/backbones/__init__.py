@@ -1,0 +1,10 @@
+"""The shared backbone API and its registry.
+
+Every backbone is an ``nn.Module`` with ``num_features``, ``forward(x) -> (B, num_features)`` (pooled) and
+``forward_features(x) -> (B, C, h, w)`` (or ``(B, C, t, h, w)`` for video), the dense map before pooling.
+"""
+
+from selfsup.backbones.base import Backbone, available_backbones, build_backbone, register_backbone
+from selfsup.backbones import resnet  # noqa: F401  (registers the ResNet family)
+
+__all__ = ["Backbone", "available_backbones", "build_backbone", "register_backbone"]

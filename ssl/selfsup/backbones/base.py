@@ -1,0 +1,54 @@
+"""Backbone base class and the name -> constructor registry."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from selfsup.errors import ConfigError
+
+
+class Backbone(nn.Module):
+    """A feature extractor with a dense map (``forward_features``) and a pooled vector (``forward``)."""
+
+    num_features: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense feature map before pooling: (B, C, h, w) for images, (B, C, t, h, w) for video."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, num_features): the mean of the dense map over all space (and time)."""
+        return self.forward_features(x).flatten(2).mean(dim=2)
+
+
+_REGISTRY: dict[str, Callable[..., Backbone]] = {}
+
+
+def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable[..., Backbone]]:
+    """Decorator: make a backbone constructor available to ``build_backbone(name)``."""
+
+    def add(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return add
+
+
+def available_backbones() -> list[str]:
+    """Names accepted by ``build_backbone``."""
+    return sorted(_REGISTRY)
+
+
+def build_backbone(name: str, **kwargs) -> Backbone:
+    """Build a registered backbone by name; unknown names and arguments raise a ConfigError."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of: {', '.join(available_backbones())}")
+    try:
+        return _REGISTRY[name](**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"backbone {name!r} does not accept these arguments {sorted(kwargs)}: {err}") from err

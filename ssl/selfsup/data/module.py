@@ -1,0 +1,135 @@
+"""The one LightningDataModule: any source, the method's views in the workers, equal epochs on every rank."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from selfsup.data.shards import EpochLoader, ShardStream
+from selfsup.data.sources import Source
+from selfsup.data.views import EvalView, ViewRecipe
+from selfsup.errors import ConfigError
+
+
+class SSLDataModule(L.LightningDataModule):
+    """Streams a source as training views and un-augmented evaluation images.
+
+    Args:
+        source: ``builtin:mnist5k``, ``shards:FOLDER`` (a folder with manifest.json) or
+            ``shards:FOLDER/train-{000000..000127}.tar``.
+        batch_size: images per batch on each device (the global batch is this x devices x nodes).
+        num_workers: loader processes per device; capped by the shards each rank has.
+        views: the training view recipe; by default the method's own (``default_views``).
+        image_size: side of evaluation images (default: the data's own size).
+        eval_resize: short side before the evaluation centre crop (default: ``image_size``).
+        shuffle_buffer: samples held for shuffling within each worker.
+        seed: seed of shard and sample shuffling.
+    """
+
+    def __init__(
+        self,
+        source: str = "builtin:mnist5k",
+        batch_size: int = 256,
+        num_workers: int = 2,
+        views: ViewRecipe | None = None,
+        image_size: int | None = None,
+        eval_resize: int | None = None,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
+        self.source = Source(source)
+        self.batch_size, self.num_workers, self.views = batch_size, num_workers, views
+        self.image_size = image_size or (self.source.builtin.image_size if self.source.builtin else None)
+        self.eval_resize, self.shuffle_buffer, self.seed = eval_resize, shuffle_buffer, seed
+        self._eval_loaders: dict[tuple[str, int, int], DataLoader] = {}  # reused: their workers persist
+
+    @property
+    def num_classes(self) -> int:
+        """Number of label classes (0: unlabeled)."""
+        return len(self.source.classes)
+
+    @property
+    def num_channels(self) -> int:
+        """Image channels as decoded (1: grayscale, 3: RGB)."""
+        return self.source.channels
+
+    def prepare_data(self) -> None:
+        self.source.resolve()
+
+    def setup(self, stage: str) -> None:
+        if self.views is None:
+            module = self.trainer.lightning_module if self.trainer else None
+            if module is None or not hasattr(module, "default_views"):
+                raise ConfigError("data.views is not set and there is no method to take default views from")
+            self.views = module.default_views(self._eval_size())
+
+    def _eval_size(self) -> int:
+        if self.image_size is None:
+            raise ConfigError(f"data.image_size must be set for source {self.source.spec!r}")
+        return self.image_size
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
+    def _loader(self, stream: ShardStream, shards: int) -> DataLoader:
+        workers = min(self.num_workers, max(1, shards // stream.world_size))
+        return DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> EpochLoader:
+        rank, world = self._world()
+        split = self.source.split("train")
+        if len(split.urls) < world:
+            raise ConfigError(
+                f"{len(split.urls)} training shard(s) cannot feed {world} ranks: write more, smaller shards"
+            )
+        num_batches = split.num_samples // (self.batch_size * world)
+        if num_batches == 0:
+            raise ConfigError(
+                f"data.batch_size {self.batch_size} x {world} device(s) is larger than the "
+                f"{split.num_samples} training samples of {self.source.spec}; lower data.batch_size"
+            )
+        stream = ShardStream(
+            split.urls, self.views, self.batch_size, self.num_channels, repeat=True,
+            shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world,
+        )
+        return EpochLoader(self._loader(stream, len(split.urls)), num_batches)
+
+    def eval_dataloader(self, split: str, all_ranks: bool = False) -> DataLoader:
+        """Un-augmented images of ``split``, each exactly once; this rank's part unless ``all_ranks``."""
+        rank, world = (0, 1) if all_ranks else self._world()
+        shards = self.source.split(split)
+        if len(shards.urls) < world:  # too few shards to split: every rank reads all
+            rank, world = 0, 1
+        key = (split, rank, world)
+        if key not in self._eval_loaders:
+            transform = EvalView(self._eval_size(), self.eval_resize)
+            stream = ShardStream(shards.urls, transform, self.batch_size, self.num_channels, repeat=False,
+                                 rank=rank, world_size=world)
+            self._eval_loaders[key] = self._loader(stream, len(shards.urls))
+        return self._eval_loaders[key]
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test" if self.source.has_split("test") else "val")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("val", all_ranks=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"source": self.source.spec, "seed": self.seed}

@@ -1,0 +1,170 @@
+"""Writing samples to webdataset tar shards, and streaming them back as decoded, transformed batches."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from torchvision.io import ImageReadMode, decode_image
+
+from selfsup.data.manifest import Manifest, Split
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+
+
+def write_split(
+    samples: Iterable[dict[str, Any]], folder: Path, split: str, maxcount: int = 1000, progress: bool = True
+) -> Split:
+    """Write webdataset samples (dicts with ``__key__`` and encoded members) to ``folder/split-NNNNNN.tar``."""
+    counts: dict[str, int] = {}
+    pattern = str(Path(folder) / f"{split}-%06d.tar")
+    with wds.ShardWriter(pattern, maxcount=maxcount, verbose=0) as sink:
+        for sample in _progress(samples, f"writing {split} shards", progress):
+            sink.write(sample)
+            name = Path(sink.fname).name
+            counts[name] = counts.get(name, 0) + 1
+    return Split(shards=list(counts), counts=list(counts.values()))
+
+
+def _progress(items: Iterable, desc: str, enabled: bool) -> Iterable:
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit=" samples", leave=False)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Move a finished shard set into place atomically (a concurrent writer that lost the race is discarded)."""
+    try:
+        tmp.rename(final)
+    except OSError:
+        if (final / "manifest.json").is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            raise
+
+
+def decode_sample(sample: dict[str, Any], channels: int) -> dict[str, Any]:
+    """Decode one raw webdataset sample to ``{"image": uint8 (C, H, W), "label": int}`` (label -1: none).
+
+    Only image bytes and the ``cls`` text are read; every other member is ignored, so nothing is unpickled.
+    """
+    ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+    if ext is None:
+        raise ValueError(f"sample {sample.get('__key__')} has no image member ({', '.join(IMAGE_EXTENSIONS)})")
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    image = decode_image(torch.frombuffer(bytearray(sample[ext]), dtype=torch.uint8), mode=mode)
+    label = int(sample["cls"].decode()) if "cls" in sample else -1
+    return {"image": image, "label": label}
+
+
+class ShardStream(IterableDataset):
+    """Batches from a list of shards: shard split over ranks then workers, a sample shuffle buffer, decoding,
+    a per-sample transform, and batching, all inside the loader's workers.
+
+    ``repeat=True`` (training) loops over this worker's shards forever, reshuffling each pass; the loader
+    wrapper (`EpochLoader`) cuts the stream into equal epochs, so every rank yields the same number of batches.
+    ``repeat=False`` (evaluation) reads each sample exactly once, in shard order, and keeps a partial last batch.
+    Rank and world size are given explicitly: workers cannot see the process group.
+    """
+
+    def __init__(
+        self,
+        urls: list[str],
+        transform: Callable[[torch.Tensor], dict[str, Any]],
+        batch_size: int,
+        channels: int,
+        *,
+        repeat: bool,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__()
+        self.urls, self.transform, self.batch_size, self.channels = list(urls), transform, batch_size, channels
+        self.repeat, self.shuffle_buffer, self.seed = repeat, shuffle_buffer, seed
+        self.rank, self.world_size = rank, world_size
+        self._passes = 0  # counts __iter__ calls in this copy (persistent workers keep their copy)
+
+    def _my_shards(self, pass_index: int, worker: int, num_workers: int) -> list[str]:
+        urls = list(self.urls)
+        if self.repeat:
+            random.Random(self.seed + pass_index).shuffle(urls)  # same permutation on every rank and worker
+        return urls[self.rank :: self.world_size][worker::num_workers]
+
+    def _samples(self, worker: int, num_workers: int) -> Iterator[dict[str, Any]]:
+        pass_index = self._passes
+        self._passes += 1
+        while True:
+            shards = self._my_shards(pass_index, worker, num_workers)
+            if not shards and self.repeat:
+                raise RuntimeError(
+                    f"rank {self.rank} worker {worker} has no shard of {len(self.urls)}: use fewer workers/ranks "
+                    "or write more, smaller shards"
+                )
+            stream = wds.tarfile_samples([{"url": u} for u in shards])
+            if self.shuffle_buffer > 1:
+                rng = random.Random(hash((self.seed, pass_index, self.rank, worker)))
+                stream = _shuffled(stream, self.shuffle_buffer, rng)
+            yield from stream
+            if not self.repeat:
+                return
+            pass_index += 1000  # later passes of this iterator: fresh permutations, distinct from next epoch's
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        batch: list[dict[str, Any]] = []
+        for raw in self._samples(worker, num_workers):
+            decoded = decode_sample(raw, self.channels)
+            item = self.transform(decoded["image"])
+            item["label"] = decoded["label"]
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield default_collate(batch)
+                batch = []
+        if batch:
+            yield default_collate(batch)
+
+
+def _shuffled(items: Iterable, size: int, rng: random.Random) -> Iterator:
+    buffer: list = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        k = rng.randrange(size)
+        yield buffer[k]
+        buffer[k] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class EpochLoader:
+    """A DataLoader over an endless stream, cut into epochs of exactly ``num_batches`` batches."""
+
+    def __init__(self, loader: DataLoader, num_batches: int) -> None:
+        self.loader, self.num_batches = loader, num_batches
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[Any]:
+        return islice(iter(self.loader), self.num_batches)
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    """PNG bytes of a uint8 (C, H, W) tensor."""
+    from torchvision.io import encode_png as _encode
+
+    return _encode(image.contiguous()).numpy().tobytes()
+
+

@@ -1,0 +1,30 @@
+"""One batched, gradient-free pass of a backbone over a loader of un-augmented images."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module, loader: Iterable[dict], device: torch.device | str = "cpu", progress: bool = False,
+    desc: str = "features",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features (N, D) float32 on the CPU and labels (N,) for every image in ``loader``.
+
+    The backbone runs in eval mode (BN uses its running statistics) and is put back in its previous mode.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    feats, labels = [], []
+    try:
+        for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+            feats.append(backbone(batch["image"].to(device, non_blocking=True)).float().cpu())
+            labels.append(batch["label"])
+    finally:
+        backbone.train(was_training)
+    return torch.cat(feats), torch.cat(labels)

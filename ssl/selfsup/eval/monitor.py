@@ -1,0 +1,62 @@
+"""KNNMonitor: weighted kNN top-1 of the backbone during pretraining, and against its random init."""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+
+from selfsup.eval.features import extract_features
+from selfsup.eval.knn import knn_accuracy
+
+
+class KNNMonitor(L.Callback):
+    """Every ``every_n_epochs`` (and after the last epoch) embed the un-augmented train (bank) and val
+    (queries) images and log ``knn/top1`` and ``knn/top5``. With ``baseline=True`` it also measures the
+    backbone before training starts and prints both at the end. Runs on rank 0 only.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, k: int = 20, temperature: float = 0.07, baseline: bool = True):
+        self.every_n_epochs, self.k, self.temperature, self.baseline = every_n_epochs, k, temperature, baseline
+        self.results: dict[str, dict[str, float]] = {}
+
+    def _measure(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, float] | None:
+        data = trainer.datamodule
+        if not hasattr(data, "eval_dataloader") or getattr(data, "num_classes", 0) == 0:
+            return None
+        bank, bank_labels = extract_features(module.backbone, data.eval_dataloader("train", all_ranks=True),
+                                             module.device, desc="kNN bank")
+        queries, query_labels = extract_features(module.backbone, data.eval_dataloader("val", all_ranks=True),
+                                                 module.device, desc="kNN queries")
+        return knn_accuracy(bank, bank_labels, queries, query_labels, self.k, self.temperature, data.num_classes)
+
+    def _log(self, trainer: L.Trainer, result: dict[str, float]) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics({f"knn/{name}": value for name, value in result.items()}, step=trainer.global_step)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.baseline and trainer.is_global_zero and "init" not in self.results:
+            result = self._measure(trainer, pl_module)
+            if result is not None:
+                self.results["init"] = result
+                self._log(trainer, result)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        if not trainer.is_global_zero or trainer.sanity_checking or not (last or epoch % self.every_n_epochs == 0):
+            return
+        result = self._measure(trainer, pl_module)
+        if result is not None:
+            self.results["trained"] = result
+            self._log(trainer, result)
+            pl_module.print(f"epoch {epoch}: kNN top-1 {result['top1']:.4f} (k={self.k}, T={self.temperature})")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or "trained" not in self.results:
+            return
+        lines = [f"kNN on val (k={self.k}, T={self.temperature}, bank: train)   top-1    top-5"]
+        for name, label in (("init", "random-init backbone"), ("trained", "pretrained backbone")):
+            if name in self.results:
+                r = self.results[name]
+                lines.append(f"  {label:<52} {r['top1']:.4f}   {r['top5']:.4f}")
+        rank_zero_info("\n".join(lines))

@@ -1,0 +1,54 @@
+"""Heads shared by the methods: projectors (MLP), and the linear classifier used by probes."""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+from torch import nn
+
+LastNorm = Literal["none", "bn", "bn_noshift"]
+
+
+def _batch_norm(dim: int, shift: bool = True) -> nn.BatchNorm1d:
+    bn = nn.BatchNorm1d(dim)
+    if not shift:  # learnable scale, no learnable shift (SimCLR's last projector BN)
+        bn.register_parameter("bias", None)
+    return bn
+
+
+class MLP(nn.Sequential):
+    """Linear layers ``dims[0] -> dims[1] -> ... -> dims[-1]``.
+
+    Hidden layers are Linear -> BN -> ReLU (Linear -> ReLU with ``hidden_norm=False``); the last layer is a
+    Linear followed by ``last_norm``: nothing, BN, or BN with scale but no shift. A Linear followed by BN has no
+    bias (BN's shift replaces it). Covers SimCLR v1 (``[D, D, 128]``, ``last_norm="bn_noshift"``), SimCLR v2
+    (``[D, D, D, 128]``), SwAV (``[D, 2048, 128]``) and CVRL (``[D, 2048, 2048, 2048, 128]``).
+    """
+
+    def __init__(self, dims: Sequence[int], hidden_norm: bool = True, last_norm: LastNorm = "none") -> None:
+        if len(dims) < 2:
+            raise ValueError(f"an MLP needs at least an input and an output size, got {list(dims)}")
+        layers: list[nn.Module] = []
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            last = i == len(dims) - 2
+            norm = last_norm != "none" if last else hidden_norm
+            layers.append(nn.Linear(d_in, d_out, bias=not norm))
+            if norm:
+                layers.append(_batch_norm(d_out, shift=not (last and last_norm == "bn_noshift")))
+            if not last:
+                layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+        self.dims = list(dims)
+
+
+class LinearClassifier(nn.Linear):
+    """A linear layer from features to class logits (online probe, linear evaluation)."""
+
+    def __init__(self, num_features: int, num_classes: int) -> None:
+        super().__init__(num_features, num_classes)
+        nn.init.zeros_(self.bias)
+        nn.init.normal_(self.weight, std=0.01)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(features)

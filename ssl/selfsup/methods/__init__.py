@@ -1,0 +1,6 @@
+"""Self-supervised methods as LightningModules over the shared backbone API."""
+
+from selfsup.methods.base import SSLMethod, StepOutput
+from selfsup.methods.simclr import SimCLR
+
+__all__ = ["SSLMethod", "StepOutput", "SimCLR"]

@@ -1,0 +1,167 @@
+"""SSLMethod: what every method shares (backbone, optimizer and schedule, online probe, logging)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from selfsup.backbones import build_backbone
+from selfsup.data.views import ViewRecipe
+from selfsup.errors import ConfigError
+from selfsup.heads import LinearClassifier
+from selfsup.optim import LRScaling, OptimizerName, build_optimizer, scaled_lr, split_decay, warmup_cosine
+
+
+@dataclass
+class StepOutput:
+    """What a method's ``ssl_step`` returns: the loss, backbone features for the online probe, extra logs."""
+
+    loss: torch.Tensor
+    features: torch.Tensor | None = None
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class SSLMethod(L.LightningModule):
+    """Base of every method. A subclass adds its heads and implements ``ssl_step`` and ``default_views``.
+
+    Args:
+        backbone: a name from ``selfsup.backbones.available_backbones()``.
+        backbone_args: keyword arguments of that backbone (e.g. ``{width: 16, cifar_stem: true}``).
+        in_channels: image channels (linked from the data in the CLI).
+        num_classes: label classes for the online probe; 0 turns it off (linked from the data).
+        batch_size: per-device batch size (linked from the data), for the lr scaling rule.
+        optimizer: ``lars`` (SimCLR's LARS), ``sgd`` (momentum) or ``adamw``.
+        lr: base learning rate before scaling.
+        lr_scaling: ``linear`` (lr x global batch / 256), ``sqrt`` (lr x sqrt(global batch)) or ``none``.
+        weight_decay: applied to weights, never to norms and biases.
+        momentum: SGD/LARS momentum.
+        betas: AdamW betas.
+        warmup_epochs: linear warmup length (fractions allowed), counted in optimizer steps.
+        warmup_start_factor: lr at step 0 as a fraction of the peak lr.
+        final_lr_factor: lr at the last step as a fraction of the peak lr (cosine decay).
+        probe_lr: lr of the online linear probe on detached features (not scaled, same schedule).
+    """
+
+    view_kinds: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        backbone_args: dict[str, Any] | None = None,
+        in_channels: int = 3,
+        num_classes: int = 0,
+        batch_size: int = 256,
+        optimizer: OptimizerName = "lars",
+        lr: float = 0.3,
+        lr_scaling: LRScaling = "linear",
+        weight_decay: float = 1e-6,
+        momentum: float = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 10.0,
+        warmup_start_factor: float = 0.0,
+        final_lr_factor: float = 0.0,
+        probe_lr: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = build_backbone(backbone, in_channels=in_channels, **(backbone_args or {}))
+        self.probe = LinearClassifier(self.backbone.num_features, num_classes) if num_classes > 0 else None
+        self._last_batch_end: float | None = None
+
+    # ---- what a method implements -------------------------------------------------------------------
+    def default_views(self, size: int) -> ViewRecipe:
+        """The method's own view recipe at image side ``size``."""
+        raise NotImplementedError
+
+    def ssl_step(self, batch: dict[str, Any]) -> StepOutput:
+        """The self-supervised loss of one training batch."""
+        raise NotImplementedError
+
+    # ---- shared machinery --------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features."""
+        return self.backbone(images)
+
+    def setup(self, stage: str) -> None:
+        views = getattr(self.trainer.datamodule, "views", None) if self._trainer else None
+        if stage == "fit" and views is not None and views.kind not in self.view_kinds:
+            name = type(self).__name__
+            raise ConfigError(
+                f"{name} needs {' or '.join(repr(k) for k in self.view_kinds)} views, but data.views is "
+                f"{type(views).__name__}, which makes {views.kind!r} views; use "
+                f"{type(self.default_views(8)).__name__} (or drop data.views to get {name}'s default)"
+            )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self.ssl_step(batch)
+        loss, logs = out.loss, {"train/loss": out.loss, **out.logs}
+        if self.probe is not None and out.features is not None:
+            probe_loss, top1 = self._probe(out.features.detach(), batch["label"])
+            loss = loss + probe_loss
+            logs.update({"train/probe_loss": probe_loss, "train/probe_top1": top1})
+        self.log_dict(logs, on_step=True, on_epoch=True, prog_bar=False, batch_size=len(batch["label"]))
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def _probe(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy and top-1 of the online probe over labelled rows (label -1: unlabelled)."""
+        logits = self.probe(features)
+        valid = (labels >= 0).float()
+        losses = F.cross_entropy(logits.float(), labels.clamp(min=0), reduction="none")
+        count = valid.sum().clamp(min=1)
+        top1 = ((logits.argmax(1) == labels).float() * valid).sum() / count
+        return (losses * valid).sum() / count, top1
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last_batch_end is not None:
+            images = len(batch["label"]) * self.trainer.world_size
+            self.log("train/images_per_s", images / (now - self._last_batch_end), on_step=True, on_epoch=False)
+        self._last_batch_end = now
+
+    def on_train_epoch_start(self) -> None:
+        self._last_batch_end = None
+
+    def _eval_step(self, batch: dict[str, Any], prefix: str) -> None:
+        if self.probe is None:
+            return
+        logits = self.probe(self.backbone(batch["image"]))
+        labels = batch["label"]
+        valid = labels >= 0
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        metrics = {
+            f"{prefix}/probe_top1": (logits.argmax(1) == labels)[valid].float().mean(),
+            f"{prefix}/probe_top5": (top5 == labels[:, None]).any(1)[valid].float().mean(),
+        }
+        self.log_dict(metrics, on_epoch=True, sync_dist=True, batch_size=int(valid.sum()))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        return {"features": self.backbone(batch["image"]), "label": batch["label"]}
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp, trainer = self.hparams, self.trainer
+        global_batch = hp.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        lr = scaled_lr(hp.lr, global_batch, hp.lr_scaling)
+        probe = set(self.probe.parameters()) if self.probe is not None else set()
+        groups = split_decay(((n, p) for n, p in self.named_parameters() if p not in probe), hp.weight_decay)
+        if probe:
+            groups.append({"params": list(probe), "weight_decay": 0.0, "adapt": False, "lr": hp.probe_lr})
+        opt = build_optimizer(hp.optimizer, groups, lr, hp.momentum, hp.weight_decay, tuple(hp.betas))
+        total = max(1, int(trainer.estimated_stepping_batches))
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        warmup = round(hp.warmup_epochs * total / epochs) if epochs else 0
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, total, warmup, hp.warmup_start_factor, hp.final_lr_factor)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,127 @@
+"""Optimizers and schedules shared by the methods: LARS (SimCLR flavour), no-decay groups, warmup + cosine."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Literal
+
+import torch
+from torch import nn
+
+from selfsup.errors import ConfigError
+
+OptimizerName = Literal["lars", "sgd", "adamw"]
+LRScaling = Literal["linear", "sqrt", "none"]
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS as SimCLR's official code does it (momentum with the learning rate inside the buffer).
+
+    For each parameter w with gradient g, in a group with ``adapt=True``::
+
+        g <- g + wd * w
+        trust = eta * ||w|| / ||g||      (1 if either norm is 0)
+        v <- momentum * v + lr * trust * g
+        w <- w - v
+
+    Groups with ``adapt=False`` (SimCLR: batch-norm parameters, biases, the supervised head) skip both the
+    weight decay and the trust ratio: plain momentum SGD at the group's lr.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 1e-3,
+        adapt: bool = True,
+    ) -> None:
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, adapt=adapt)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for w in group["params"]:
+                if w.grad is None:
+                    continue
+                g = w.grad
+                if group["adapt"]:
+                    if group["weight_decay"]:
+                        g = g.add(w, alpha=group["weight_decay"])
+                    w_norm, g_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(g)
+                    trust = torch.where(
+                        (w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, torch.ones_like(w_norm)
+                    )
+                    g = g * trust
+                state = self.state[w]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(w)
+                buf = state["momentum_buffer"]
+                buf.mul_(group["momentum"]).add_(g, alpha=group["lr"])
+                w.sub_(buf)
+        return loss
+
+
+def is_no_decay(name: str, param: nn.Parameter) -> bool:
+    """Norm weights and biases (every parameter with fewer than 2 dimensions) get no weight decay."""
+    return param.ndim <= 1
+
+
+def split_decay(
+    named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
+    no_decay: Callable[[str, nn.Parameter], bool] = is_no_decay,
+) -> list[dict]:
+    """Two parameter groups: decayed (LARS-adapted) and not decayed (LARS-excluded); empty groups dropped."""
+    decay, plain = [], []
+    for name, p in named_params:
+        if p.requires_grad:
+            (plain if no_decay(name, p) else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "adapt": True},
+        {"params": plain, "weight_decay": 0.0, "adapt": False},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def scaled_lr(base_lr: float, batch_size: int, rule: LRScaling, reference: int = 256) -> float:
+    """The learning rate for a global batch: ``base x BS/reference`` (linear), ``base x sqrt(BS)`` or ``base``."""
+    if rule == "linear":
+        return base_lr * batch_size / reference
+    if rule == "sqrt":
+        return base_lr * math.sqrt(batch_size)
+    if rule == "none":
+        return base_lr
+    raise ConfigError(f"unknown lr scaling rule {rule!r}; choose linear, sqrt or none")
+
+
+def build_optimizer(
+    name: OptimizerName, groups: list[dict], lr: float, momentum: float, weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> torch.optim.Optimizer:
+    """LARS, SGD (momentum) or AdamW over parameter groups that carry ``weight_decay`` and ``adapt`` keys."""
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    plain = [{k: v for k, v in g.items() if k != "adapt"} for g in groups]
+    if name == "sgd":
+        return torch.optim.SGD(plain, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(plain, lr=lr, betas=betas, weight_decay=weight_decay)
+    raise ConfigError(f"unknown optimizer {name!r}; choose lars, sgd or adamw")
+
+
+def warmup_cosine(
+    step: int, total_steps: int, warmup_steps: int, start_factor: float = 0.0, final_factor: float = 0.0
+) -> float:
+    """Learning-rate multiplier at ``step``: linear from ``start_factor`` to 1 over the warmup, then cosine
+    from 1 down to ``final_factor`` at ``total_steps``."""
+    if step < warmup_steps:
+        return start_factor + (1.0 - start_factor) * step / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))

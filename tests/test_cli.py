@@ -1,0 +1,106 @@
+"""The real `selfsup` entry point: every README path, and one clear message for each bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--model.init_args.backbone_args", "{width: 4, cifar_stem: true}", "--data.init_args.batch_size", "32",
+        "--data.init_args.num_workers", "0"]
+
+
+def selfsup(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the installed console script; return the finished process (stdout and stderr as text)."""
+    exe = Path(sys.executable).with_name("selfsup")
+    proc = subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, env=os.environ.copy(),
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"selfsup {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mnist5k) -> tuple[Path, Path]:
+    """A few real SimCLR steps through `selfsup fit` with the demo config; returns (run dir, last.ckpt)."""
+    cwd = tmp_path_factory.mktemp("fit")
+    selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), *TINY, "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false", cwd=cwd)
+    runs = sorted((cwd / "runs/simclr-mnist5k").glob("version_*"))
+    assert len(runs) == 1, runs  # CSV and TensorBoard share one version folder
+    return runs[0], runs[0] / "checkpoints/last.ckpt"
+
+
+@pytest.mark.slow
+def test_fit_writes_checkpoint_config_and_metrics(trained):
+    run, ckpt = trained
+    assert ckpt.is_file() and (run / "config.yaml").is_file()
+    metrics = (run / "metrics.csv").read_text().splitlines()
+    header = metrics[0].split(",")
+    for name in ("train/loss_step", "train/lr", "train/images_per_s", "train/probe_top1_step", "knn/top1",
+                 "val/probe_top1"):
+        assert name in header, header
+    assert list(run.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_evaluation_subcommands_from_a_checkpoint(trained, subcommand, tmp_path):
+    run, ckpt = trained
+    proc = selfsup(subcommand, "-c", str(run / "config.yaml"), "--ckpt_path", str(ckpt),
+                   "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+    if subcommand != "predict":
+        assert "probe_top1" in proc.stdout
+
+
+@pytest.mark.slow
+def test_short_model_name_and_fast_dev_run(mnist5k, tmp_path):
+    selfsup("fit", "--model", "SimCLR", "--model.backbone", "resnet18", "--model.backbone_args",
+            "{width: 4, cifar_stem: true}", "--data.batch_size", "16", "--data.num_workers", "0",
+            "--trainer.fast_dev_run", "2", cwd=tmp_path)
+
+
+def test_print_config_of_the_demo(tmp_path):
+    proc = selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), "--print_config", cwd=tmp_path)
+    assert "class_path: selfsup.methods.SimCLR" in proc.stdout and "source: builtin:mnist5k" in proc.stdout
+
+
+def test_imagenet_recipe_parses_with_the_paper_values(tmp_path):
+    proc = selfsup("fit", "-c", str(REPO / "experiments/simclr/imagenet-resnet50.yaml"), "--print_config",
+                   cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for line in ("backbone: resnet50", "batch_size: 64", "lr: 0.3", "weight_decay: 1.0e-06",
+                 "temperature: 0.1", "num_nodes: 8", "devices: 8", "max_epochs: 100", "optimizer: lars"):
+        assert line in proc.stdout, line
+
+
+@pytest.mark.slow
+def test_imagenet_recipe_builds_and_steps_on_a_stand_in(mnist5k, tmp_path):
+    selfsup("fit", "-c", str(REPO / "experiments/simclr/imagenet-resnet50.yaml"),
+            "--data.init_args.source", "builtin:mnist5k", "--data.init_args.batch_size", "4",
+            "--data.init_args.num_workers", "0", "--data.init_args.views.init_args.size", "64",
+            "--trainer.num_nodes", "1", "--trainer.devices", "1", "--trainer.accelerator", "cpu",
+            "--trainer.strategy", "auto", "--trainer.precision", "32", "--trainer.sync_batchnorm", "false",
+            "--trainer.fast_dev_run", "1", cwd=tmp_path)
+
+
+BAD_INPUTS = [
+    (["fit", "--model", "SimCLRR"], "SimCLRR"),
+    (["fit", "--model", "SimCLR", "--model.backbone", "resnet19"], "unknown backbone 'resnet19'"),
+    (["fit", "-c", "no/such/config.yaml"], "no/such/config.yaml"),
+    (["fit", "--model", "SimCLR", "--model.temprature", "0.1"], "temprature"),
+    (["fit", "--model", "SimCLR", "--data.source", "shards:/no/such/folder"], "does not exist"),
+    (["fit", "--model", "SimCLR", "--data.source", "builtin:cifar"], "unknown built-in data set 'cifar'"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[" ".join(a[1:]) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_clear_message(args, message, tmp_path):
+    proc = selfsup(*args, cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]

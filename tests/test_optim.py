@@ -1,0 +1,72 @@
+"""LARS against METHODS.md's formula, computed independently; schedule and lr scaling values."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from selfsup.errors import ConfigError
+from selfsup.optim import LARS, scaled_lr, split_decay, warmup_cosine
+
+
+def reference_lars_step(w, g, v, lr, wd, eta=1e-3, momentum=0.9, adapt=True):
+    """SimCLR's LARS update for one parameter, element lists in plain Python."""
+    if adapt:
+        g = [gi + wd * wi for gi, wi in zip(g, w)]
+        wn, gn = math.sqrt(sum(x * x for x in w)), math.sqrt(sum(x * x for x in g))
+        trust = eta * wn / gn if wn > 0 and gn > 0 else 1.0
+    else:
+        trust = 1.0
+    v = [momentum * vi + lr * trust * gi for vi, gi in zip(v, g)]
+    return [wi - vi for wi, vi in zip(w, v)], v
+
+
+def test_lars_matches_the_formula_over_three_steps():
+    torch.manual_seed(0)
+    weight = nn.Parameter(torch.randn(3, 4, dtype=torch.double))
+    bias = nn.Parameter(torch.randn(4, dtype=torch.double))
+    opt = LARS([{"params": [weight], "adapt": True, "weight_decay": 1e-2},
+                {"params": [bias], "adapt": False, "weight_decay": 0.0}], lr=0.5, weight_decay=1e-2)
+    ref_w, ref_vw = weight.detach().flatten().tolist(), [0.0] * 12
+    ref_b, ref_vb = bias.detach().tolist(), [0.0] * 4
+    for step in range(3):
+        gw, gb = torch.randn(3, 4, dtype=torch.double), torch.randn(4, dtype=torch.double)
+        weight.grad, bias.grad = gw.clone(), gb.clone()
+        opt.step()
+        ref_w, ref_vw = reference_lars_step(ref_w, gw.flatten().tolist(), ref_vw, 0.5, 1e-2)
+        ref_b, ref_vb = reference_lars_step(ref_b, gb.tolist(), ref_vb, 0.5, 0.0, adapt=False)
+        assert torch.allclose(weight.detach().flatten(), torch.tensor(ref_w, dtype=torch.double), atol=1e-12)
+        assert torch.allclose(bias.detach(), torch.tensor(ref_b, dtype=torch.double), atol=1e-12)
+
+
+def test_lars_trust_ratio_is_one_for_zero_weights():
+    w = nn.Parameter(torch.zeros(5))
+    w.grad = torch.ones(5)
+    LARS([w], lr=0.1, momentum=0.0).step()
+    assert torch.allclose(w.detach(), torch.full((5,), -0.1))
+
+
+def test_split_decay_excludes_norms_and_biases():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2, bias=False))
+    decay, plain = split_decay(model.named_parameters(), 1e-4)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 4]), torch.Size([2, 4])]
+    assert len(plain["params"]) == 3 and plain["weight_decay"] == 0 and plain["adapt"] is False
+
+
+def test_warmup_then_cosine():
+    assert warmup_cosine(0, 100, 10) == 0.0
+    assert warmup_cosine(5, 100, 10) == pytest.approx(0.5)
+    assert warmup_cosine(10, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
+    assert warmup_cosine(100, 100, 10) == pytest.approx(0.0)
+    assert warmup_cosine(0, 100, 10, start_factor=0.0625) == pytest.approx(0.0625)
+    assert warmup_cosine(100, 100, 10, final_factor=0.001) == pytest.approx(0.001)
+
+
+def test_lr_scaling_rules():
+    assert scaled_lr(0.3, 4096, "linear") == pytest.approx(4.8)
+    assert scaled_lr(0.075, 4096, "sqrt") == pytest.approx(4.8)
+    assert scaled_lr(0.1, 4096, "none") == 0.1
+    with pytest.raises(ConfigError):
+        scaled_lr(0.1, 256, "cubic")
