@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model.init_args.backbone_args", "{width: 4, cifar_stem: true}", "--data.init_args.batch_size", "32",
-        "--data.init_args.num_workers", "0"]
+        "--data.init_args.num_workers", "0", "--trainer.log_every_n_steps", "1"]
 
 
 def selfsup(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -88,6 +90,20 @@ def test_imagenet_recipe_builds_and_steps_on_a_stand_in(mnist5k, tmp_path):
             "--trainer.fast_dev_run", "1", cwd=tmp_path)
 
 
+def test_whole_numbers_count_batches_and_fractions_stay_fractions(tmp_path):
+    proc = selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), "--trainer.limit_val_batches", "1",
+                   "--trainer.limit_train_batches", "0.5", "--print_config", cwd=tmp_path)
+    assert "limit_val_batches: 1\n" in proc.stdout and "limit_train_batches: 0.5\n" in proc.stdout
+
+
+def test_a_linked_value_set_in_a_config_is_refused(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("model:\n  init_args:\n    num_classes: 5\n")
+    proc = selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), "-c", str(extra), cwd=tmp_path,
+                   check=False)
+    assert proc.returncode == 2 and "model.num_classes is set from the data's classes" in proc.stderr
+
+
 BAD_INPUTS = [
     (["fit", "--model", "SimCLRR"], "SimCLRR"),
     (["fit", "--model", "SimCLR", "--model.backbone", "resnet19"], "unknown backbone 'resnet19'"),
@@ -95,6 +111,10 @@ BAD_INPUTS = [
     (["fit", "--model", "SimCLR", "--model.temprature", "0.1"], "temprature"),
     (["fit", "--model", "SimCLR", "--data.source", "shards:/no/such/folder"], "does not exist"),
     (["fit", "--model", "SimCLR", "--data.source", "builtin:cifar"], "unknown built-in data set 'cifar'"),
+    (["fit", "--model", "SimCLR", "--model.init_args.batch_size", "512"], "model.batch_size is set from data"),
+    (["fit", "--model", "SimCLR", "--model.backbone", "resnet18", "--data.views", "selfsup.data.views.EvalView",
+      "--data.views.size", "28", "--data.num_workers", "0", "--trainer.fast_dev_run", "1"],
+     "SimCLR needs 'pair' views, but data.views is EvalView"),
 ]
 
 
@@ -104,3 +124,28 @@ def test_bad_input_is_one_clear_message(args, message, tmp_path):
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_fit_on_cpu(mnist5k, tmp_path):
+    """The same config as 2 DDP ranks (gloo): both ranks stream their own shards and finish the same steps."""
+    selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), *TINY, "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "4", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+            "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+    run = next((tmp_path / "runs/simclr-mnist5k").glob("version_*"))
+    ckpt = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 4
+
+
+@pytest.mark.slow
+def test_same_seed_reproduces_the_losses(trained, tmp_path):
+    """A second run of the fixture's command (same seed, CPU) logs the same training losses."""
+    selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), *TINY, "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+
+    def losses(run: Path) -> list[str]:
+        rows = list(csv.DictReader((run / "metrics.csv").open()))
+        return [r["train/loss_step"] for r in rows if r.get("train/loss_step")]
+
+    first = losses(trained[0])
+    assert first and losses(next((tmp_path / "runs/simclr-mnist5k").glob("version_*"))) == first

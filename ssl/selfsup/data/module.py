@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
@@ -130,6 +128,3 @@ class SSLDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val", all_ranks=True)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"source": self.source.spec, "seed": self.seed}

@@ -37,9 +37,12 @@ class Source:
         self.pattern: str | None = None
         if scheme == "shards":
             path = Path(rest)
-            self.folder, self.pattern = (path, None) if path.is_dir() else (path.parent, path.name)
+            self.folder, self.pattern = (path, None) if path.suffix != ".tar" else (path.parent, path.name)
             if not self.folder.is_dir():
-                raise ConfigError(f"data source {spec!r}: folder {self.folder} does not exist")
+                raise ConfigError(
+                    f"data source {spec!r}: folder {self.folder} does not exist; give a shard folder with "
+                    "manifest.json, or FOLDER/train-{000000..000007}.tar"
+                )
             self._manifest = Manifest.load(self.folder)
 
     @property

@@ -34,7 +34,8 @@ class KNNMonitor(L.Callback):
             logger.log_metrics({f"knn/{name}": value for name, value in result.items()}, step=trainer.global_step)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.baseline and trainer.is_global_zero and "init" not in self.results:
+        resuming = trainer.ckpt_path is not None  # the backbone is no longer at its initialisation
+        if self.baseline and trainer.is_global_zero and not resuming and "init" not in self.results:
             result = self._measure(trainer, pl_module)
             if result is not None:
                 self.results["init"] = result
