@@ -6,14 +6,15 @@ import random
 import shutil
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 from torchvision.io import ImageReadMode, decode_image
 
-from selfsup.data.manifest import Manifest, Split
+from selfsup.data.manifest import Split
+from selfsup.data.views import ViewRecipe
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
@@ -78,7 +79,7 @@ class ShardStream(IterableDataset):
     def __init__(
         self,
         urls: list[str],
-        transform: Callable[[torch.Tensor], dict[str, Any]],
+        transform: ViewRecipe,
         batch_size: int,
         channels: int,
         *,
@@ -122,17 +123,26 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        batch: list[dict[str, Any]] = []
+        images: list[torch.Tensor] = []
+        labels: list[int] = []
         for raw in self._samples(worker, num_workers):
             decoded = decode_sample(raw, self.channels)
-            item = self.transform(decoded["image"])
-            item["label"] = decoded["label"]
-            batch.append(item)
-            if len(batch) == self.batch_size:
-                yield default_collate(batch)
-                batch = []
-        if batch:
-            yield default_collate(batch)
+            images.append(decoded["image"])
+            labels.append(decoded["label"])
+            if len(images) == self.batch_size:
+                yield self._views(images, labels)
+                images, labels = [], []
+        if images:
+            yield self._views(images, labels)
+
+    def _views(self, images: list[torch.Tensor], labels: list[int]) -> dict[str, Any]:
+        """The transform of a batch: batched when all images share a size, image by image otherwise."""
+        if all(image.shape == images[0].shape for image in images):
+            out = self.transform.batch(torch.stack(images))
+        else:
+            out = default_collate([self.transform(image) for image in images])
+        out["label"] = torch.tensor(labels)
+        return out
 
 
 def _shuffled(items: Iterable, size: int, rng: random.Random) -> Iterator:

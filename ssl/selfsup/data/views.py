@@ -9,7 +9,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+from torch.utils.data import default_collate
 from torchvision.transforms import v2
+
+from selfsup.data.batch_augment import colour_jitter, gaussian_blur, random_crop_boxes, resized_crops
 
 
 class ViewRecipe:
@@ -20,8 +23,18 @@ class ViewRecipe:
     def __call__(self, image: torch.Tensor) -> dict[str, Any]:
         raise NotImplementedError
 
+    def batch(self, images: torch.Tensor) -> dict[str, Any]:
+        """The views of a batch of same-sized uint8 images (B, C, H, W), collated. Recipes override this
+        with batched tensor operations where those are faster."""
+        return default_collate([self(image) for image in images])
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items() if k[0] != '_')})"
+
+
+def _blur_kernel(size: int) -> int:
+    """SimCLR's blur kernel: odd, about 10% of the image side."""
+    return max(3, int(0.1 * size) // 2 * 2 + 1)
 
 
 def simclr_augment(
@@ -41,7 +54,7 @@ def simclr_augment(
     On 1-channel images saturation, hue and grayscale have no effect.
     """
     s = jitter_strength
-    kernel = max(3, int(0.1 * size) // 2 * 2 + 1)  # odd, about 10% of the side
+    kernel = _blur_kernel(size)
     steps: list[v2.Transform] = [
         v2.RandomResizedCrop(size, scale=scale, ratio=ratio, interpolation=v2.InterpolationMode.BICUBIC,
                              antialias=True),
@@ -62,7 +75,8 @@ class SimCLRViews(ViewRecipe):
     """Two independently augmented views of each image (SimCLR; CVRL's image analogue).
 
     Defaults are SimCLR's ImageNet recipe. For MNIST digits use ``flip_p: 0`` (a flipped digit is another
-    symbol), a milder crop scale and no blur (see experiments/simclr/mnist5k.yaml).
+    symbol) and no blur (see experiments/simclr/mnist5k.yaml). ``batched`` augments a batch of same-sized
+    images with one set of tensor operations (`batch_augment`), several times faster on small images.
     """
 
     kind = "pair"
@@ -77,7 +91,9 @@ class SimCLRViews(ViewRecipe):
         jitter_p: float = 0.8,
         grayscale_p: float = 0.2,
         blur_p: float = 0.5,
+        batched: bool = True,
     ) -> None:
+        self.batched = batched
         self.size, self.scale, self.ratio, self.flip_p = size, tuple(scale), tuple(ratio), flip_p
         self.jitter_strength, self.jitter_p, self.grayscale_p, self.blur_p = jitter_strength, jitter_p, grayscale_p, blur_p
         self._augment = simclr_augment(size, self.scale, self.ratio, flip_p, jitter_strength, jitter_p,
@@ -85,6 +101,26 @@ class SimCLRViews(ViewRecipe):
 
     def __call__(self, image: torch.Tensor) -> dict[str, Any]:
         return {"views": [self._augment(image), self._augment(image)]}
+
+    def batch(self, images: torch.Tensor) -> dict[str, Any]:
+        if not self.batched:
+            return super().batch(images)
+        return {"views": [self._augment_batch(images), self._augment_batch(images)]}
+
+    def _augment_batch(self, images: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = images.shape
+        x = resized_crops(images.float().div_(255), random_crop_boxes(b, h, w, self.scale, self.ratio), self.size)
+        if self.flip_p > 0:
+            x = torch.where((torch.rand(b) < self.flip_p)[:, None, None, None], x.flip(-1), x)
+        s = self.jitter_strength
+        if self.jitter_p > 0 and s > 0:
+            x = colour_jitter(x, torch.tensor([0.8 * s] * 3), self.jitter_p, 0.2 * s)
+        if self.grayscale_p > 0 and c == 3:
+            gray = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1).expand_as(x)
+            x = torch.where((torch.rand(b) < self.grayscale_p)[:, None, None, None], gray, x)
+        if self.blur_p > 0:
+            x = gaussian_blur(x, _blur_kernel(self.size), (0.1, 2.0), self.blur_p)
+        return x
 
 
 class EvalView(ViewRecipe):
