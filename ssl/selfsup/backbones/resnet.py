@@ -23,7 +23,8 @@ _LAYOUTS: dict[int, tuple[type[nn.Module], list[int]]] = {
 class ResNet(Backbone):
     """ResNet-{18,34,50,101}; ``width`` is the first stage's channel count (64 in torchvision).
 
-    ``cifar_stem`` swaps the 7x7/2 conv + max-pool for a 3x3/1 conv (small images such as 28-32 px).
+    ``cifar_stem`` swaps the 7x7/2 conv for a 3x3/1 conv (small images such as 28-32 px); ``maxpool`` keeps
+    the stem's 3x3/2 max-pool (default: with the ImageNet stem only; a CIFAR stem with it costs a quarter).
     ``width_per_group`` > 64 gives the wide variants (wide_resnet50_2 uses 128).
     """
 
@@ -33,6 +34,7 @@ class ResNet(Backbone):
         width: int = 64,
         in_channels: int = 3,
         cifar_stem: bool = False,
+        maxpool: bool | None = None,
         width_per_group: int = 64,
         zero_init_residual: bool = False,
     ) -> None:
@@ -48,7 +50,8 @@ class ResNet(Backbone):
             self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.Identity() if cifar_stem else nn.MaxPool2d(3, stride=2, padding=1)
+        use_maxpool = not cifar_stem if maxpool is None else maxpool
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if use_maxpool else nn.Identity()
         self.layer1 = self._make_layer(block, width, layers[0], stride=1)
         self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
         self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
