@@ -22,5 +22,8 @@ test: $(STAMP)  ## the whole test suite
 test-fast: $(STAMP)  ## the suite without the slow end-to-end runs
 	$(BIN)/python -m pytest -m "not slow"
 
+lint: $(STAMP)  ## static checks
+	$(BIN)/ruff check ssl tests
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache
