@@ -13,8 +13,8 @@ def layers_of(mlp, kind):
 def test_simclr_v1_projector():
     mlp = MLP([512, 512, 128], last_norm="bn_noshift")
     linears, norms = layers_of(mlp, nn.Linear), layers_of(mlp, nn.BatchNorm1d)
-    assert [(l.in_features, l.out_features) for l in linears] == [(512, 512), (512, 128)]
-    assert all(l.bias is None for l in linears)  # BN follows every Linear
+    assert [(layer.in_features, layer.out_features) for layer in linears] == [(512, 512), (512, 128)]
+    assert all(layer.bias is None for layer in linears)  # BN follows every Linear
     assert norms[0].bias is not None and norms[1].bias is None and norms[1].weight is not None
     assert len(layers_of(mlp, nn.ReLU)) == 1  # no ReLU after the last layer
     assert mlp(torch.randn(4, 512)).shape == (4, 128)

@@ -30,7 +30,7 @@ def test_lars_matches_the_formula_over_three_steps():
                 {"params": [bias], "adapt": False, "weight_decay": 0.0}], lr=0.5, weight_decay=1e-2)
     ref_w, ref_vw = weight.detach().flatten().tolist(), [0.0] * 12
     ref_b, ref_vb = bias.detach().tolist(), [0.0] * 4
-    for step in range(3):
+    for _ in range(3):
         gw, gb = torch.randn(3, 4, dtype=torch.double), torch.randn(4, dtype=torch.double)
         weight.grad, bias.grad = gw.clone(), gb.clone()
         opt.step()

@@ -7,10 +7,7 @@ import sys
 from argparse import ArgumentError
 from pathlib import Path
 
-from typing import Optional, Union
-
 import yaml
-
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -49,7 +46,7 @@ class SelfsupCLI(LightningCLI):
         for name in INT_OR_FRACTION:
             action = parser._option_string_actions.get(f"--trainer.{name}")
             if action is not None and hasattr(action, "_typehint"):
-                action._typehint = Optional[Union[int, float]]
+                action._typehint = int | float | None
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "data": {"class_path": "selfsup.data.SSLDataModule"},

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Literal
+from collections.abc import Callable, Iterable
+from typing import Literal
 
 import torch
 from torch import nn

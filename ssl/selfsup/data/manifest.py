@@ -42,7 +42,7 @@ class Manifest:
         (Path(folder) / MANIFEST).write_text(json.dumps(asdict(self), indent=1) + "\n")
 
     @classmethod
-    def load(cls, folder: Path) -> "Manifest":
+    def load(cls, folder: Path) -> Manifest:
         path = Path(folder) / MANIFEST
         if not path.is_file():
             raise ConfigError(

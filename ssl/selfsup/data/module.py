@@ -84,7 +84,7 @@ class SSLDataModule(L.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
-            prefetch_factor=4 if workers > 0 else None,
+            prefetch_factor=2 if workers > 0 else None,  # batches read past an epoch's end are dropped
         )
 
     def train_dataloader(self) -> EpochLoader:

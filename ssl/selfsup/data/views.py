@@ -95,7 +95,8 @@ class SimCLRViews(ViewRecipe):
     ) -> None:
         self.batched = batched
         self.size, self.scale, self.ratio, self.flip_p = size, tuple(scale), tuple(ratio), flip_p
-        self.jitter_strength, self.jitter_p, self.grayscale_p, self.blur_p = jitter_strength, jitter_p, grayscale_p, blur_p
+        self.jitter_strength, self.jitter_p = jitter_strength, jitter_p
+        self.grayscale_p, self.blur_p = grayscale_p, blur_p
         self._augment = simclr_augment(size, self.scale, self.ratio, flip_p, jitter_strength, jitter_p,
                                        grayscale_p, blur_p)
 
