@@ -7,13 +7,12 @@ import sys
 from argparse import ArgumentError
 from pathlib import Path
 
-import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import selfsup.eval  # noqa: F401  (KNNMonitor and friends resolve by short name in configs)
+from selfsup.cli_checks import reject_linked_overrides, reject_unknown_method, summarize_parse_error, user_error
 from selfsup.data import SSLDataModule
-from selfsup.errors import ConfigError
 from selfsup.methods import SSLMethod
 
 # Values the data decides and the model needs: (data attribute, model argument, when).
@@ -22,8 +21,7 @@ LINKED_FROM_DATA = (
     ("data.num_channels", "model.init_args.in_channels", "instantiate"),
     ("data.init_args.batch_size", "model.init_args.batch_size", "parse"),
 )
-LINK_ORIGIN = {"num_classes": "the data's classes", "in_channels": "the data's image channels",
-               "batch_size": "data.batch_size"}
+
 
 # Trainer arguments where an int counts batches and a float is a fraction. Lightning's signature lists float
 # first, so jsonargparse reads `limit_val_batches: 1` as 1.0 (100%); we make int win for whole numbers.
@@ -77,61 +75,6 @@ def share_logger_version(loggers: object) -> None:
             taken = [int(m.group(1)) for m in found if m]
             chosen[folder] = f"version_{max(taken, default=-1) + 1}"
         args.version = chosen[folder]
-
-
-def reject_linked_overrides(args: list[str]) -> None:
-    """Refuse a hand-set value for a linked model argument: LightningCLI would drop it silently."""
-    for i, token in enumerate(args):
-        key = token.split("=", 1)[0]
-        for name, origin in LINK_ORIGIN.items():
-            if key in (f"--model.{name}", f"--model.init_args.{name}"):
-                raise ConfigError(f"model.{name} is set from {origin}; remove {key} (change the data instead)")
-        if token in ("-c", "--config") and i + 1 < len(args) and Path(args[i + 1]).is_file():
-            model = (yaml.safe_load(Path(args[i + 1]).read_text()) or {}).get("model")
-            given = {**model, **(model.get("init_args") or {})} if isinstance(model, dict) else {}
-            for name, origin in LINK_ORIGIN.items():
-                if name in given:
-                    raise ConfigError(
-                        f"{args[i + 1]}: model.{name} is set from {origin}; remove it from the config"
-                    )
-
-
-def method_names() -> list[str]:
-    """Short names of every method (subclasses of SSLMethod)."""
-    found, todo = [], list(SSLMethod.__subclasses__())
-    while todo:
-        cls = todo.pop()
-        found.append(cls.__name__)
-        todo.extend(cls.__subclasses__())
-    return sorted(found)
-
-
-def reject_unknown_method(args: list[str]) -> None:
-    """``--model NAME`` must name a method (or a dotted class path or a config file)."""
-    for flag, value in zip(args, args[1:]):
-        if flag == "--model" and "." not in value and not Path(value).exists() and value not in method_names():
-            raise ConfigError(f"unknown method {value!r}; choose one of: {', '.join(method_names())}")
-
-
-# Lines of jsonargparse's union-type reports that say nothing to a user.
-_NOISE = re.compile(r"Expected a <class 'NoneType'>|^Subtypes:|^Given value|^Errors:$|Does not validate against any")
-
-
-def summarize_parse_error(message: str) -> str:
-    """jsonargparse's multi-line report reduced to the lines that name the problem."""
-    lines = [line.strip(" -") for line in message.splitlines()]
-    return " ".join(line for line in lines if line and not _NOISE.search(line))
-
-
-def user_error(err: BaseException) -> ConfigError | None:
-    """The ConfigError behind ``err`` (jsonargparse wraps errors raised while instantiating classes)."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, ConfigError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def run_lightning(args: list[str] | None) -> None:

@@ -1,0 +1,70 @@
+"""Checks of the command line that LightningCLI does not make, and turning its errors into one line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from selfsup.errors import ConfigError
+from selfsup.methods import SSLMethod
+
+# Model arguments the CLI links from the data, and where their value comes from.
+LINK_ORIGIN = {"num_classes": "the data's classes", "in_channels": "the data's image channels",
+               "batch_size": "data.batch_size"}
+
+
+def reject_linked_overrides(args: list[str]) -> None:
+    """Refuse a hand-set value for a linked model argument: LightningCLI would drop it silently."""
+    for i, token in enumerate(args):
+        key = token.split("=", 1)[0]
+        for name, origin in LINK_ORIGIN.items():
+            if key in (f"--model.{name}", f"--model.init_args.{name}"):
+                raise ConfigError(f"model.{name} is set from {origin}; remove {key} (change the data instead)")
+        if token in ("-c", "--config") and i + 1 < len(args) and Path(args[i + 1]).is_file():
+            model = (yaml.safe_load(Path(args[i + 1]).read_text()) or {}).get("model")
+            given = {**model, **(model.get("init_args") or {})} if isinstance(model, dict) else {}
+            for name, origin in LINK_ORIGIN.items():
+                if name in given:
+                    raise ConfigError(
+                        f"{args[i + 1]}: model.{name} is set from {origin}; remove it from the config"
+                    )
+
+
+def method_names() -> list[str]:
+    """Short names of every method (subclasses of SSLMethod)."""
+    found, todo = [], list(SSLMethod.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        found.append(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return sorted(found)
+
+
+def reject_unknown_method(args: list[str]) -> None:
+    """``--model NAME`` must name a method (or a dotted class path or a config file)."""
+    for flag, value in zip(args, args[1:]):
+        if flag == "--model" and "." not in value and not Path(value).exists() and value not in method_names():
+            raise ConfigError(f"unknown method {value!r}; choose one of: {', '.join(method_names())}")
+
+
+# Lines of jsonargparse's union-type reports that say nothing to a user.
+_NOISE = re.compile(r"Expected a <class 'NoneType'>|^Subtypes:|^Given value|^Errors:$|Does not validate against any")
+
+
+def summarize_parse_error(message: str) -> str:
+    """jsonargparse's multi-line report reduced to the lines that name the problem."""
+    lines = [line.strip(" -") for line in message.splitlines()]
+    return " ".join(line for line in lines if line and not _NOISE.search(line))
+
+
+def user_error(err: BaseException) -> ConfigError | None:
+    """The ConfigError behind ``err`` (jsonargparse wraps errors raised while instantiating classes)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ConfigError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
