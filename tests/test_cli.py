@@ -31,7 +31,8 @@ def trained(tmp_path_factory, mnist5k) -> tuple[Path, Path]:
     """A few real SimCLR steps through `selfsup fit` with the demo config; returns (run dir, last.ckpt)."""
     cwd = tmp_path_factory.mktemp("fit")
     selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), *TINY, "--trainer.max_epochs", "1",
-            "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false", cwd=cwd)
+            "--trainer.limit_train_batches", "3", "--trainer.check_val_every_n_epoch", "1",
+            "--trainer.enable_progress_bar", "false", cwd=cwd)
     runs = sorted((cwd / "runs/simclr-mnist5k").glob("version_*"))
     assert len(runs) == 1, runs  # CSV and TensorBoard share one version folder
     return runs[0], runs[0] / "checkpoints/last.ckpt"
@@ -85,6 +86,7 @@ def test_imagenet_recipe_builds_and_steps_on_a_stand_in(mnist5k, tmp_path):
     selfsup("fit", "-c", str(REPO / "experiments/simclr/imagenet-resnet50.yaml"),
             "--data.init_args.source", "builtin:mnist5k", "--data.init_args.batch_size", "4",
             "--data.init_args.num_workers", "0", "--data.init_args.views.init_args.size", "64",
+            "--data.init_args.image_size", "64", "--data.init_args.eval_resize", "64",
             "--trainer.num_nodes", "1", "--trainer.devices", "1", "--trainer.accelerator", "cpu",
             "--trainer.strategy", "auto", "--trainer.precision", "32", "--trainer.sync_batchnorm", "false",
             "--trainer.fast_dev_run", "1", cwd=tmp_path)
@@ -141,7 +143,8 @@ def test_two_process_ddp_fit_on_cpu(mnist5k, tmp_path):
 def test_same_seed_reproduces_the_losses(trained, tmp_path):
     """A second run of the fixture's command (same seed, CPU) logs the same training losses."""
     selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), *TINY, "--trainer.max_epochs", "1",
-            "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+            "--trainer.limit_train_batches", "3", "--trainer.check_val_every_n_epoch", "1",
+            "--trainer.enable_progress_bar", "false", cwd=tmp_path)
 
     def losses(run: Path) -> list[str]:
         rows = list(csv.DictReader((run / "metrics.csv").open()))

@@ -12,7 +12,8 @@ from selfsup.eval.knn import knn_accuracy
 class KNNMonitor(L.Callback):
     """Every ``every_n_epochs`` (and after the last epoch) embed the un-augmented train (bank) and val
     (queries) images and log ``knn/top1`` and ``knn/top5``. With ``baseline=True`` it also measures the
-    backbone before training starts and prints both at the end. Runs on rank 0 only.
+    backbone before training starts and prints both at the end. Runs on rank 0 only, and not at all under
+    ``fast_dev_run`` (a smoke test should not embed the whole data set).
     """
 
     def __init__(self, every_n_epochs: int = 1, k: int = 20, temperature: float = 0.07, baseline: bool = True):
@@ -21,7 +22,7 @@ class KNNMonitor(L.Callback):
 
     def _measure(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, float] | None:
         data = trainer.datamodule
-        if not hasattr(data, "eval_dataloader") or getattr(data, "num_classes", 0) == 0:
+        if trainer.fast_dev_run or not hasattr(data, "eval_dataloader") or getattr(data, "num_classes", 0) == 0:
             return None
         bank, bank_labels = extract_features(module.backbone, data.eval_dataloader("train", all_ranks=True),
                                              module.device, desc="kNN bank")
