@@ -1,4 +1,4 @@
-"""SimCLR's augmentation applied to a whole batch at once (same distributions as `views.simclr_augment`).
+"""SimCLR's augmentation applied to a whole batch at once (same distributions as `SimCLRViews` per image).
 
 Per-image torchvision transforms cost ~0.35 ms per small image, mostly dispatch overhead; on 28 px digits that
 is as much as the backbone step. Here each operation runs once per batch with per-image random parameters.

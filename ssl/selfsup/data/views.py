@@ -37,40 +37,6 @@ def _blur_kernel(size: int) -> int:
     return max(3, int(0.1 * size) // 2 * 2 + 1)
 
 
-def simclr_augment(
-    size: int,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    flip_p: float = 0.5,
-    jitter_strength: float = 1.0,
-    jitter_p: float = 0.8,
-    grayscale_p: float = 0.2,
-    blur_p: float = 0.5,
-) -> v2.Compose:
-    """SimCLR's augmentation of one view (METHODS.md section 1), output float in [0, 1].
-
-    Crop (bicubic) -> flip -> colour jitter (random order, strength s: brightness/contrast/saturation 0.8s,
-    hue 0.2s) with p=jitter_p -> grayscale -> Gaussian blur (sigma U(0.1, 2), kernel 10% of the side).
-    On 1-channel images saturation, hue and grayscale have no effect.
-    """
-    s = jitter_strength
-    kernel = _blur_kernel(size)
-    steps: list[v2.Transform] = [
-        v2.RandomResizedCrop(size, scale=scale, ratio=ratio, interpolation=v2.InterpolationMode.BICUBIC,
-                             antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-    ]
-    if flip_p > 0:
-        steps.append(v2.RandomHorizontalFlip(flip_p))
-    if jitter_p > 0 and s > 0:
-        steps.append(v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=jitter_p))
-    if grayscale_p > 0:
-        steps.append(v2.RandomGrayscale(grayscale_p))
-    if blur_p > 0:
-        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_p))
-    return v2.Compose(steps)
-
-
 class SimCLRViews(ViewRecipe):
     """Two independently augmented views of each image (SimCLR; CVRL's image analogue).
 
@@ -97,8 +63,31 @@ class SimCLRViews(ViewRecipe):
         self.size, self.scale, self.ratio, self.flip_p = size, tuple(scale), tuple(ratio), flip_p
         self.jitter_strength, self.jitter_p = jitter_strength, jitter_p
         self.grayscale_p, self.blur_p = grayscale_p, blur_p
-        self._augment = simclr_augment(size, self.scale, self.ratio, flip_p, jitter_strength, jitter_p,
-                                       grayscale_p, blur_p)
+        self._augment = self._per_image_pipeline()
+
+    def _per_image_pipeline(self) -> v2.Compose:
+        """SimCLR's augmentation of one view with torchvision (METHODS.md section 1), float in [0, 1].
+
+        Crop (bicubic) -> flip -> colour jitter (random order, strength s: brightness/contrast/saturation 0.8s,
+        hue 0.2s) with p=jitter_p -> grayscale -> Gaussian blur (sigma U(0.1, 2), kernel 10% of the side).
+        On 1-channel images saturation, hue and grayscale have no effect.
+        """
+        s = self.jitter_strength
+        steps: list[v2.Transform] = [
+            v2.RandomResizedCrop(self.size, scale=self.scale, ratio=self.ratio,
+                                 interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+        if self.flip_p > 0:
+            steps.append(v2.RandomHorizontalFlip(self.flip_p))
+        if self.jitter_p > 0 and s > 0:
+            steps.append(v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=self.jitter_p))
+        if self.grayscale_p > 0:
+            steps.append(v2.RandomGrayscale(self.grayscale_p))
+        if self.blur_p > 0:
+            steps.append(v2.RandomApply([v2.GaussianBlur(_blur_kernel(self.size), sigma=(0.1, 2.0))],
+                                        p=self.blur_p))
+        return v2.Compose(steps)
 
     def __call__(self, image: torch.Tensor) -> dict[str, Any]:
         return {"views": [self._augment(image), self._augment(image)]}
