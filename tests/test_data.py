@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from selfsup.data import SSLDataModule
-from selfsup.data.shards import ShardStream
+from selfsup.data.shards import ShardStream, decode_sample, encode_png
 from selfsup.data.sources import Source
 from selfsup.data.views import EvalView, SimCLRViews
 from selfsup.errors import ConfigError
@@ -78,3 +78,11 @@ def test_batch_larger_than_the_data_is_named(mnist5k):
     data = SSLDataModule("builtin:mnist5k", batch_size=5000, views=SimCLRViews(28))
     with pytest.raises(ConfigError, match="larger than the 4000 training samples"):
         data.train_dataloader()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_png_round_trip_is_pixel_exact(channels):
+    image = torch.randint(0, 256, (channels, 9, 7), dtype=torch.uint8)
+    sample = {"__key__": "x", "png": encode_png(image), "cls": b"3", "pyd": b"not unpickled"}
+    decoded = decode_sample(sample, channels)
+    assert torch.equal(decoded["image"], image) and decoded["label"] == 3

@@ -9,8 +9,9 @@ from selfsup.eval.knn import knn_accuracy, knn_scores, knn_search
 
 
 def clustered(n: int, classes: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples around the same class centres for every seed (only the samples change)."""
+    centres = torch.randn(classes, dim, generator=torch.Generator().manual_seed(1234))
     g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(classes, dim, generator=g)
     labels = torch.randint(0, classes, (n,), generator=g)
     return centres[labels] + 0.8 * torch.randn(n, dim, generator=g), labels
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 import shutil
 from collections.abc import Iterable, Iterator
@@ -9,10 +10,11 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import webdataset as wds
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
-from torchvision.io import ImageReadMode, decode_image
 
 from selfsup.data.manifest import Split
 from selfsup.data.views import ViewRecipe
@@ -61,8 +63,9 @@ def decode_sample(sample: dict[str, Any], channels: int) -> dict[str, Any]:
     ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
     if ext is None:
         raise ValueError(f"sample {sample.get('__key__')} has no image member ({', '.join(IMAGE_EXTENSIONS)})")
-    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-    image = decode_image(torch.frombuffer(bytearray(sample[ext]), dtype=torch.uint8), mode=mode)
+    with Image.open(io.BytesIO(sample[ext])) as decoded:
+        pixels = np.asarray(decoded.convert("L" if channels == 1 else "RGB"))
+    image = torch.from_numpy(pixels.copy()).reshape(pixels.shape[0], pixels.shape[1], -1).permute(2, 0, 1)
     label = int(sample["cls"].decode()) if "cls" in sample else -1
     return {"image": image, "label": label}
 
@@ -173,9 +176,10 @@ class EpochLoader:
 
 
 def encode_png(image: torch.Tensor) -> bytes:
-    """PNG bytes of a uint8 (C, H, W) tensor."""
-    from torchvision.io import encode_png as _encode
-
-    return _encode(image.contiguous()).numpy().tobytes()
+    """PNG bytes of a uint8 (C, H, W) tensor (1 or 3 channels)."""
+    pixels = image.permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
