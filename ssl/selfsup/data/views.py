@@ -12,7 +12,13 @@ import torch
 from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
-from selfsup.data.batch_augment import colour_jitter, gaussian_blur, random_crop_boxes, resized_crops
+from selfsup.data.batch_augment import (
+    colour_jitter,
+    gaussian_blur,
+    random_crop_boxes,
+    random_hflip,
+    resized_crops,
+)
 
 
 class ViewRecipe:
@@ -111,8 +117,7 @@ class SimCLRViews(ViewRecipe):
     def _augment_batch(self, images: torch.Tensor) -> torch.Tensor:
         b, c, h, w = images.shape
         x = resized_crops(images.float().div_(255), random_crop_boxes(b, h, w, self.scale, self.ratio), self.size)
-        if self.flip_p > 0:
-            x = torch.where((torch.rand(b) < self.flip_p)[:, None, None, None], x.flip(-1), x)
+        x = random_hflip(x, self.flip_p)
         s = self.jitter_strength
         if self.jitter_p > 0 and s > 0:
             x = colour_jitter(x, torch.tensor([0.8 * s] * 3), self.jitter_p, 0.2 * s)
