@@ -105,7 +105,8 @@ def test_fit_of_the_mnist_recipe_logs_rotation_accuracy(mnist5k, tmp_path):
     selfsup("fit", "-c", str(REPO / "experiments/rotnet/mnist5k.yaml"),
             "--model.init_args.backbone_args", "{width: 4}", "--data.init_args.batch_size", "32",
             "--data.init_args.num_workers", "0", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
-            "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+            "--trainer.log_every_n_steps", "1", "--trainer.check_val_every_n_epoch", "1",
+            "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false", cwd=tmp_path)
     run = next((tmp_path / "runs/rotnet-mnist5k").glob("version_*"))
     assert (run / "checkpoints/last.ckpt").is_file()
     rows = list(csv.DictReader((run / "metrics.csv").open()))
