@@ -53,6 +53,13 @@ def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch
     return roi_align(images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
 
 
+def random_hflip(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Mirror each image of a (B, C, H, W) batch left-right with probability ``p``."""
+    if p <= 0:
+        return x
+    return torch.where((torch.rand(len(x)) < p)[:, None, None, None], x.flip(-1), x)
+
+
 def _gray(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x

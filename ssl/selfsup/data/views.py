@@ -12,7 +12,13 @@ import torch
 from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
-from selfsup.data.batch_augment import colour_jitter, gaussian_blur, random_crop_boxes, resized_crops
+from selfsup.data.batch_augment import (
+    colour_jitter,
+    gaussian_blur,
+    random_crop_boxes,
+    random_hflip,
+    resized_crops,
+)
 
 
 class ViewRecipe:
@@ -100,8 +106,7 @@ class SimCLRViews(ViewRecipe):
     def _augment_batch(self, images: torch.Tensor) -> torch.Tensor:
         b, c, h, w = images.shape
         x = resized_crops(images.float().div_(255), random_crop_boxes(b, h, w, self.scale, self.ratio), self.size)
-        if self.flip_p > 0:
-            x = torch.where((torch.rand(b) < self.flip_p)[:, None, None, None], x.flip(-1), x)
+        x = random_hflip(x, self.flip_p)
         s = self.jitter_strength
         if self.jitter_p > 0 and s > 0:
             x = colour_jitter(x, torch.tensor([0.8 * s] * 3), self.jitter_p, 0.2 * s)
@@ -111,6 +116,49 @@ class SimCLRViews(ViewRecipe):
         if self.blur_p > 0:
             x = gaussian_blur(x, _blur_kernel(self.size), (0.1, 2.0), self.blur_p)
         return x
+
+
+def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All four rotations of a batch of square images (B, C, S, S), for RotNet.
+
+    Returns ``(x4, labels)``: x4 is (4B, C, S, S) in image-major order ``[x0 rotated 0, 90, 180, 270, x1 rotated
+    0, ...]`` (counter-clockwise, ``torch.rot90(x, k, dims=(-2, -1))``) and labels are ``[0, 1, 2, 3, 0, ...]``,
+    the rotation k of each row. Four batched ``rot90`` calls, no loop over images; on x's device.
+    """
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"rotating by 90 degrees needs square images, got {x.shape[-2]}x{x.shape[-1]}")
+    x4 = torch.stack([torch.rot90(x, k, dims=(-2, -1)) for k in range(4)], dim=1)  # (B, 4, C, S, S)
+    labels = torch.arange(4, device=x.device).repeat(len(x))
+    return x4.flatten(0, 1), labels
+
+
+class RotationViews(ViewRecipe):
+    """One random crop (and flip) of each image, for RotNet; the method makes the four rotations on the device.
+
+    Output ``{"images": float (B, C, size, size) in [0, 1]}``: the data carries each image once, and
+    ``rotate_batch`` turns it into 4B rotated copies next to the model. ``scale`` is the crop's area fraction,
+    ``ratio`` its aspect range. For MNIST digits use ``flip_p: 0`` (a mirrored digit is another symbol).
+    """
+
+    kind = "rotations"
+
+    def __init__(
+        self,
+        size: int = 224,
+        scale: tuple[float, float] = (0.6, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_p: float = 0.5,
+    ) -> None:
+        self.size, self.scale, self.ratio, self.flip_p = size, tuple(scale), tuple(ratio), flip_p
+
+    def __call__(self, image: torch.Tensor) -> dict[str, Any]:
+        return {"images": self.batch(image[None])["images"][0]}
+
+    def batch(self, images: torch.Tensor) -> dict[str, Any]:
+        b, _, h, w = images.shape
+        boxes = random_crop_boxes(b, h, w, self.scale, self.ratio)
+        x = resized_crops(images.float().div_(255), boxes, self.size).clamp_(0, 1)
+        return {"images": random_hflip(x, self.flip_p)}
 
 
 class EvalView(ViewRecipe):

@@ -1,6 +1,7 @@
 """Self-supervised methods as LightningModules over the shared backbone API."""
 
 from selfsup.methods.base import SSLMethod, StepOutput
+from selfsup.methods.rotnet import RotNet
 from selfsup.methods.simclr import SimCLR
 
-__all__ = ["SSLMethod", "StepOutput", "SimCLR"]
+__all__ = ["SSLMethod", "StepOutput", "RotNet", "SimCLR"]
