@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,19 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from clirun import REPO, selfsup
+
 TINY = ["--model.init_args.backbone_args", "{width: 4, cifar_stem: true}", "--data.init_args.batch_size", "32",
         "--data.init_args.num_workers", "0", "--trainer.log_every_n_steps", "1"]
-
-
-def selfsup(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the installed console script; return the finished process (stdout and stderr as text)."""
-    exe = Path(sys.executable).with_name("selfsup")
-    proc = subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, env=os.environ.copy(),
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"selfsup {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +142,10 @@ def test_same_seed_reproduces_the_losses(trained, tmp_path):
 
     first = losses(trained[0])
     assert first and losses(next((tmp_path / "runs/simclr-mnist5k").glob("version_*"))) == first
+
+
+def test_the_installed_console_script_is_the_cli(tmp_path):
+    """`make` installs the `selfsup` script; it reaches the same CLI as `python -m selfsup.cli`."""
+    script = Path(sys.executable).with_name("selfsup")
+    proc = subprocess.run([str(script), "fit", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "--model" in proc.stdout and "--data" in proc.stdout

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from clirun import REPO, selfsup
 from selfsup.data.views import RotationViews, rotate_batch
 from selfsup.heads import MLP, LinearClassifier
 from selfsup.methods import RotNet
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def selfsup(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``python -m selfsup.cli`` on this checkout's code (not the installed copy); return the process."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "ssl")}
-    proc = subprocess.run([sys.executable, "-m", "selfsup.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env=env, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"selfsup {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def test_rotate_batch_matches_a_loop_over_images():

@@ -1,0 +1,21 @@
+"""Run the `selfsup` command on this checkout's code, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def selfsup(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m selfsup.cli ARGS`` (what the console script calls) with this checkout's ``ssl/`` first on the
+    path; returns the finished process, stdout and stderr as text. ``check``: fail with its stderr."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "ssl")}
+    proc = subprocess.run([sys.executable, "-m", "selfsup.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"selfsup {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
