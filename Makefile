@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(STAMP)  ## the whole test suite
 
 test-fast: $(STAMP)  ## the suite without the slow end-to-end runs
 	$(BIN)/python -m pytest -m "not slow"
+
+bench: $(STAMP)  ## each method's training step against its backbone floor (table + runs/bench.json)
+	$(BIN)/selfsup bench
 
 lint: $(STAMP)  ## static checks
 	$(BIN)/ruff check ssl tests

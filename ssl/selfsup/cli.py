@@ -97,7 +97,12 @@ def run_lightning(args: list[str] | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``selfsup`` console script."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
+        if args[:1] == ["bench"]:
+            from selfsup.bench import main as bench
+
+            return bench(args[1:])
         run_lightning(argv)
     except ArgumentError as err:
         print(f"selfsup: error: {summarize_parse_error(str(err))} (see selfsup fit --help)", file=sys.stderr)
