@@ -48,6 +48,9 @@ def test_evaluation_subcommands_from_a_checkpoint(trained, subcommand, tmp_path)
                    "--trainer.enable_progress_bar", "false", cwd=tmp_path)
     if subcommand != "predict":
         assert "probe_top1" in proc.stdout
+    else:
+        written = torch.load(next(tmp_path.glob("runs/*/version_*/features.pt")), weights_only=True)
+        assert written["features"].shape == (1000, 32) and written["label"].shape == (1000,)
 
 
 @pytest.mark.slow

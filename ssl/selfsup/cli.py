@@ -13,6 +13,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 import selfsup.eval  # noqa: F401  (KNNMonitor and friends resolve by short name in configs)
 from selfsup.cli_checks import reject_linked_overrides, reject_unknown_method, summarize_parse_error, user_error
 from selfsup.data import SSLDataModule
+from selfsup.eval import FeatureWriter
 from selfsup.methods import SSLMethod
 
 # Values the data decides and the model needs: (data attribute, model argument, when).
@@ -46,6 +47,7 @@ class SelfsupCLI(LightningCLI):
             if action is not None and hasattr(action, "_typehint"):
                 action._typehint = int | float | None
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(FeatureWriter, "predict_writer")  # acts only in `selfsup predict`
         parser.set_defaults({
             "data": {"class_path": "selfsup.data.SSLDataModule"},
             "checkpoint.save_last": True,
