@@ -5,7 +5,13 @@ import math
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from selfsup.data.batch_augment import colour_jitter, gaussian_blur, random_crop_boxes, resized_crops
+from selfsup.data.batch_augment import (
+    colour_jitter,
+    gaussian_blur,
+    random_crop_boxes,
+    random_grayscale,
+    resized_crops,
+)
 from selfsup.data.views import SimCLRViews
 
 
@@ -72,3 +78,11 @@ def test_batched_and_per_image_views_have_the_same_form():
         view1, view2 = recipe.batch(images)["views"]
         assert view1.shape == view2.shape == (16, 1, 28, 28) and view1.dtype == torch.float32
         assert 0 <= view1.min() and view1.max() <= 1 + 1e-5 and not torch.equal(view1, view2)
+
+
+def test_grayscale_equals_torchvision_and_leaves_one_channel_alone():
+    x = torch.rand(4, 3, 6, 6)
+    expected = TF.rgb_to_grayscale(x, num_output_channels=3)
+    assert torch.allclose(random_grayscale(x, p=1.0), expected, atol=1e-5)
+    gray = torch.rand(4, 1, 6, 6)
+    assert random_grayscale(gray, p=1.0) is gray

@@ -36,15 +36,20 @@ def random_crop_boxes(
     w, h = w.gather(1, first[:, None])[:, 0], h.gather(1, first[:, None])[:, 0]
     fallback = ~fits.any(dim=1)
     if fallback.any():
-        in_ratio = width / height
-        fw = width if in_ratio <= ratio[1] and in_ratio >= ratio[0] else (
-            width if in_ratio < ratio[0] else round(height * ratio[1]))
-        fh = height if ratio[0] <= in_ratio <= ratio[1] else (
-            round(width / ratio[0]) if in_ratio < ratio[0] else height)
-        w[fallback], h[fallback] = float(fw), float(fh)
+        w[fallback], h[fallback] = _fallback_size(height, width, ratio)
     y0 = torch.floor(torch.rand(batch) * (height - h + 1))
     x0 = torch.floor(torch.rand(batch) * (width - w + 1))
     return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
+
+
+def _fallback_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[float, float]:
+    """The whole image, its aspect clamped to ``ratio`` (torchvision's RandomResizedCrop fallback)."""
+    aspect = width / height
+    if aspect < ratio[0]:
+        return float(width), float(round(width / ratio[0]))
+    if aspect > ratio[1]:
+        return float(round(height * ratio[1])), float(height)
+    return float(width), float(height)
 
 
 def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
@@ -61,10 +66,18 @@ def random_hflip(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
+    """Luma (B, 1, H, W) of an RGB batch with torchvision's weights; a 1-channel batch as it is."""
     if x.shape[1] == 1:
         return x
     r, g, b = x.unbind(1)
     return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def random_grayscale(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Turn each RGB image of a batch gray (luma in all 3 channels) with probability ``p``; 1-channel: as is."""
+    if p <= 0 or x.shape[1] != 3:
+        return x
+    return torch.where((torch.rand(len(x)) < p)[:, None, None, None], _gray(x).expand_as(x), x)
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:

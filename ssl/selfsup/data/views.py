@@ -16,6 +16,7 @@ from selfsup.data.batch_augment import (
     colour_jitter,
     gaussian_blur,
     random_crop_boxes,
+    random_grayscale,
     random_hflip,
     resized_crops,
 )
@@ -104,15 +105,13 @@ class SimCLRViews(ViewRecipe):
         return {"views": [self._augment_batch(images), self._augment_batch(images)]}
 
     def _augment_batch(self, images: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = images.shape
+        b, _, h, w = images.shape
         x = resized_crops(images.float().div_(255), random_crop_boxes(b, h, w, self.scale, self.ratio), self.size)
         x = random_hflip(x, self.flip_p)
         s = self.jitter_strength
         if self.jitter_p > 0 and s > 0:
             x = colour_jitter(x, torch.tensor([0.8 * s] * 3), self.jitter_p, 0.2 * s)
-        if self.grayscale_p > 0 and c == 3:
-            gray = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1).expand_as(x)
-            x = torch.where((torch.rand(b) < self.grayscale_p)[:, None, None, None], gray, x)
+        x = random_grayscale(x, self.grayscale_p)
         if self.blur_p > 0:
             x = gaussian_blur(x, _blur_kernel(self.size), (0.1, 2.0), self.blur_p)
         return x

@@ -30,7 +30,9 @@ class FeatureWriter(BasePredictionWriter):
         if trainer.world_size > 1 and trainer.global_rank > 0:
             path = path.with_suffix(f".rank{trainer.global_rank}.pt")
         path.parent.mkdir(parents=True, exist_ok=True)
-        result = {key: torch.cat([b[key].detach().float().cpu() if key == "features" else b[key].cpu()
-                                  for b in batches]) for key in ("features", "label")}
+        result = {
+            "features": torch.cat([b["features"].detach().float().cpu() for b in batches]),
+            "label": torch.cat([b["label"].cpu() for b in batches]),
+        }
         torch.save(result, path)
         rank_zero_info(f"wrote {len(result['label'])} feature vectors of width {result['features'].shape[1]}: {path}")
