@@ -39,3 +39,10 @@ def test_unknown_backbone_names_the_valid_ones():
     with pytest.raises(ConfigError, match="does not accept"):
         build_backbone("resnet18", colour="blue")
     assert "resnet50" in available_backbones()
+
+
+def test_narrow_bottleneck_resnets_keep_their_inner_width():
+    net = build_backbone("resnet50", width=4, in_channels=1, cifar_stem=True)
+    assert net.layer1[0].conv2.out_channels == 4 and net.num_features == 4 * 8 * 4
+    assert build_backbone("wide_resnet50_2", width=8).layer1[0].conv2.out_channels == 16
+    assert net(torch.rand(2, 1, 16, 16)).shape == (2, 128)

@@ -1,13 +1,22 @@
 """Built-in MNIST-5k shards and the streaming reader: counts, exactly-once evaluation, equal epochs."""
 
 import json
+import os
+import socket
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from selfsup.data import SSLDataModule
-from selfsup.data.shards import ShardStream, decode_sample, encode_png
+from selfsup.data.manifest import Manifest
+from selfsup.data.members import decode_sample
+from selfsup.data.shards import encode_png, write_shard_set
 from selfsup.data.sources import Source
+from selfsup.data.stream import ShardStream
 from selfsup.data.views import EvalView, SimCLRViews
 from selfsup.errors import ConfigError
 
@@ -20,22 +29,22 @@ def test_mnist5k_manifest(mnist5k):
     assert len(manifest["splits"]["train"]["shards"]) == 8
 
 
-def read_all(urls, **kw):
-    stream = ShardStream(urls, EvalView(28), 100, 1, repeat=False, **kw)
+def read_all(parts, **kw):
+    stream = ShardStream(parts, EvalView(28), 100, 1, repeat=False, num_classes=10, **kw)
     batches = list(stream)
     return torch.cat([b["image"] for b in batches]), torch.cat([b["label"] for b in batches])
 
 
 def test_evaluation_reads_every_image_once(mnist5k):
     split = Source("builtin:mnist5k").split("val")
-    images, labels = read_all(split.urls)
+    images, labels = read_all(split.parts)
     assert images.shape == (1000, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
     assert torch.bincount(labels, minlength=10).min() > 50
     assert len({tuple(im.flatten().tolist()) for im in images}) > 990  # distinct digits, not repeats
 
 
 def test_ranks_read_disjoint_shards(mnist5k):
-    urls = Source("builtin:mnist5k").split("train").urls
+    urls = Source("builtin:mnist5k").split("train").parts
     parts = [read_all(urls, rank=r, world_size=2)[0] for r in range(2)]
     assert len(parts[0]) == len(parts[1]) == 2000
     first = {tuple(im.flatten().tolist()) for im in parts[0]}
@@ -84,5 +93,70 @@ def test_batch_larger_than_the_data_is_named(mnist5k):
 def test_png_round_trip_is_pixel_exact(channels):
     image = torch.randint(0, 256, (channels, 9, 7), dtype=torch.uint8)
     sample = {"__key__": "x", "png": encode_png(image), "cls": b"3", "pyd": b"not unpickled"}
-    decoded = decode_sample(sample, channels)
+    decoded = decode_sample(sample, channels, num_classes=10)
     assert torch.equal(decoded["image"], image) and decoded["label"] == 3
+
+
+def test_mnist5k_train_and_val_are_disjoint(mnist5k):
+    train, val = (read_all(Source("builtin:mnist5k").split(name).parts)[0] for name in ("train", "val"))
+    assert not {im.numpy().tobytes() for im in train} & {im.numpy().tobytes() for im in val}
+
+
+# ---- 2 DDP ranks x 2 loader workers -------------------------------------------------------------------------
+
+SHARDS, PER_SHARD, BATCH, EPOCHS = 16, 50, 20, 2
+
+
+def indexed_shards(folder: Path) -> Path:
+    """16 shards of 8x8 images whose first two pixels spell the sample's index."""
+    def samples():
+        for i in range(SHARDS * PER_SHARD):
+            image = torch.zeros(1, 8, 8, dtype=torch.uint8)
+            image[0, 0, 0], image[0, 0, 1] = i // 256, i % 256
+            yield {"__key__": f"s{i:05d}", "png": encode_png(image), "cls": str(i % 10).encode()}
+
+    manifest = Manifest(name="indexed", channels=1, classes=[str(c) for c in range(10)])
+    write_shard_set(folder, manifest, {"train": samples()}, maxcount=PER_SHARD, progress=False)
+    return folder
+
+
+def _rank_epochs(rank: int, world: int, port: int, folder: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        data = SSLDataModule(f"shards:{folder}", batch_size=BATCH, num_workers=2, views=EvalView(8))
+        data.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+        loader = data.train_dataloader()
+        epochs = []
+        for _ in range(EPOCHS):
+            indices = []
+            for batch in loader:
+                pixels = (batch["image"][:, 0, 0, :2] * 255).round().long()
+                indices.append((pixels[:, 0] * 256 + pixels[:, 1]).tolist())
+            epochs.append(indices)
+        gathered = [None] * world
+        dist.all_gather_object(gathered, epochs)
+        if rank == 0:
+            torch.save(gathered, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_two_workers_equal_epochs_disjoint_samples(tmp_path):
+    folder = indexed_shards(tmp_path / "indexed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "epochs.pt"
+    mp.start_processes(_rank_epochs, args=(2, port, str(folder), str(out)), nprocs=2, start_method="spawn")
+    ranks = torch.load(out)  # [rank][epoch][batch] -> sample indices
+    total = SHARDS * PER_SHARD
+    for epoch in range(EPOCHS):
+        batches = [ranks[r][epoch] for r in range(2)]
+        assert len(batches[0]) == len(batches[1]) == total // (BATCH * 2)  # equal epochs on both ranks
+        seen = [{i for batch in batches[r] for i in batch} for r in range(2)]
+        assert not seen[0] & seen[1]  # node splitting: no sample on two ranks within an epoch
+        assert len(seen[0] | seen[1]) >= 0.95 * total
+        assert [i for batch in batches[0] for i in batch][:5] != [i for batch in ranks[0][1 - epoch] for i in
+                                                                    batch][:5]  # reshuffled each epoch

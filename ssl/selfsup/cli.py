@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 from argparse import ArgumentError
@@ -13,8 +14,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 import selfsup.eval  # noqa: F401  (KNNMonitor and friends resolve by short name in configs)
 from selfsup.cli_checks import reject_linked_overrides, reject_unknown_method, summarize_parse_error, user_error
 from selfsup.data import SSLDataModule
+from selfsup.data.health import DataHealth
 from selfsup.eval import FeatureWriter
 from selfsup.methods import SSLMethod
+
+# Subcommands of our own (the rest go to LightningCLI): name -> module with main(argv) -> exit status.
+TOOLS = {"bench": "selfsup.bench", "shards": "selfsup.shards_cli"}
 
 # Values the data decides and the model needs: (data attribute, model argument, when).
 LINKED_FROM_DATA = (
@@ -48,6 +53,7 @@ class SelfsupCLI(LightningCLI):
                 action._typehint = int | float | None
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FeatureWriter, "predict_writer")  # acts only in `selfsup predict`
+        parser.add_lightning_class_args(DataHealth, "data_health")
         parser.set_defaults({
             "data": {"class_path": "selfsup.data.SSLDataModule"},
             "checkpoint.save_last": True,
@@ -101,10 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``selfsup`` console script."""
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        if args[:1] == ["bench"]:
-            from selfsup.bench import main as bench
-
-            return bench(args[1:])
+        if args[:1] and args[0] in TOOLS:
+            status = importlib.import_module(TOOLS[args[0]]).main(args[1:])
+            if status:
+                sys.exit(status)
+            return None
         run_lightning(argv)
     except ArgumentError as err:
         print(f"selfsup: error: {summarize_parse_error(str(err))} (see selfsup fit --help)", file=sys.stderr)

@@ -6,3 +6,7 @@ class ConfigError(ValueError):
 
     The CLI prints it as one line and exits non-zero, without a traceback.
     """
+
+
+class DataError(ConfigError):
+    """Too much of the data is unusable (corrupt images, bad labels, broken shards) to go on training."""

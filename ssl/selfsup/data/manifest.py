@@ -32,6 +32,7 @@ class Manifest:
     channels: int
     classes: list[str] = field(default_factory=list)  # empty: unlabeled
     splits: dict[str, Split] = field(default_factory=dict)
+    media: str = "image"  # or "video": members are encoded clips (mp4, webm, avi ...)
     format: str = FORMAT
 
     @property

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from selfsup.data.shards import EpochLoader, ShardStream
 from selfsup.data.sources import Source
+from selfsup.data.stream import EpochLoader, ShardStream
 from selfsup.data.views import EvalView, ViewRecipe
 from selfsup.errors import ConfigError
 
@@ -16,8 +17,8 @@ class SSLDataModule(L.LightningDataModule):
     """Streams a source as training views and un-augmented evaluation images.
 
     Args:
-        source: ``builtin:mnist5k``, ``shards:FOLDER`` (a folder with manifest.json) or
-            ``shards:FOLDER/train-{000000..000127}.tar``.
+        source: ``builtin:mnist5k``, ``shards:FOLDER`` (a folder with manifest.json),
+            ``shards:FOLDER/train-{000000..000127}.tar``, or ``folder:PATH`` (an image folder, read directly).
         batch_size: images per batch on each device (the global batch is this x devices x nodes).
         num_workers: loader processes per device; capped by the shards each rank has.
         views: the training view recipe; by default the method's own (``default_views``).
@@ -42,6 +43,11 @@ class SSLDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
         self.source = Source(source)
+        if self.source.media != "image":
+            raise ConfigError(
+                f"data source {source!r} holds {self.source.media}s; this data module reads images "
+                "(video shards are for the video method, CVRL)"
+            )
         self.batch_size, self.num_workers, self.views = batch_size, num_workers, views
         self.image_size = image_size or (self.source.builtin.image_size if self.source.builtin else None)
         self.eval_resize, self.shuffle_buffer, self.seed = eval_resize, shuffle_buffer, seed
@@ -76,8 +82,8 @@ class SSLDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
 
-    def _loader(self, stream: ShardStream, shards: int) -> DataLoader:
-        workers = min(self.num_workers, max(1, shards // stream.world_size))
+    def _loader(self, stream: ShardStream) -> DataLoader:
+        workers = min(self.num_workers, max(1, len(stream.parts) // stream.world_size))
         return DataLoader(
             stream,
             batch_size=None,
@@ -90,9 +96,9 @@ class SSLDataModule(L.LightningDataModule):
     def train_dataloader(self) -> EpochLoader:
         rank, world = self._world()
         split = self.source.split("train")
-        if len(split.urls) < world:
+        if len(split.parts) < world:
             raise ConfigError(
-                f"{len(split.urls)} training shard(s) cannot feed {world} ranks: write more, smaller shards"
+                f"{len(split.parts)} training shard(s) cannot feed {world} ranks: write more, smaller shards"
             )
         num_batches = split.num_samples // (self.batch_size * world)
         if num_batches == 0:
@@ -101,30 +107,47 @@ class SSLDataModule(L.LightningDataModule):
                 f"{split.num_samples} training samples of {self.source.spec}; lower data.batch_size"
             )
         stream = ShardStream(
-            split.urls, self.views, self.batch_size, self.num_channels, repeat=True,
+            split.parts, self.views, self.batch_size, self.num_channels, repeat=True, num_classes=self.num_classes,
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world,
         )
-        return EpochLoader(self._loader(stream, len(split.urls)), num_batches)
+        loader = self._loader(stream)
+        warn_low_coverage(stream, loader.num_workers or 1, num_batches * self.batch_size)
+        return EpochLoader(loader, num_batches)
 
     def eval_dataloader(self, split: str, all_ranks: bool = False) -> DataLoader:
         """Un-augmented images of ``split``, each exactly once; this rank's part unless ``all_ranks``."""
         rank, world = (0, 1) if all_ranks else self._world()
-        shards = self.source.split(split)
-        if len(shards.urls) < world:  # too few shards to split: every rank reads all
+        parts = self.source.split(split).parts
+        if len(parts) < world:  # too few shards to split: every rank reads all
             rank, world = 0, 1
         key = (split, rank, world)
         if key not in self._eval_loaders:
             transform = EvalView(self._eval_size(), self.eval_resize)
-            stream = ShardStream(shards.urls, transform, self.batch_size, self.num_channels, repeat=False,
-                                 rank=rank, world_size=world)
-            self._eval_loaders[key] = self._loader(stream, len(shards.urls))
+            stream = ShardStream(parts, transform, self.batch_size, self.num_channels, repeat=False,
+                                 num_classes=self.num_classes, rank=rank, world_size=world)
+            self._eval_loaders[key] = self._loader(stream)
         return self._eval_loaders[key]
 
-    def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("val")
+    def val_dataloader(self) -> DataLoader | list:
+        return self.eval_dataloader("val") if self.source.has_split("val") else []  # []: Lightning skips it
 
     def test_dataloader(self) -> DataLoader:
         return self.eval_dataloader("test" if self.source.has_split("test") else "val")
 
     def predict_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val", all_ranks=True)
+
+
+def warn_low_coverage(stream: ShardStream, workers: int, per_rank: int, threshold: float = 0.95) -> None:
+    """Warn when uneven shards make an epoch repeat samples: every worker of every rank yields the same number
+    of batches, so a worker with fewer samples wraps around while another's are left unread."""
+    share = per_rank / workers
+    seen = sum(min(sum(p.count for p in stream.my_parts(0, w, workers, rank)), share)
+               for rank in range(stream.world_size) for w in range(workers))
+    coverage = seen / (per_rank * stream.world_size)
+    if coverage < threshold:
+        rank_zero_warn(
+            f"{len(stream.parts)} training shards split unevenly over {stream.world_size} rank(s) x {workers} "
+            f"loader worker(s): an epoch sees only about {coverage:.0%} distinct samples; write a multiple of "
+            f"{stream.world_size * workers} equal shards"
+        )

@@ -1,37 +1,43 @@
-"""Data sources named by URL-like strings: ``builtin:NAME`` and ``shards:FOLDER_OR_PATTERN``."""
+"""Data sources named by URL-like strings: ``builtin:NAME``, ``shards:FOLDER_OR_PATTERN`` and ``folder:PATH``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import braceexpand
 
 from selfsup.data.builtin import Builtin, get_builtin
+from selfsup.data.folders import FolderListing, list_folder
 from selfsup.data.manifest import Manifest
+from selfsup.data.parts import ShardPart, file_parts
+from selfsup.data.stream import Part
 from selfsup.errors import ConfigError
 
-SCHEMES = ("builtin", "shards")
+SCHEMES = ("builtin", "shards", "folder")
+USAGE = ("use builtin:NAME (e.g. builtin:mnist5k), shards:FOLDER (a folder with manifest.json), "
+         "shards:FOLDER/train-{000000..000007}.tar, or folder:PATH (an image folder)")
 
 
 @dataclass
-class SplitShards:
-    """The shard files of one split and how many samples they hold."""
+class SplitParts:
+    """The parts (shards or folder chunks) of one split."""
 
-    urls: list[str]
-    num_samples: int
+    parts: list[Part]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(part.count for part in self.parts)
 
 
 class Source:
-    """A parsed source string; ``resolve()`` makes sure the shards exist and returns their manifest."""
+    """A parsed source string: what the data is (channels, classes, media) and the parts of each split."""
 
     def __init__(self, spec: str) -> None:
         scheme, sep, rest = spec.partition(":")
         if not sep or scheme not in SCHEMES or not rest:
-            raise ConfigError(
-                f"data source {spec!r} is not understood; use builtin:NAME (e.g. builtin:mnist5k) or "
-                "shards:FOLDER (a folder with manifest.json) or shards:FOLDER/train-{000000..000007}.tar"
-            )
+            raise ConfigError(f"data source {spec!r} is not understood; {USAGE}")
         self.spec, self.scheme, self.rest = spec, scheme, rest
         self.builtin: Builtin | None = get_builtin(rest) if scheme == "builtin" else None
         self.pattern: str | None = None
@@ -44,40 +50,60 @@ class Source:
                     "manifest.json, or FOLDER/train-{000000..000007}.tar"
                 )
             self._manifest = Manifest.load(self.folder)
+        if scheme == "folder":
+            self.listing: FolderListing = list_folder(rest)
+
+    @cached_property
+    def _folder_channels(self) -> int:
+        return self.listing.channels()
 
     @property
     def channels(self) -> int:
+        if self.scheme == "folder":
+            return self._folder_channels
         return self.builtin.channels if self.builtin else self._manifest.channels
 
     @property
     def classes(self) -> list[str]:
+        if self.scheme == "folder":
+            return self.listing.classes
         return list(self.builtin.classes) if self.builtin else self._manifest.classes
 
-    def resolve(self) -> Manifest:
-        """The manifest, writing a built-in data set's shards first if needed."""
+    @property
+    def media(self) -> str:
+        return self.listing.media if self.scheme == "folder" else self.resolve().media
+
+    def resolve(self) -> Manifest | None:
+        """The manifest (None for a folder), writing a built-in data set's shards first if needed."""
         if self.builtin:
             self.folder = self.builtin.ensure_written()
             self._manifest = Manifest.load(self.folder)
-        return self._manifest
+        return None if self.scheme == "folder" else self._manifest
 
-    def split(self, name: str) -> SplitShards:
-        """Shards of split ``name`` (for a pattern source: the files the pattern names, whatever the split)."""
-        manifest = self.resolve()
+    def split_names(self) -> list[str]:
+        return list(self.listing.splits) if self.scheme == "folder" else list(self.resolve().splits)
+
+    def has_split(self, name: str) -> bool:
+        return name in self.split_names()
+
+    def split(self, name: str) -> SplitParts:
+        """The parts of split ``name`` (for a pattern source: the shards the pattern names, whatever the split)."""
+        if not self.has_split(name) and not (self.pattern and name == "train"):
+            raise ConfigError(
+                f"data source {self.spec!r} has no {name!r} split (it has: {', '.join(self.split_names())})"
+            )
+        if self.scheme == "folder":
+            return SplitParts(file_parts(self.listing.root, self.listing.splits[name]))
         counts: dict[str, int] = {}
-        for split in manifest.splits.values():
+        for split in self._manifest.splits.values():
             counts.update(zip(split.shards, split.counts))
         if self.pattern is not None and name == "train":
             names = list(braceexpand.braceexpand(self.pattern))
             missing = [n for n in names if n not in counts or not (self.folder / n).is_file()]
             if missing:
                 raise ConfigError(f"data source {self.spec!r}: {len(missing)} shard(s) not found, e.g. {missing[0]}")
-        elif name in manifest.splits:
-            names = manifest.splits[name].shards
         else:
-            raise ConfigError(
-                f"data source {self.spec!r} has no {name!r} split (it has: {', '.join(manifest.splits)})"
-            )
-        return SplitShards([str(self.folder / n) for n in names], sum(counts[n] for n in names))
-
-    def has_split(self, name: str) -> bool:
-        return name in self.resolve().splits
+            names = self._manifest.splits[name].shards
+        if not names:
+            raise ConfigError(f"data source {self.spec!r}: split {name!r} has no shards; write it again")
+        return SplitParts([ShardPart(str(self.folder / n), counts[n]) for n in names])

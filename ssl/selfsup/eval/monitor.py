@@ -24,6 +24,8 @@ class KNNMonitor(L.Callback):
         data = trainer.datamodule
         if trainer.fast_dev_run or not hasattr(data, "eval_dataloader") or getattr(data, "num_classes", 0) == 0:
             return None
+        if not data.source.has_split("val"):
+            return None
         bank, bank_labels = extract_features(module.backbone, data.eval_dataloader("train", all_ranks=True),
                                              module.device, desc="kNN bank")
         queries, query_labels = extract_features(module.backbone, data.eval_dataloader("val", all_ranks=True),

@@ -1,0 +1,108 @@
+"""Image and video folders as samples: the layout rules shared by ``selfsup shards write`` and ``folder:`` sources.
+
+Layouts (``ROOT`` is the folder given):
+
+- ``ROOT/train/CLASS/*``, ``ROOT/val/CLASS/*`` (ImageNet style): one split per sub-folder named train, val
+  or test; the class sub-folders of ``train`` are the labels.
+- ``ROOT/CLASS/*``: one ``train`` split, labeled by class sub-folder.
+- ``ROOT/*``: one ``train`` split, unlabeled.
+
+Files are listed in sorted order and shuffled with a fixed seed, so that shards (and a folder source's parts)
+mix classes; a random fraction can be held out as ``val``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from selfsup.data.members import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from selfsup.errors import ConfigError
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class FolderListing:
+    """The files of a folder by split, their labels (-1: unlabeled), the class names and the media kind."""
+
+    root: Path
+    splits: dict[str, list[tuple[Path, int]]]
+    classes: list[str]
+    media: str  # "image" or "video"
+
+    def channels(self, probe: int = 32) -> int:
+        """1 if the first ``probe`` images of the train split are all grayscale, else 3 (videos: 3)."""
+        if self.media == "video":
+            return 3
+        for path, _ in self.splits["train"][:probe]:
+            try:
+                with Image.open(path) as image:
+                    if image.mode not in ("1", "L", "I", "I;16", "F", "LA"):
+                        return 3
+            except OSError:
+                continue  # a broken file is the reader's to count, not a reason to fail the listing
+        return 1
+
+
+def _media_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix[1:].lower() in (
+        *IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS))
+
+
+def _labeled(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    """Files under ``folder``; labeled by their class sub-folder when ``classes`` is not empty."""
+    if not classes:
+        return [(p, -1) for p in _media_files(folder)]
+    index = {name: i for i, name in enumerate(classes)}
+    files = []
+    for path in _media_files(folder):
+        top = path.relative_to(folder).parts[0]
+        if top not in index:
+            raise ConfigError(f"{path}: class folder {top!r} is not among the train split's classes")
+        files.append((path, index[top]))
+    return files
+
+
+def list_folder(root: str | Path, val_fraction: float = 0.0, seed: int = 0) -> FolderListing:
+    """List an image or video folder (see the module docstring for the layouts); ConfigError if unusable."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"folder {root} does not exist (or is not a folder)")
+    split_dirs = {name: root / name for name in SPLIT_NAMES if (root / name).is_dir()}
+    if split_dirs and "train" not in split_dirs:
+        raise ConfigError(f"{root} has {', '.join(split_dirs)} but no train/ sub-folder")
+    train_dir = split_dirs.get("train", root)
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    splits = {name: _labeled(folder, classes) for name, folder in (split_dirs or {"train": root}).items()}
+    if not splits["train"]:
+        raise ConfigError(
+            f"no image or video files under {train_dir} (looked for {', '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})"
+        )
+    for files in splits.values():
+        random.Random(seed).shuffle(files)
+    if val_fraction > 0:
+        if "val" in splits:
+            raise ConfigError(f"{root} already has a val/ split; drop --val-fraction")
+        held = int(round(len(splits["train"]) * val_fraction))
+        splits["val"], splits["train"] = splits["train"][:held], splits["train"][held:]
+    kinds = {"video" if p.suffix[1:].lower() in VIDEO_EXTENSIONS else "image" for f in splits.values() for p, _ in f}
+    if len(kinds) > 1:
+        raise ConfigError(f"{root} mixes images and videos; put them in separate folders")
+    return FolderListing(root, splits, classes, kinds.pop())
+
+
+def file_samples(files: list[tuple[Path, int]], root: Path) -> Iterator[dict[str, Any]]:
+    """Raw webdataset samples of files: ``__key__`` (the path below ``root``), the encoded bytes under the file's
+    lower-cased extension, and ``cls`` when labeled. Exactly what a shard written from them holds."""
+    for path, label in files:
+        key = path.relative_to(root).with_suffix("").as_posix().replace(".", "_")
+        sample = {"__key__": key, path.suffix[1:].lower(): path.read_bytes()}
+        if label >= 0:
+            sample["cls"] = str(label).encode()
+        yield sample

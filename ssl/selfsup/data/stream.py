@@ -1,0 +1,180 @@
+"""Streaming parts (shards or folder chunks) as decoded, transformed batches, split over ranks and workers."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+
+from selfsup.data.members import BadSample, decode_sample, refused_members
+from selfsup.data.parts import PartError
+from selfsup.data.views import ViewRecipe
+
+log = logging.getLogger("selfsup.data")
+
+
+class Part(Protocol):
+    """What a stream reads: a named unit of ``count`` samples (ShardPart, FilePart)."""
+
+    name: str
+    count: int
+
+    def samples(self) -> Iterator[dict[str, Any]]: ...
+
+
+class HealthTally:
+    """Samples read, skipped (unusable) and members refused since the last ``take()``, by part name."""
+
+    def __init__(self) -> None:
+        self.seen, self.skipped, self.refused = 0, Counter(), Counter()
+
+    def take(self) -> dict[str, Any]:
+        """The counts so far as a plain dict (carried in each batch under ``"health"``), then reset."""
+        out = {"seen": self.seen, "skipped": dict(self.skipped), "refused": dict(self.refused)}
+        self.__init__()
+        return out
+
+
+class ShardStream(IterableDataset):
+    """Batches from a list of parts: parts split over ranks then workers, a sample shuffle buffer, decoding,
+    the view recipe, and batching, all inside the loader's workers.
+
+    ``repeat=True`` (training) loops over this worker's parts forever, reshuffling each pass; `EpochLoader` cuts
+    the stream into equal epochs, so every rank yields the same number of batches. ``repeat=False``
+    (evaluation) reads each sample exactly once, in part order, and keeps a partial last batch.
+    Rank and world size are given explicitly: workers cannot see the process group.
+
+    Unusable samples (undecodable image, bad label) are skipped; a part that breaks off (truncated or missing
+    shard) is skipped with a warning and its unread samples count as skipped. Each batch carries the counts
+    under ``"health"`` (see `selfsup.data.health.DataHealth`).
+    """
+
+    def __init__(
+        self,
+        parts: Sequence[Part],
+        transform: ViewRecipe,
+        batch_size: int,
+        channels: int,
+        *,
+        repeat: bool,
+        num_classes: int = 0,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__()
+        self.parts, self.transform, self.batch_size, self.channels = list(parts), transform, batch_size, channels
+        self.repeat, self.num_classes, self.shuffle_buffer, self.seed = repeat, num_classes, shuffle_buffer, seed
+        self.rank, self.world_size = rank, world_size
+        self._passes = 0  # counts __iter__ calls in this copy (persistent workers keep their copy)
+
+    def my_parts(self, pass_index: int, worker: int, num_workers: int, rank: int | None = None) -> list[Part]:
+        """The parts that ``worker`` of this rank (or of ``rank``) reads in pass ``pass_index``."""
+        parts = list(self.parts)
+        if self.repeat:
+            random.Random(self.seed + pass_index).shuffle(parts)  # same permutation on every rank and worker
+        return parts[self.rank if rank is None else rank :: self.world_size][worker::num_workers]
+
+    def _read(self, part: Part, tally: HealthTally) -> Iterator[dict[str, Any]]:
+        read = 0
+        try:
+            for sample in part.samples():
+                read += 1
+                sample["__part__"] = part.name
+                yield sample
+        except PartError as err:
+            lost = max(part.count - read, 0)
+            tally.skipped[part.name] += lost
+            tally.seen += lost
+            log.warning("skipping the rest of %s after %d of %d samples: %s", part.name, read, part.count, err)
+
+    def _samples(self, worker: int, num_workers: int, tally: HealthTally) -> Iterator[dict[str, Any]]:
+        pass_index = self._passes
+        self._passes += 1
+        while True:
+            parts = self.my_parts(pass_index, worker, num_workers)
+            if not parts and self.repeat:
+                raise RuntimeError(
+                    f"rank {self.rank} worker {worker} has no part of {len(self.parts)}: use fewer workers/ranks "
+                    "or write more, smaller shards"
+                )
+            stream = (sample for part in parts for sample in self._read(part, tally))
+            if self.shuffle_buffer > 1:
+                rng = random.Random(hash((self.seed, pass_index, self.rank, worker)))
+                stream = _shuffled(stream, self.shuffle_buffer, rng)
+            yield from stream
+            if not self.repeat:
+                return
+            pass_index += 1000  # later passes of this iterator: fresh permutations, distinct from next epoch's
+
+    def _decoded(self, raw: dict[str, Any], tally: HealthTally) -> dict[str, Any] | None:
+        refused = refused_members(raw)
+        if refused:
+            tally.refused[raw["__part__"]] += len(refused)
+        tally.seen += 1
+        try:
+            return decode_sample(raw, self.channels, self.num_classes)
+        except BadSample:
+            tally.skipped[raw["__part__"]] += 1
+            return None
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        tally = HealthTally()
+        images: list[torch.Tensor] = []
+        labels: list[int] = []
+        for raw in self._samples(worker, num_workers, tally):
+            decoded = self._decoded(raw, tally)
+            if decoded is None:
+                continue
+            images.append(decoded["image"])
+            labels.append(decoded["label"])
+            if len(images) == self.batch_size:
+                yield self._views(images, labels, tally)
+                images, labels = [], []
+        if images:
+            yield self._views(images, labels, tally)
+
+    def _views(self, images: list[torch.Tensor], labels: list[int], tally: HealthTally) -> dict[str, Any]:
+        """The transform of a batch: batched when all images share a size, image by image otherwise."""
+        if all(image.shape == images[0].shape for image in images):
+            out = self.transform.batch(torch.stack(images))
+        else:
+            out = default_collate([self.transform(image) for image in images])
+        out["label"] = torch.tensor(labels)
+        out["health"] = tally.take()
+        return out
+
+
+def _shuffled(items: Iterable, size: int, rng: random.Random) -> Iterator:
+    buffer: list = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        k = rng.randrange(size)
+        yield buffer[k]
+        buffer[k] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class EpochLoader:
+    """A DataLoader over an endless stream, cut into epochs of exactly ``num_batches`` batches."""
+
+    def __init__(self, loader: DataLoader, num_batches: int) -> None:
+        self.loader, self.num_batches = loader, num_batches
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[Any]:
+        return islice(iter(self.loader), self.num_batches)
