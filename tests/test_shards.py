@@ -228,3 +228,19 @@ def test_uneven_shards_warn_about_repeats(tmp_path, mnist5k):
     stream = ShardStream(parts, EvalView(28), 50, 1, repeat=True)
     with pytest.warns(UserWarning, match="an epoch sees only about 90% distinct samples"):
         warn_low_coverage(stream, 2, 2500)
+
+
+def test_video_folders_are_kept_encoded_and_refused_by_image_methods(tmp_path, capsys):
+    for label in ("jump", "swim"):
+        (tmp_path / "clips" / label).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "clips" / label / f"{i}.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes([i]) * 64)
+    out = tmp_path / "k"
+    assert shards_main(["write", "--from", str(tmp_path / "clips"), "--out", str(out), "--quiet"]) == 0
+    assert "videos" in capsys.readouterr().out
+    part = Source(f"shards:{out}").split("train").parts[0]
+    clips = {s["__key__"]: s for s in part.samples()}
+    assert clips["swim/2"]["mp4"] == (tmp_path / "clips/swim/2.mp4").read_bytes() and clips["swim/2"]["cls"] == b"1"
+    assert shards_main(["inspect", str(out), "--quiet"]) == 0
+    with pytest.raises(ConfigError, match="holds videos.*CVRL"):
+        SSLDataModule(f"shards:{out}")

@@ -86,3 +86,16 @@ def test_grayscale_equals_torchvision_and_leaves_one_channel_alone():
     assert torch.allclose(random_grayscale(x, p=1.0), expected, atol=1e-5)
     gray = torch.rand(4, 1, 6, 6)
     assert random_grayscale(gray, p=1.0) is gray
+
+
+def test_hue_shift_equals_torchvision_per_image():
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 8, 8)
+    torch.manual_seed(2)
+    out = colour_jitter(x, torch.zeros(3), p=1.0, hue=0.4)
+    torch.manual_seed(2)
+    torch.rand(6)
+    torch.rand(6, 3)
+    hues = (torch.rand(6) * 2 - 1) * 0.4
+    expected = torch.stack([TF.adjust_hue(x[i], float(hues[i])) for i in range(6)])
+    assert torch.allclose(out, expected, atol=1e-5)

@@ -81,7 +81,12 @@ def bench_method(method: str, config: Path, batch_size: int, device: torch.devic
 
 
 def main(argv: list[str]) -> None:
-    """``selfsup bench [--methods ...] [--batch-size N] [--device cpu|cuda] [--out FILE]``: print a table."""
+    """``selfsup bench [--methods ...] [--batch-size N] [--device cpu|cuda] [--out FILE]``: print a table.
+    ``selfsup bench data ...``: the data pipeline instead (`selfsup.bench_data`)."""
+    if argv[:1] == ["data"]:
+        from selfsup.bench_data import main as bench_data
+
+        return bench_data(argv[1:])
     parser = argparse.ArgumentParser(prog="selfsup bench", description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(CONFIGS), help=f"of: {', '.join(CONFIGS)}")
     parser.add_argument("--batch-size", type=int, default=256)
