@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from clirun import REPO, selfsup
 
 
@@ -19,3 +21,13 @@ def test_bench_measures_each_method_against_its_backbone_floor(tmp_path, mnist5k
 def test_bench_names_unknown_methods(tmp_path):
     proc = selfsup("bench", "--methods", "BYOL", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "no bench config for BYOL" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_data_compares_shards_with_pil_files(tmp_path, mnist5k):
+    out = tmp_path / "data.json"
+    proc = selfsup("bench", "data", "--repeats", "1", "--out", str(out), cwd=tmp_path)
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["data"][:6], r["stage"]) for r in rows] == [
+        (name, stage) for name in ("MNIST-", "RGB-64") for stage in ("read", "decode", "decode + views")]
+    assert all(r["shards"] > 0 and r["files"] > 0 for r in rows) and "PIL files" in proc.stdout

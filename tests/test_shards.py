@@ -102,6 +102,11 @@ def test_builtin_to_shards_with_maxsize_and_inspect(tmp_path, mnist5k, capsys):
     assert "train: " in printed and "4000 samples" in printed and "all members readable" in printed
 
 
+def test_a_pattern_naming_missing_shards_is_refused(mnist5k):
+    with pytest.raises(ConfigError, match="3 shard\\(s\\) not found, e.g. train-000008.tar"):
+        SSLDataModule(f"shards:{mnist5k}/train-{{000006..000010}}.tar").source.split("train")
+
+
 def test_parse_size():
     assert parse_size("1GB") == 10**9 and parse_size("500mb") == 5 * 10**8 and parse_size("3e9") == 3 * 10**9
     with pytest.raises(ConfigError, match="not understood"):
