@@ -249,3 +249,16 @@ def test_video_folders_are_kept_encoded_and_refused_by_image_methods(tmp_path, c
     assert shards_main(["inspect", str(out), "--quiet"]) == 0
     with pytest.raises(ConfigError, match="holds videos.*CVRL"):
         SSLDataModule(f"shards:{out}")
+
+
+@pytest.mark.slow
+def test_fit_on_a_folder_source_through_the_cli(tmp_path):
+    make_folder(tmp_path / "ds/train", per_class=16)
+    make_folder(tmp_path / "ds/val", per_class=4)
+    selfsup("fit", "--model", "SimCLR", "--model.backbone", "resnet18", "--model.backbone_args",
+            "{width: 4, cifar_stem: true}", "--data.source", f"folder:{tmp_path / 'ds'}", "--data.image_size", "10",
+            "--data.batch_size", "8", "--data.num_workers", "2", "--trainer.max_epochs", "2",
+            "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+    run = next(tmp_path.glob("runs/*/version_0"))
+    assert (run / "checkpoints/last.ckpt").is_file()
+    assert "val/probe_top1" in (run / "metrics.csv").read_text().splitlines()[0]
