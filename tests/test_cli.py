@@ -145,10 +145,6 @@ def test_same_seed_reproduces_the_losses(trained, tmp_path):
             "--trainer.limit_train_batches", "3", "--trainer.check_val_every_n_epoch", "1",
             "--trainer.enable_progress_bar", "false", cwd=tmp_path)
 
-    def losses(run: Path) -> list[str]:
-        rows = list(csv.DictReader((run / "metrics.csv").open()))
-        return [r["train/loss_step"] for r in rows if r.get("train/loss_step")]
-
     first = losses(trained[0])
     assert first and losses(next((tmp_path / "runs/simclr-mnist5k").glob("version_*"))) == first
 
@@ -158,3 +154,30 @@ def test_the_installed_console_script_is_the_cli(tmp_path):
     script = Path(sys.executable).with_name("selfsup")
     proc = subprocess.run([str(script), "fit", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "--model" in proc.stdout and "--data" in proc.stdout
+
+
+@pytest.mark.slow
+def test_resume_at_an_epoch_boundary_ends_with_the_same_weights(mnist5k, tmp_path):
+    """2 epochs in one go == 1 epoch, then `--ckpt_path last` to 2 (same seed, CPU, a loader worker)."""
+    args = ["fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), *TINY, "--data.init_args.num_workers", "1",
+            "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]",
+            "--trainer.enable_progress_bar", "false"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    selfsup(*args, "--trainer.max_epochs", "2", cwd=tmp_path / "a")
+    selfsup(*args, "--trainer.max_epochs", "1", cwd=tmp_path / "b")
+    selfsup(*args, "--trainer.max_epochs", "2", "--ckpt_path", "last", cwd=tmp_path / "b")
+    weights = [torch.load(d / "runs/simclr-mnist5k/version_0/checkpoints/last.ckpt", weights_only=False)
+               for d in (tmp_path / "a", tmp_path / "b")]
+    assert [w["global_step"] for w in weights] == [6, 6]
+    assert not list((tmp_path / "b/runs/simclr-mnist5k").glob("version_1"))  # resumed in its own folder
+    for name, value in weights[0]["state_dict"].items():
+        assert torch.equal(value, weights[1]["state_dict"][name]), name
+    logged = [losses(d / "runs/simclr-mnist5k/version_0") for d in (tmp_path / "a", tmp_path / "b")]
+    assert len(logged[0]) == 6 and logged[0] == logged[1]  # the resumed run kept the first run's metrics.csv
+
+
+def losses(run: Path) -> list[str]:
+    """The per-step training losses a run logged to metrics.csv."""
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    return [r["train/loss_step"] for r in rows if r.get("train/loss_step")]

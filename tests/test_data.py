@@ -125,10 +125,11 @@ def _rank_epochs(rank: int, world: int, port: int, folder: str, out: str) -> Non
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         data = SSLDataModule(f"shards:{folder}", batch_size=BATCH, num_workers=2, views=EvalView(8))
-        data.trainer = SimpleNamespace(global_rank=rank, world_size=world)
+        data.trainer = SimpleNamespace(global_rank=rank, world_size=world, current_epoch=0)
         loader = data.train_dataloader()
         epochs = []
-        for _ in range(EPOCHS):
+        for epoch in range(EPOCHS):
+            data.trainer.current_epoch = epoch  # what the Trainer does between epochs
             indices = []
             for batch in loader:
                 pixels = (batch["image"][:, 0, 0, :2] * 255).round().long()

@@ -35,7 +35,7 @@ INT_OR_FRACTION = ("limit_train_batches", "limit_val_batches", "limit_test_batch
                    "overfit_batches", "val_check_interval")
 
 DEFAULT_LOGGERS = [
-    {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "default"}},
+    {"class_path": "selfsup.loggers.ResumableCSVLogger", "init_args": {"save_dir": "runs", "name": "default"}},
     {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
      "init_args": {"save_dir": "runs", "name": "default"}},
 ]
@@ -64,12 +64,15 @@ class SelfsupCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
-        share_logger_version(config.trainer.logger)
+        share_logger_version(config.trainer.logger, resume=config.get("ckpt_path") == "last")
 
 
-def share_logger_version(loggers: object) -> None:
+def share_logger_version(loggers: object, resume: bool = False) -> None:
     """Give loggers that write under the same ``save_dir/name`` one version, so CSV and TensorBoard files of a
-    run share one folder (each would otherwise take the next free ``version_N`` after the other's)."""
+    run share one folder (each would otherwise take the next free ``version_N`` after the other's).
+
+    ``resume`` (``--ckpt_path last``): the newest existing version instead of a new one, so the run continues
+    in its own folder and Lightning finds its ``checkpoints/last.ckpt`` there."""
     if not isinstance(loggers, list):
         return
     chosen: dict[Path, str] = {}
@@ -81,7 +84,8 @@ def share_logger_version(loggers: object) -> None:
         if folder not in chosen:
             found = (re.fullmatch(r"version_(\d+)", p.name) for p in folder.glob("version_*"))
             taken = [int(m.group(1)) for m in found if m]
-            chosen[folder] = f"version_{max(taken, default=-1) + 1}"
+            newest = max(taken, default=-1)
+            chosen[folder] = f"version_{newest if resume and newest >= 0 else newest + 1}"
         args.version = chosen[folder]
 
 

@@ -112,7 +112,8 @@ class SSLDataModule(L.LightningDataModule):
         )
         loader = self._loader(stream)
         warn_low_coverage(stream, loader.num_workers or 1, num_batches * self.batch_size)
-        return EpochLoader(loader, num_batches)
+        trainer = self.trainer
+        return EpochLoader(loader, num_batches, (lambda: trainer.current_epoch) if trainer else None)
 
     def eval_dataloader(self, split: str, all_ranks: bool = False) -> DataLoader:
         """Un-augmented images of ``split``, each exactly once; this rank's part unless ``all_ranks``."""

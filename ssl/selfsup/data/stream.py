@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import random
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any, Protocol
 
@@ -48,7 +49,9 @@ class ShardStream(IterableDataset):
     ``repeat=True`` (training) loops over this worker's parts forever, reshuffling each pass; `EpochLoader` cuts
     the stream into equal epochs, so every rank yields the same number of batches. ``repeat=False``
     (evaluation) reads each sample exactly once, in part order, and keeps a partial last batch.
-    Rank and world size are given explicitly: workers cannot see the process group.
+    Rank and world size are given explicitly: workers cannot see the process group. Epoch ``e``'s shard order,
+    shuffle and (in workers) view randomness depend only on (seed, e, rank, worker), so a run resumed at an
+    epoch boundary reads and augments exactly what the uninterrupted run would have (`set_epoch`).
 
     Unusable samples (undecodable image, bad label) are skipped; a part that breaks off (truncated or missing
     shard) is skipped with a warning and its unread samples count as skipped. Each batch carries the counts
@@ -73,7 +76,11 @@ class ShardStream(IterableDataset):
         self.parts, self.transform, self.batch_size, self.channels = list(parts), transform, batch_size, channels
         self.repeat, self.num_classes, self.shuffle_buffer, self.seed = repeat, num_classes, shuffle_buffer, seed
         self.rank, self.world_size = rank, world_size
-        self._passes = 0  # counts __iter__ calls in this copy (persistent workers keep their copy)
+        self._epoch = multiprocessing.Value("q", 0, lock=False)  # shared memory: persistent workers see updates
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next ``iter()`` streams (set before the loader's iterator starts its workers)."""
+        self._epoch.value = epoch
 
     def my_parts(self, pass_index: int, worker: int, num_workers: int, rank: int | None = None) -> list[Part]:
         """The parts that ``worker`` of this rank (or of ``rank``) reads in pass ``pass_index``."""
@@ -95,9 +102,7 @@ class ShardStream(IterableDataset):
             tally.seen += lost
             log.warning("skipping the rest of %s after %d of %d samples: %s", part.name, read, part.count, err)
 
-    def _samples(self, worker: int, num_workers: int, tally: HealthTally) -> Iterator[dict[str, Any]]:
-        pass_index = self._passes
-        self._passes += 1
+    def _samples(self, pass_index: int, worker: int, num_workers: int, tally: HealthTally) -> Iterator[dict]:
         while True:
             parts = self.my_parts(pass_index, worker, num_workers)
             if not parts and self.repeat:
@@ -128,10 +133,13 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        pass_index = self._epoch.value
+        if info is not None:  # views draw from the worker's RNG: make it a function of (seed, epoch, rank, worker)
+            torch.manual_seed(hash((self.seed, pass_index, self.rank, worker)) & (2**63 - 1))
         tally = HealthTally()
         images: list[torch.Tensor] = []
         labels: list[int] = []
-        for raw in self._samples(worker, num_workers, tally):
+        for raw in self._samples(pass_index, worker, num_workers, tally):
             decoded = self._decoded(raw, tally)
             if decoded is None:
                 continue
@@ -168,13 +176,22 @@ def _shuffled(items: Iterable, size: int, rng: random.Random) -> Iterator:
 
 
 class EpochLoader:
-    """A DataLoader over an endless stream, cut into epochs of exactly ``num_batches`` batches."""
+    """A DataLoader over an endless stream, cut into epochs of exactly ``num_batches`` batches.
 
-    def __init__(self, loader: DataLoader, num_batches: int) -> None:
-        self.loader, self.num_batches = loader, num_batches
+    ``current_epoch`` (e.g. the trainer's) tells the stream which epoch it streams; without it the loader counts
+    its own epochs from 0.
+    """
+
+    def __init__(self, loader: DataLoader, num_batches: int, current_epoch: Callable[[], int] | None = None) -> None:
+        self.loader, self.num_batches, self.current_epoch = loader, num_batches, current_epoch
+        self._epochs = 0
 
     def __len__(self) -> int:
         return self.num_batches
 
     def __iter__(self) -> Iterator[Any]:
-        return islice(iter(self.loader), self.num_batches)
+        # A generator: the epoch is read at the first next(), because Lightning creates a resumed run's iterator
+        # before it restores the trainer's epoch counter.
+        self.loader.dataset.set_epoch(self.current_epoch() if self.current_epoch else self._epochs)
+        self._epochs += 1
+        yield from islice(iter(self.loader), self.num_batches)
