@@ -10,10 +10,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def selfsup(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def selfsup(*args: str, cwd: Path, check: bool = True, path: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
     """``python -m selfsup.cli ARGS`` (what the console script calls) with this checkout's ``ssl/`` first on the
-    path; returns the finished process, stdout and stderr as text. ``check``: fail with its stderr."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "ssl")}
+    path (then ``path``); returns the finished process, stdout and stderr as text. ``check``: fail with its stderr."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in (REPO / "ssl", *path))}
     proc = subprocess.run([sys.executable, "-m", "selfsup.cli", *args], cwd=cwd, capture_output=True, text=True,
                           env=env, timeout=600)
     if check and proc.returncode != 0:

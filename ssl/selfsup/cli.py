@@ -17,6 +17,7 @@ from selfsup.data import SSLDataModule
 from selfsup.data.health import DataHealth
 from selfsup.eval import FeatureWriter
 from selfsup.methods import SSLMethod
+from selfsup.nonfinite import NonFiniteGuard
 
 # Subcommands of our own (the rest go to LightningCLI): name -> module with main(argv) -> exit status.
 TOOLS = {"bench": "selfsup.bench", "shards": "selfsup.shards_cli"}
@@ -54,6 +55,7 @@ class SelfsupCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FeatureWriter, "predict_writer")  # acts only in `selfsup predict`
         parser.add_lightning_class_args(DataHealth, "data_health")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.set_defaults({
             "data": {"class_path": "selfsup.data.SSLDataModule"},
             "checkpoint.save_last": True,
