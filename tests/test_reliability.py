@@ -85,3 +85,24 @@ def test_sigkill_three_times_then_resume_reaches_the_planned_steps(tmp_path, mni
     assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-3000:]
     ckpt = torch.load(last_ckpt(tmp_path), map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 60 and ckpt["epoch"] == 2
+
+
+class WritesAFile:
+    """Unpickling this creates a file: what a malicious checkpoint would do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate"])
+def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, mnist5k, subcommand):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": WritesAFile(marker)}, evil)
+    proc = selfsup(subcommand, *TINY, "--trainer.max_epochs", "1", "--ckpt_path", str(evil), cwd=tmp_path,
+                   check=False)
+    assert proc.returncode == 2 and "refused to load a checkpoint" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not marker.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
@@ -60,11 +61,19 @@ def summarize_parse_error(message: str) -> str:
 
 
 def user_error(err: BaseException) -> ConfigError | None:
-    """The ConfigError behind ``err`` (jsonargparse wraps errors raised while instantiating classes)."""
+    """The ConfigError behind ``err`` (jsonargparse wraps errors raised while instantiating classes); a
+    checkpoint that torch refused to unpickle becomes one too."""
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, ConfigError):
             return err
+        if isinstance(err, pickle.UnpicklingError):
+            found = re.search(r"GLOBAL [\w.]+", str(err))
+            return ConfigError(
+                "refused to load a checkpoint that holds more than plain weights ("
+                f"{found.group(0) if found else 'code objects'}; it was read with weights_only=True, so none of "
+                "it ran); load only checkpoints written by selfsup or another source you trust"
+            )
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
