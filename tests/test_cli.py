@@ -181,3 +181,11 @@ def losses(run: Path) -> list[str]:
     """The per-step training losses a run logged to metrics.csv."""
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     return [r["train/loss_step"] for r in rows if r.get("train/loss_step")]
+
+
+def test_an_unwritable_output_folder_is_named_before_anything_runs(tmp_path):
+    (tmp_path / "runs").write_text("a file where the runs folder would go")
+    proc = selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "cannot write run outputs to runs/simclr-mnist5k" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (tmp_path / "runs").read_text() == "a file where the runs folder would go"

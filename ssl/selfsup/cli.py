@@ -7,12 +7,19 @@ import re
 import sys
 from argparse import ArgumentError
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import selfsup.eval  # noqa: F401  (KNNMonitor and friends resolve by short name in configs)
-from selfsup.cli_checks import reject_linked_overrides, reject_unknown_method, summarize_parse_error, user_error
+from selfsup.cli_checks import (
+    check_writable,
+    reject_linked_overrides,
+    reject_unknown_method,
+    summarize_parse_error,
+    user_error,
+)
 from selfsup.data import SSLDataModule
 from selfsup.data.health import DataHealth
 from selfsup.eval import FeatureWriter
@@ -67,6 +74,8 @@ class SelfsupCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         share_logger_version(config.trainer.logger, resume=config.get("ckpt_path") == "last")
+        if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
+            check_writable(output_folders(config))
 
 
 def share_logger_version(loggers: object, resume: bool = False) -> None:
@@ -89,6 +98,16 @@ def share_logger_version(loggers: object, resume: bool = False) -> None:
             newest = max(taken, default=-1)
             chosen[folder] = f"version_{newest if resume and newest >= 0 else newest + 1}"
         args.version = chosen[folder]
+
+
+def output_folders(config: Any) -> list[Path]:
+    """Where a run will write: each logger's ``save_dir/name`` and the checkpoint folder if set."""
+    loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else []
+    folders = [Path(lg.init_args.save_dir) / (lg.init_args.get("name") or "") for lg in loggers
+               if getattr(lg, "init_args", None) is not None and "save_dir" in lg.init_args]
+    if config.get("checkpoint") and config.checkpoint.get("dirpath"):
+        folders.append(Path(config.checkpoint.dirpath))
+    return folders
 
 
 def run_lightning(args: list[str] | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -77,3 +78,18 @@ def user_error(err: BaseException) -> ConfigError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def check_writable(folders: list[Path]) -> None:
+    """Each output folder exists or can be made, and takes a file; a ConfigError names the first that does not."""
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise ConfigError(
+                f"cannot write run outputs to {folder} ({err.strerror or err}); choose a writable folder with "
+                "--trainer.logger.init_args.save_dir (or the loggers' save_dir in the config) and "
+                "--checkpoint.dirpath"
+            ) from None
