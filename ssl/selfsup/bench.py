@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from selfsup.errors import ConfigError
 
@@ -53,7 +54,7 @@ def bench_method(method: str, config: Path, batch_size: int, device: torch.devic
     model, data = _build(method, config, batch_size)
     model.to(device).train()
     batch = next(iter(data.train_dataloader()))
-    batch = {k: [t.to(device) for t in v] if isinstance(v, list) else v.to(device) for k, v in batch.items()}
+    batch = move_data_to_device(batch, device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     shapes: list[torch.Size] = []
