@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from selfsup.eval.features import extract_features
+from selfsup.eval.features import split_features
 from selfsup.eval.knn import knn_accuracy
 
 
@@ -24,10 +24,8 @@ class KNNMonitor(L.Callback):
         data = trainer.datamodule
         if trainer.fast_dev_run or not hasattr(data, "eval_dataloader") or getattr(data, "num_classes", 0) == 0:
             return None
-        bank, bank_labels = extract_features(module.backbone, data.eval_dataloader("train", all_ranks=True),
-                                             module.device, desc="kNN bank")
-        queries, query_labels = extract_features(module.backbone, data.eval_dataloader("val", all_ranks=True),
-                                                 module.device, desc="kNN queries")
+        bank, bank_labels = split_features(module.backbone, data, "train", module.device)
+        queries, query_labels = split_features(module.backbone, data, "val", module.device)
         return knn_accuracy(bank, bank_labels, queries, query_labels, self.k, self.temperature, data.num_classes)
 
     def _log(self, trainer: L.Trainer, result: dict[str, float]) -> None:
