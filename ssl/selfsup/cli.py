@@ -1,4 +1,5 @@
-"""The ``selfsup`` command: LightningCLI (fit/validate/test/predict) over every method and data module."""
+"""The ``selfsup`` command: LightningCLI (fit/validate/test/predict) over every method, probe and data module,
+plus ``bench``, ``knn``, ``export`` and ``plot``."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import sys
 from argparse import ArgumentError
 from pathlib import Path
 
+import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-import selfsup.eval  # noqa: F401  (KNNMonitor and friends resolve by short name in configs)
+import selfsup.eval  # noqa: F401  (KNNMonitor, LinearProbe and friends resolve by short name in configs)
+import selfsup.methods  # noqa: F401  (SimCLR, RotNet, ... resolve by short name)
 from selfsup.cli_checks import reject_linked_overrides, reject_unknown_method, summarize_parse_error, user_error
 from selfsup.data import SSLDataModule
 from selfsup.eval import FeatureWriter
-from selfsup.methods import SSLMethod
+from selfsup.eval.commands import COMMANDS as EVAL_COMMANDS
 
 # Values the data decides and the model needs: (data attribute, model argument, when).
 LINKED_FROM_DATA = (
@@ -85,7 +88,7 @@ def run_lightning(args: list[str] | None) -> None:
     reject_unknown_method(given)
     reject_linked_overrides(given)
     SelfsupCLI(
-        SSLMethod,
+        L.LightningModule,  # a method (SSLMethod) or a probe (FrozenProbe)
         SSLDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
@@ -105,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
             from selfsup.bench import main as bench
 
             return bench(args[1:])
+        if args[:1] and args[0] in EVAL_COMMANDS:
+            return EVAL_COMMANDS[args[0]](args[1:])
         run_lightning(argv)
     except ArgumentError as err:
         print(f"selfsup: error: {summarize_parse_error(str(err))} (see selfsup fit --help)", file=sys.stderr)
