@@ -19,3 +19,12 @@ def test_bench_measures_each_method_against_its_backbone_floor(tmp_path, mnist5k
 def test_bench_names_unknown_methods(tmp_path):
     proc = selfsup("bench", "--methods", "BYOL", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "no bench config for BYOL" in proc.stderr
+
+
+def test_bench_knn_times_faiss_and_torch_and_finds_the_same_neighbours(tmp_path):
+    out = tmp_path / "knn.json"
+    proc = selfsup("bench", "knn", "--train", "3000", "--dims", "32", "--queries", "500", "--out", str(out),
+                   cwd=tmp_path)
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["n_train"], row["dim"], row["queries"]) == (3000, 32, 500) and "torch/faiss" in proc.stdout
+    assert row["same_neighbours"] == 1.0 and row["faiss_s"] > 0 and row["torch_s"] > 0
