@@ -6,7 +6,10 @@ nearest bank samples votes for its label with weight exp(similarity / T). Severa
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,7 +18,25 @@ import torch.nn.functional as F
 from selfsup.errors import ConfigError
 
 
+def _openblas_coretype() -> None:
+    """Name the CPU's kernel family for the OpenBLAS that faiss-cpu wheels bundle, unless the user did.
+
+    faiss-cpu 1.15.1 ships OpenBLAS 0.3.15, which does not recognise recent Xeons and falls back to its generic
+    "Prescott" kernels: on this project's machine its search ran 3x slower than torch's matmul, and 1.4x faster
+    with the right kernels. OpenBLAS reads ``OPENBLAS_CORETYPE`` when it loads, so this runs before ``import faiss``.
+    """
+    if os.environ.get("OPENBLAS_CORETYPE") or "faiss" in sys.modules or not Path("/proc/cpuinfo").is_file():
+        return
+    flags = set(next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), []))
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+    elif {"avx2", "fma"} <= flags:
+        os.environ["OPENBLAS_CORETYPE"] = "Haswell"
+
+
 def _faiss():
+    _openblas_coretype()
     try:
         import faiss
     except ImportError as err:
