@@ -13,8 +13,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv with selfsup, faiss-cpu and the test tools, at the pinned versions
 
-demo: $(STAMP)  ## pretrain SimCLR on built-in MNIST-5k (CPU, ~4 min), print kNN top-1 vs random init
+demo: $(STAMP)  ## pretrain SimCLR on built-in MNIST-5k (CPU, ~4 min), then print its kNN and linear-probe accuracy
 	$(BIN)/selfsup fit -c experiments/simclr/mnist5k.yaml
+	ckpt=$$(ls -td runs/simclr-mnist5k/version_*/checkpoints/last.ckpt | head -1) && \
+	$(BIN)/selfsup knn --ckpt $$ckpt -c experiments/eval/mnist5k.yaml --k 20 200 && \
+	$(BIN)/selfsup fit -c experiments/eval/linear-mnist5k.yaml --model.init_from $$ckpt
 
 test: $(STAMP)  ## the whole test suite
 	$(BIN)/python -m pytest
@@ -22,8 +25,9 @@ test: $(STAMP)  ## the whole test suite
 test-fast: $(STAMP)  ## the suite without the slow end-to-end runs
 	$(BIN)/python -m pytest -m "not slow"
 
-bench: $(STAMP)  ## each method's training step against its backbone floor (table + runs/bench.json)
+bench: $(STAMP)  ## each method's step against its backbone floor; FAISS kNN against torch (tables + runs/*.json)
 	$(BIN)/selfsup bench
+	$(BIN)/selfsup bench knn
 
 lint: $(STAMP)  ## static checks
 	$(BIN)/ruff check ssl tests

@@ -9,6 +9,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Overrides that make the demo config a few-second run: a width-4 ResNet-18 (CIFAR stem), batches of 32, no workers.
+TINY = ["--model.init_args.backbone_args", "{width: 4, cifar_stem: true}", "--data.init_args.batch_size", "32",
+        "--data.init_args.num_workers", "0", "--trainer.log_every_n_steps", "1"]
+
 
 def selfsup(*args: str, cwd: Path, check: bool = True, path: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
     """``python -m selfsup.cli ARGS`` (what the console script calls) with this checkout's ``ssl/`` first on the

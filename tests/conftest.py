@@ -21,3 +21,18 @@ def mnist5k(selfsup_cache: Path) -> Path:
     from selfsup.data.builtin import get_builtin
 
     return get_builtin("mnist5k").ensure_written()
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory, mnist5k: Path) -> tuple[Path, Path]:
+    """A few real SimCLR steps through `selfsup fit` with the demo config (width-4 ResNet-18, CIFAR stem, 1 channel);
+    returns (run dir, last.ckpt). Shared by the CLI and evaluation tests."""
+    from clirun import REPO, TINY, selfsup
+
+    cwd = tmp_path_factory.mktemp("fit")
+    selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), *TINY, "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "3", "--trainer.check_val_every_n_epoch", "1",
+            "--trainer.enable_progress_bar", "false", cwd=cwd)
+    runs = sorted((cwd / "runs/simclr-mnist5k").glob("version_*"))
+    assert len(runs) == 1, runs  # CSV and TensorBoard share one version folder
+    return runs[0], runs[0] / "checkpoints/last.ckpt"

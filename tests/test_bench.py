@@ -31,3 +31,12 @@ def test_bench_data_compares_shards_with_pil_files(tmp_path, mnist5k):
     assert [(r["data"][:6], r["stage"]) for r in rows] == [
         (name, stage) for name in ("MNIST-", "RGB-64") for stage in ("read", "decode", "decode + views")]
     assert all(r["shards"] > 0 and r["files"] > 0 for r in rows) and "PIL files" in proc.stdout
+
+
+def test_bench_knn_times_faiss_and_torch_and_finds_the_same_neighbours(tmp_path):
+    out = tmp_path / "knn.json"
+    proc = selfsup("bench", "knn", "--train", "3000", "--dims", "32", "--queries", "500", "--out", str(out),
+                   cwd=tmp_path)
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["n_train"], row["dim"], row["queries"]) == (3000, 32, 500) and "torch/faiss" in proc.stdout
+    assert row["same_neighbours"] == 1.0 and row["faiss_s"] > 0 and row["torch_s"] > 0

@@ -10,22 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clirun import REPO, selfsup
-
-TINY = ["--model.init_args.backbone_args", "{width: 4, cifar_stem: true}", "--data.init_args.batch_size", "32",
-        "--data.init_args.num_workers", "0", "--trainer.log_every_n_steps", "1"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, mnist5k) -> tuple[Path, Path]:
-    """A few real SimCLR steps through `selfsup fit` with the demo config; returns (run dir, last.ckpt)."""
-    cwd = tmp_path_factory.mktemp("fit")
-    selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), *TINY, "--trainer.max_epochs", "1",
-            "--trainer.limit_train_batches", "3", "--trainer.check_val_every_n_epoch", "1",
-            "--trainer.enable_progress_bar", "false", cwd=cwd)
-    runs = sorted((cwd / "runs/simclr-mnist5k").glob("version_*"))
-    assert len(runs) == 1, runs  # CSV and TensorBoard share one version folder
-    return runs[0], runs[0] / "checkpoints/last.ckpt"
+from clirun import REPO, TINY, selfsup
 
 
 @pytest.mark.slow
@@ -116,6 +101,12 @@ BAD_INPUTS = [
     (["fit", "--model", "SimCLR", "--model.backbone", "resnet18", "--data.views", "selfsup.data.views.EvalView",
       "--data.views.size", "28", "--data.num_workers", "0", "--trainer.fast_dev_run", "1"],
      "SimCLR needs 'pair' views, but data.views is EvalView"),
+    (["knn", "--ckpt", "no/such.ckpt", "-c", str(REPO / "experiments/eval/mnist5k.yaml")],
+     "checkpoint no/such.ckpt does not exist"),
+    (["export", "--ckpt", "no/such.ckpt", "--out", "b.pt"], "checkpoint no/such.ckpt does not exist"),
+    (["plot", "--ckpt", "no/such.ckpt", "-c", "no/such.yaml"], "checkpoint no/such.ckpt does not exist"),
+    (["fit", "--model", "LinearProbe", "--model.backbone", "resnet18", "--model.init_from", "no/such.ckpt"],
+     "checkpoint no/such.ckpt does not exist"),
 ]
 
 

@@ -1,4 +1,5 @@
-"""The ``selfsup`` command: LightningCLI (fit/validate/test/predict) over every method and data module."""
+"""The ``selfsup`` command: LightningCLI (fit/validate/test/predict) over every method, probe and data module,
+plus ``bench``, ``knn``, ``export`` and ``plot``."""
 
 from __future__ import annotations
 
@@ -6,13 +7,16 @@ import importlib
 import re
 import sys
 from argparse import ArgumentError
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-import selfsup.eval  # noqa: F401  (KNNMonitor and friends resolve by short name in configs)
+import selfsup.eval  # noqa: F401  (KNNMonitor, LinearProbe and friends resolve by short name in configs)
+import selfsup.methods  # noqa: F401  (SimCLR, RotNet, ... resolve by short name)
 from selfsup.cli_checks import (
     check_writable,
     reject_linked_overrides,
@@ -23,11 +27,17 @@ from selfsup.cli_checks import (
 from selfsup.data import SSLDataModule
 from selfsup.data.health import DataHealth
 from selfsup.eval import FeatureWriter
-from selfsup.methods import SSLMethod
+from selfsup.eval.commands import COMMANDS as EVAL_COMMANDS
 from selfsup.nonfinite import NonFiniteGuard
 
-# Subcommands of our own (the rest go to LightningCLI): name -> module with main(argv) -> exit status.
-TOOLS = {"bench": "selfsup.bench", "shards": "selfsup.shards_cli"}
+
+def _tool(module: str) -> Callable[[list[str]], int | None]:
+    """A subcommand whose module is imported only when it runs."""
+    return lambda argv: importlib.import_module(module).main(argv)
+
+
+# Subcommands of our own (the rest go to LightningCLI): name -> main(argv) -> exit status (None: 0).
+TOOLS = {"bench": _tool("selfsup.bench"), "shards": _tool("selfsup.shards_cli"), **EVAL_COMMANDS}
 
 # Values the data decides and the model needs: (data attribute, model argument, when).
 LINKED_FROM_DATA = (
@@ -116,7 +126,7 @@ def run_lightning(args: list[str] | None) -> None:
     reject_unknown_method(given)
     reject_linked_overrides(given)
     SelfsupCLI(
-        SSLMethod,
+        L.LightningModule,  # a method (SSLMethod) or a probe (FrozenProbe)
         SSLDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
@@ -133,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         if args[:1] and args[0] in TOOLS:
-            status = importlib.import_module(TOOLS[args[0]]).main(args[1:])
+            status = TOOLS[args[0]](args[1:])
             if status:
                 sys.exit(status)
             return None

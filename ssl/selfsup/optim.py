@@ -103,14 +103,15 @@ def scaled_lr(base_lr: float, batch_size: int, rule: LRScaling, reference: int =
 
 def build_optimizer(
     name: OptimizerName, groups: list[dict], lr: float, momentum: float, weight_decay: float,
-    betas: tuple[float, float] = (0.9, 0.999),
+    betas: tuple[float, float] = (0.9, 0.999), nesterov: bool = False,
 ) -> torch.optim.Optimizer:
-    """LARS, SGD (momentum) or AdamW over parameter groups that carry ``weight_decay`` and ``adapt`` keys."""
+    """LARS, SGD (momentum; Nesterov's with ``nesterov``) or AdamW over parameter groups that carry
+    ``weight_decay`` and ``adapt`` keys."""
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     plain = [{k: v for k, v in g.items() if k != "adapt"} for g in groups]
     if name == "sgd":
-        return torch.optim.SGD(plain, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(plain, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     if name == "adamw":
         return torch.optim.AdamW(plain, lr=lr, betas=betas, weight_decay=weight_decay)
     raise ConfigError(f"unknown optimizer {name!r}; choose lars, sgd or adamw")
@@ -126,3 +127,23 @@ def warmup_cosine(
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def global_batch_size(batch_size: int, trainer) -> int:
+    """Samples per optimizer step: per-device batch x devices x nodes x gradient accumulation."""
+    return batch_size * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def warmup_cosine_scheduler(
+    optimizer: torch.optim.Optimizer, trainer, warmup_epochs: float, start_factor: float = 0.0,
+    final_factor: float = 0.0,
+) -> dict:
+    """Lightning's scheduler config for ``warmup_cosine`` stepped every optimizer step over the whole fit
+    (warmup given in epochs, fractions allowed)."""
+    total = max(1, int(trainer.estimated_stepping_batches))
+    epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+    warmup = round(warmup_epochs * total / epochs) if epochs else 0
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, total, warmup, start_factor, final_factor)
+    )
+    return {"scheduler": schedule, "interval": "step"}

@@ -93,7 +93,11 @@ class SSLDataModule(L.LightningDataModule):
             prefetch_factor=2 if workers > 0 else None,  # batches read past an epoch's end are dropped
         )
 
-    def train_dataloader(self) -> EpochLoader:
+    def train_dataloader(self) -> EpochLoader | DataLoader:
+        module = self.trainer.lightning_module if self.trainer else None
+        cached = module.cached_train_dataloader() if hasattr(module, "cached_train_dataloader") else None
+        if cached is not None:  # a probe on frozen features embeds the images once and trains on the features
+            return cached
         rank, world = self._world()
         split = self.source.split("train")
         if len(split.parts) < world:

@@ -154,10 +154,38 @@ class RotationViews(ViewRecipe):
         return {"images": self.batch(image[None])["images"][0]}
 
     def batch(self, images: torch.Tensor) -> dict[str, Any]:
-        b, _, h, w = images.shape
-        boxes = random_crop_boxes(b, h, w, self.scale, self.ratio)
-        x = resized_crops(images.float().div_(255), boxes, self.size).clamp_(0, 1)
-        return {"images": random_hflip(x, self.flip_p)}
+        return {"images": crop_flip(images, self.size, self.scale, self.ratio, self.flip_p)}
+
+
+def crop_flip(images: torch.Tensor, size: int, scale: tuple[float, float], ratio: tuple[float, float],
+              flip_p: float) -> torch.Tensor:
+    """A random resized crop (area fraction ``scale``, aspect ``ratio``) and flip of each uint8 image (B, C, H, W),
+    as float (B, C, size, size) in [0, 1]."""
+    b, _, h, w = images.shape
+    boxes = random_crop_boxes(b, h, w, scale, ratio)
+    return random_hflip(resized_crops(images.float().div_(255), boxes, size).clamp_(0, 1), flip_p)
+
+
+class CropViews(ViewRecipe):
+    """One random resized crop and flip of each image, ``{"image": float (C, size, size)}``: the augmented
+    training view of supervised heads (the linear probe's ImageNet recipe: SimCLR's crop + flip)."""
+
+    kind = "image"
+
+    def __init__(
+        self,
+        size: int = 224,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_p: float = 0.5,
+    ) -> None:
+        self.size, self.scale, self.ratio, self.flip_p = size, tuple(scale), tuple(ratio), flip_p
+
+    def __call__(self, image: torch.Tensor) -> dict[str, Any]:
+        return {"image": self.batch(image[None])["image"][0]}
+
+    def batch(self, images: torch.Tensor) -> dict[str, Any]:
+        return {"image": crop_flip(images, self.size, self.scale, self.ratio, self.flip_p)}
 
 
 class EvalView(ViewRecipe):

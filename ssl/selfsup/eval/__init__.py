@@ -1,8 +1,12 @@
-"""Evaluation: FAISS kNN, feature extraction, the kNN monitor callback, and the predict feature writer."""
+"""Evaluation: FAISS kNN, feature extraction, probes (linear, dense), export, embedding plots, the kNN monitor."""
 
-from selfsup.eval.features import extract_features
-from selfsup.eval.knn import knn_accuracy, knn_scores
+from selfsup.eval.dense import DenseProbe
+from selfsup.eval.features import extract_features, split_features
+from selfsup.eval.knn import knn_accuracy, knn_evaluate, knn_scores
 from selfsup.eval.monitor import KNNMonitor
+from selfsup.eval.plot import EmbeddingPlot
+from selfsup.eval.probe import FrozenProbe, LinearProbe
 from selfsup.eval.writer import FeatureWriter
 
-__all__ = ["extract_features", "knn_accuracy", "knn_scores", "KNNMonitor", "FeatureWriter"]
+__all__ = ["DenseProbe", "EmbeddingPlot", "FeatureWriter", "FrozenProbe", "KNNMonitor", "LinearProbe",
+           "extract_features", "knn_accuracy", "knn_evaluate", "knn_scores", "split_features"]

@@ -1,12 +1,16 @@
-"""One batched, gradient-free pass of a backbone over a loader of un-augmented images."""
+"""One batched, gradient-free pass of a backbone over un-augmented images: what kNN, plots and cached probes share."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from selfsup.data import SSLDataModule
 
 
 @torch.no_grad()
@@ -28,3 +32,10 @@ def extract_features(
     finally:
         backbone.train(was_training)
     return torch.cat(feats), torch.cat(labels)
+
+
+def split_features(
+    backbone: nn.Module, data: SSLDataModule, split: str, device: torch.device | str = "cpu", progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels of every un-augmented image of ``split`` of an ``SSLDataModule`` (all ranks' share)."""
+    return extract_features(backbone, data.eval_dataloader(split, all_ranks=True), device, progress, desc=split)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from selfsup.eval.features import extract_features
+from selfsup.eval.features import split_features
 from selfsup.eval.knn import knn_accuracy
 
 
@@ -26,10 +26,8 @@ class KNNMonitor(L.Callback):
             return None
         if not data.source.has_split("val"):
             return None
-        bank, bank_labels = extract_features(module.backbone, data.eval_dataloader("train", all_ranks=True),
-                                             module.device, desc="kNN bank")
-        queries, query_labels = extract_features(module.backbone, data.eval_dataloader("val", all_ranks=True),
-                                                 module.device, desc="kNN queries")
+        bank, bank_labels = split_features(module.backbone, data, "train", module.device)
+        queries, query_labels = split_features(module.backbone, data, "val", module.device)
         return knn_accuracy(bank, bank_labels, queries, query_labels, self.k, self.temperature, data.num_classes)
 
     def _log(self, trainer: L.Trainer, result: dict[str, float]) -> None:

@@ -14,7 +14,15 @@ from selfsup.backbones import build_backbone
 from selfsup.data.views import ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.heads import LinearClassifier
-from selfsup.optim import LRScaling, OptimizerName, build_optimizer, scaled_lr, split_decay, warmup_cosine
+from selfsup.optim import (
+    LRScaling,
+    OptimizerName,
+    build_optimizer,
+    global_batch_size,
+    scaled_lr,
+    split_decay,
+    warmup_cosine_scheduler,
+)
 
 
 @dataclass
@@ -150,18 +158,13 @@ class SSLMethod(L.LightningModule):
         return {"features": self.backbone(batch["image"]), "label": batch["label"]}
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp, trainer = self.hparams, self.trainer
-        global_batch = hp.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-        lr = scaled_lr(hp.lr, global_batch, hp.lr_scaling)
+        hp = self.hparams
+        lr = scaled_lr(hp.lr, global_batch_size(hp.batch_size, self.trainer), hp.lr_scaling)
         probe = set(self.probe.parameters()) if self.probe is not None else set()
         groups = split_decay(((n, p) for n, p in self.named_parameters() if p not in probe), hp.weight_decay)
         if probe:
             groups.append({"params": list(probe), "weight_decay": 0.0, "adapt": False, "lr": hp.probe_lr})
         opt = build_optimizer(hp.optimizer, groups, lr, hp.momentum, hp.weight_decay, tuple(hp.betas))
-        total = max(1, int(trainer.estimated_stepping_batches))
-        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        warmup = round(hp.warmup_epochs * total / epochs) if epochs else 0
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, total, warmup, hp.warmup_start_factor, hp.final_lr_factor)
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        schedule = warmup_cosine_scheduler(opt, self.trainer, hp.warmup_epochs, hp.warmup_start_factor,
+                                           hp.final_lr_factor)
+        return {"optimizer": opt, "lr_scheduler": schedule}

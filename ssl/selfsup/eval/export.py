@@ -1,0 +1,91 @@
+"""Export a checkpoint's backbone as a plain state dict keyed as torchvision's model of the same architecture.
+
+selfsup's ResNets use torchvision's parameter names, so the keys carry over unchanged; what the export checks
+and reports is which keys and shapes torchvision's model would not accept (a tiny CPU variant, 1-channel input,
+a CIFAR stem). Those load into ``selfsup.backbones.build_backbone`` with the spec written beside the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision
+
+from selfsup.eval.checkpoint import BackboneSpec, backbone_spec, backbone_state, load_checkpoint
+
+# Keys of a torchvision classification model that a backbone does not have (the classifier).
+HEAD_PREFIXES = ("fc.", "classifier.", "head.", "heads.")
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote and what torchvision's model of the same name would not take."""
+
+    spec: BackboneSpec
+    keys: int
+    torchvision_model: str | None
+    unmapped: list[str] = field(default_factory=list)  # our keys torchvision's model does not have
+    missing: list[str] = field(default_factory=list)  # its keys (classifier aside) we do not provide
+    shape_mismatch: list[str] = field(default_factory=list)
+
+    @property
+    def loads_into_torchvision(self) -> bool:
+        return self.torchvision_model is not None and not (self.unmapped or self.missing or self.shape_mismatch)
+
+
+def torchvision_state_shapes(name: str) -> dict[str, torch.Size] | None:
+    """Parameter and buffer shapes of torchvision's ``name`` without its classifier (None: no such model)."""
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        return None
+    with torch.device("meta"):
+        model = torchvision.models.get_model(name, weights=None)
+    return {k: v.shape for k, v in model.state_dict().items() if not k.startswith(HEAD_PREFIXES)}
+
+
+def to_torchvision_keys(state: dict[str, torch.Tensor], spec: BackboneSpec) -> dict[str, torch.Tensor]:
+    """Rename selfsup keys to torchvision's. Identity for the ResNet family (built on torchvision's blocks);
+    the place for a rename table when a backbone family needs one."""
+    return dict(state)
+
+
+def export_backbone(ckpt_path: str | Path, out: str | Path) -> ExportReport:
+    """Write the checkpoint's backbone weights to ``out`` (``torch.save`` of a plain dict of tensors) and its
+    spec to ``out`` with suffix ``.json``; return what torchvision's model of that name would not accept."""
+    ckpt = load_checkpoint(ckpt_path)
+    spec = backbone_spec(ckpt, ckpt_path)
+    state = {k: v.contiguous() for k, v in to_torchvision_keys(backbone_state(ckpt), spec).items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out)
+    out.with_suffix(".json").write_text(json.dumps(
+        {"backbone": spec.name, "backbone_args": spec.args, "in_channels": spec.in_channels}, indent=1) + "\n")
+    expected = torchvision_state_shapes(spec.name)
+    report = ExportReport(spec, len(state), spec.name if expected is not None else None)
+    if expected is not None:
+        report.unmapped = sorted(set(state) - set(expected))
+        report.missing = sorted(set(expected) - set(state))
+        report.shape_mismatch = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k])
+    return report
+
+
+def describe(report: ExportReport, out: str | Path) -> str:
+    """A few lines for the user: what was written and how to load it."""
+    lines = [f"wrote {report.keys} tensors of backbone {report.spec} to {out} (spec: {Path(out).with_suffix('.json')})"]
+    if report.loads_into_torchvision:
+        lines.append(f"loads into torchvision.models.{report.torchvision_model}() with "
+                     "load_state_dict(state, strict=False): only the classifier (fc) is left out")
+        return "\n".join(lines)
+    if report.torchvision_model is None:
+        lines.append(f"torchvision has no model named {report.spec.name!r}: no key could be mapped to torchvision")
+    for what, keys in (("keys torchvision's model does not have", report.unmapped),
+                       ("torchvision keys not in the checkpoint", report.missing),
+                       ("keys whose shapes differ from torchvision's", report.shape_mismatch)):
+        if keys:
+            shown = ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+            lines.append(f"cannot map to torchvision.models.{report.spec.name}: {what}: {shown}")
+    lines.append(f"load it with selfsup.backbones.build_backbone({report.spec.name!r}, "
+                 f"in_channels={report.spec.in_channels}, **{report.spec.args})")
+    return "\n".join(lines)

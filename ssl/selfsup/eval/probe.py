@@ -1,0 +1,207 @@
+"""Probes: a head trained on a frozen backbone loaded from a checkpoint. ``LinearProbe`` classifies pooled features.
+
+    selfsup fit -c experiments/eval/linear-mnist5k.yaml --model.init_from runs/.../last.ckpt
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
+
+from selfsup.data.views import EvalView, ViewRecipe
+from selfsup.errors import ConfigError
+from selfsup.eval.checkpoint import (
+    BackboneSpec,
+    backbone_spec,
+    backbone_state,
+    check_same_architecture,
+    load_checkpoint,
+)
+from selfsup.eval.features import split_features
+from selfsup.eval.knn import topk_accuracy
+from selfsup.heads import LinearClassifier
+from selfsup.optim import (
+    LRScaling,
+    OptimizerName,
+    build_optimizer,
+    global_batch_size,
+    scaled_lr,
+    split_decay,
+    warmup_cosine_scheduler,
+)
+
+
+class FrozenProbe(L.LightningModule):
+    """Base of the probes: a backbone with its weights from ``init_from``, frozen (no gradients, BN always in
+    eval mode), and a head (``self.head``, set by the subclass) trained with SGD/LARS/AdamW, warmup + cosine.
+
+    Args:
+        init_from: a selfsup checkpoint (`selfsup fit` of any method or probe); None probes the random init.
+        backbone, backbone_args: the architecture; must match the checkpoint's.
+        in_channels, num_classes, batch_size: linked from the data by the CLI.
+        optimizer, lr, lr_scaling, weight_decay, momentum, nesterov, warmup_epochs: the head's optimizer;
+            lr is scaled by the global batch (``linear``: x BS/256).
+    """
+
+    def __init__(
+        self,
+        init_from: str | None = None,
+        backbone: str = "resnet50",
+        backbone_args: dict[str, Any] | None = None,
+        in_channels: int = 3,
+        num_classes: int = 0,
+        batch_size: int = 256,
+        optimizer: OptimizerName = "sgd",
+        lr: float = 0.1,
+        lr_scaling: LRScaling = "linear",
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        warmup_epochs: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if num_classes <= 0:
+            raise ConfigError(
+                f"{type(self).__name__} needs labels, but the data has no classes: give a labelled source "
+                "(one whose manifest.json lists classes, e.g. builtin:mnist5k)"
+            )
+        self.save_hyperparameters()
+        spec = BackboneSpec(backbone, dict(backbone_args or {}), in_channels)
+        self.backbone = spec.build()
+        if init_from:
+            ckpt = load_checkpoint(init_from)
+            check_same_architecture(backbone_spec(ckpt, init_from), spec, init_from)
+            self.backbone.load_state_dict(backbone_state(ckpt))
+        else:
+            rank_zero_warn(f"{type(self).__name__}: no model.init_from, so this probes a randomly initialised backbone")
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+
+    def train(self, mode: bool = True) -> FrozenProbe:
+        """Train mode for the head only: the frozen backbone's BN keeps using its running statistics."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def default_views(self, size: int) -> ViewRecipe:
+        """Un-augmented training images (set data.views for augmentation, e.g. CropViews)."""
+        return EvalView(size)
+
+    def setup(self, stage: str) -> None:
+        views = getattr(self.trainer.datamodule, "views", None) if self._trainer else None
+        if views is not None and views.kind != "image":
+            raise ConfigError(f"{type(self).__name__} trains on single images, but data.views makes "
+                              f"{views.kind!r} views; use EvalView or CropViews")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        lr = scaled_lr(hp.lr, global_batch_size(hp.batch_size, self.trainer), hp.lr_scaling)
+        groups = split_decay(self.head.named_parameters(), hp.weight_decay)
+        opt = build_optimizer(hp.optimizer, groups, lr, hp.momentum, hp.weight_decay, nesterov=hp.nesterov)
+        return {"optimizer": opt, "lr_scheduler": warmup_cosine_scheduler(opt, self.trainer, hp.warmup_epochs)}
+
+    def on_fit_end(self) -> None:
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+        if metrics:
+            shown = "  ".join(f"{k.removeprefix('val/')} {v:.4f}" for k, v in sorted(metrics.items()))
+            rank_zero_info(f"{type(self).__name__} on val: {shown}")
+
+
+class _FeatureBatches(IterableDataset):
+    """Shuffled batches ``{"features", "label"}`` of cached features: a fresh permutation each epoch, this rank's
+    share of it, whole batches only (every rank takes the same number of steps)."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, rank: int, world: int,
+                 seed: int = 0) -> None:
+        self.features, self.labels, self.batch_size = features, labels, batch_size
+        self.rank, self.world, self.seed, self._epoch = rank, world, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.labels) // (self.batch_size * self.world)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        order = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(self.seed + self._epoch))
+        self._epoch += 1
+        mine = order[self.rank :: self.world]
+        for i in range(len(self)):
+            idx = mine[i * self.batch_size : (i + 1) * self.batch_size]
+            yield {"features": self.features[idx], "label": self.labels[idx]}
+
+
+class LinearProbe(FrozenProbe):
+    """Linear classification of the frozen backbone's pooled features; logs ``val/top1`` and ``val/top5``.
+
+    Args:
+        cache_features: embed the un-augmented training images once and train on those features (many times
+            faster; needs un-augmented views, i.e. data.views unset or EvalView).
+        feature_bn: standardise the features with a BatchNorm without scale and shift before the linear layer
+            (as MAE's and MoCo v3's linear probes; still linear at test time). Makes the probe insensitive to
+            the features' scale; the SimCLR paper's recipe has none.
+        **kwargs: the options of ``FrozenProbe``.
+    """
+
+    def __init__(self, cache_features: bool = False, feature_bn: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        width = self.backbone.num_features
+        classifier = LinearClassifier(width, self.hparams.num_classes)
+        self.head = nn.Sequential(nn.BatchNorm1d(width, affine=False), classifier) if feature_bn else classifier
+        self.cache_features = cache_features
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        views = getattr(self.trainer.datamodule, "views", None) if self._trainer else None
+        if stage == "fit" and self.cache_features and views is not None and not isinstance(views, EvalView):
+            raise ConfigError(f"model.cache_features needs un-augmented training images, but data.views is "
+                              f"{type(views).__name__}; drop data.views or set cache_features: false")
+
+    def cached_train_dataloader(self) -> DataLoader | None:
+        """With ``cache_features``: batches of the training images' features, embedded once (the data module
+        asks for this before it streams images)."""
+        if not self.cache_features:
+            return None
+        data = self.trainer.datamodule
+        features, labels = split_features(self.backbone, data, "train", self.device, progress=True)
+        keep = labels >= 0
+        rank_zero_info(f"cached {int(keep.sum())} training features of width {features.shape[1]}")
+        batches = _FeatureBatches(features[keep], labels[keep], data.batch_size, self.global_rank,
+                                  self.trainer.world_size, data.seed)
+        return DataLoader(batches, batch_size=None)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits of images."""
+        with torch.no_grad():
+            features = self.backbone(images)
+        return self.head(features)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self.head(batch["features"]) if "features" in batch else self(batch["image"])
+        labels = batch["label"]
+        keep = labels >= 0
+        loss = F.cross_entropy(logits[keep], labels[keep])
+        top1 = (logits.argmax(1) == labels)[keep].float().mean()
+        self.log_dict({"train/loss": loss, "train/top1": top1}, on_step=True, on_epoch=True, batch_size=len(labels))
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], prefix: str) -> None:
+        labels = batch["label"]
+        keep = labels >= 0
+        logits = self(batch["image"])[keep]
+        metrics = topk_accuracy(logits, labels[keep])
+        self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, on_epoch=True, sync_dist=True,
+                      batch_size=int(keep.sum()))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
