@@ -16,7 +16,7 @@ import torch
 
 from clirun import REPO, selfsup
 
-TINY = ["-c", str(REPO / "experiments/simclr/mnist5k.yaml"), "--model.init_args.backbone_args",
+FIT = ["-c", str(REPO / "experiments/simclr/mnist5k.yaml"), "--model.init_args.backbone_args",
         "{width: 4, cifar_stem: true}", "--data.init_args.batch_size", "32", "--data.init_args.num_workers", "1",
         "--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
         "--trainer.log_every_n_steps", "1"]
@@ -34,7 +34,7 @@ def finite_weights(ckpt: Path) -> bool:
 
 @pytest.mark.slow
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mnist5k):
-    proc = selfsup("fit", *TINY, "--model", "faulty.SimCLRNaNAt", "--model.nan_at_step", "5",
+    proc = selfsup("fit", *FIT, "--model", "faulty.SimCLRNaNAt", "--model.nan_at_step", "5",
                    "--trainer.max_steps", "8", "--checkpoint.every_n_train_steps", "2", cwd=tmp_path, check=False,
                    path=(PLUGINS,))
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -45,7 +45,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mni
 
 @pytest.mark.slow
 def test_nan_loss_can_skip_the_step_instead(tmp_path, mnist5k):
-    selfsup("fit", *TINY, "--model", "faulty.SimCLRNaNAt", "--model.nan_at_step", "5", "--trainer.max_steps", "8",
+    selfsup("fit", *FIT, "--model", "faulty.SimCLRNaNAt", "--model.nan_at_step", "5", "--trainer.max_steps", "8",
             "--nonfinite.action", "skip", cwd=tmp_path, path=(PLUGINS,))
     ckpt = torch.load(last_ckpt(tmp_path), map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 8 and finite_weights(last_ckpt(tmp_path))
@@ -55,7 +55,7 @@ def test_nan_loss_can_skip_the_step_instead(tmp_path, mnist5k):
 
 def start_fit(cwd: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO / "ssl")}
-    return subprocess.Popen([sys.executable, "-m", "selfsup.cli", "fit", *TINY, *extra], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "selfsup.cli", "fit", *FIT, *extra], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 
@@ -102,7 +102,7 @@ def test_a_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, mnist5k, s
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": WritesAFile(marker)}, evil)
-    proc = selfsup(subcommand, *TINY, "--trainer.max_epochs", "1", "--ckpt_path", str(evil), cwd=tmp_path,
+    proc = selfsup(subcommand, *FIT, "--trainer.max_epochs", "1", "--ckpt_path", str(evil), cwd=tmp_path,
                    check=False)
     assert proc.returncode == 2 and "refused to load a checkpoint" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and not marker.exists()
