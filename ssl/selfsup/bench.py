@@ -18,7 +18,8 @@ import torch
 
 from selfsup.errors import ConfigError
 
-CONFIGS = {"SimCLR": "experiments/simclr/mnist5k.yaml", "RotNet": "experiments/rotnet/mnist5k.yaml"}
+CONFIGS = {"SimCLR": "experiments/simclr/mnist5k.yaml", "RotNet": "experiments/rotnet/mnist5k.yaml",
+           "SwAV": "experiments/swav/mnist5k.yaml"}
 
 
 def _median_seconds(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
