@@ -1,4 +1,4 @@
-"""LARS against METHODS.md's formula, computed independently; schedule and lr scaling values."""
+"""LARS and LARC against METHODS.md's formulas, computed independently; schedule and lr scaling values."""
 
 import math
 
@@ -40,6 +40,22 @@ def test_lars_matches_the_formula_over_three_steps():
         assert torch.allclose(bias.detach(), torch.tensor(ref_b, dtype=torch.double), atol=1e-12)
 
 
+def test_larc_matches_swav_formula_over_three_steps():
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(3, 4, dtype=torch.double))
+    opt = LARS([w], lr=0.5, momentum=0.9, weight_decay=1e-2, variant="larc")
+    ref, buf = w.detach().clone(), torch.zeros(3, 4, dtype=torch.double)
+    for lr in (0.5, 0.25, 0.1):  # a schedule: LARC multiplies the buffer by the current lr
+        opt.param_groups[0]["lr"] = lr
+        g = torch.randn(3, 4, dtype=torch.double)
+        w.grad = g.clone()
+        opt.step()
+        trust = 1e-3 * ref.norm() / (g.norm() + 1e-2 * ref.norm() + 1e-8)
+        buf = 0.9 * buf + (g + 1e-2 * ref) * trust
+        ref = ref - lr * buf
+        assert torch.allclose(w.detach(), ref, atol=1e-12)
+
+
 def test_lars_trust_ratio_is_one_for_zero_weights():
     w = nn.Parameter(torch.zeros(5))
     w.grad = torch.ones(5)
@@ -70,3 +86,8 @@ def test_lr_scaling_rules():
     assert scaled_lr(0.1, 4096, "none") == 0.1
     with pytest.raises(ConfigError):
         scaled_lr(0.1, 256, "cubic")
+
+
+def test_unknown_lars_variant_is_refused():
+    with pytest.raises(ConfigError, match="LARS variant"):
+        LARS([nn.Parameter(torch.zeros(2))], lr=0.1, variant="lamb")

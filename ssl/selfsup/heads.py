@@ -1,4 +1,4 @@
-"""Heads shared by the methods: projectors (MLP), and the linear classifier used by probes."""
+"""Heads shared by the methods: projectors (MLP), prototypes (SwAV), and the linear classifier used by probes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 LastNorm = Literal["none", "bn", "bn_noshift"]
@@ -53,3 +54,19 @@ class LinearClassifier(nn.Linear):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return super().forward(features)
+
+
+class Prototypes(nn.Linear):
+    """K learnable prototype vectors of width ``dim`` as a bias-free linear layer: ``scores = z @ W.T`` (SwAV).
+
+    ``normalize_()`` rescales every prototype (row of W) to unit length in place; SwAV calls it before each
+    step, so that with unit-length z the scores are cosine similarities.
+    """
+
+    def __init__(self, dim: int, num_prototypes: int) -> None:
+        super().__init__(dim, num_prototypes, bias=False)
+
+    @torch.no_grad()
+    def normalize_(self) -> None:
+        """Unit-length rows, in place and outside autograd."""
+        self.weight.copy_(F.normalize(self.weight, dim=1))

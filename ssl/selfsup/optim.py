@@ -1,4 +1,5 @@
-"""Optimizers and schedules shared by the methods: LARS (SimCLR flavour), no-decay groups, warmup + cosine."""
+"""Optimizers and schedules shared by the methods: LARS (SimCLR) and LARC (SwAV), no-decay groups, warmup +
+cosine."""
 
 from __future__ import annotations
 
@@ -11,22 +12,30 @@ from torch import nn
 
 from selfsup.errors import ConfigError
 
-OptimizerName = Literal["lars", "sgd", "adamw"]
+OptimizerName = Literal["lars", "larc", "sgd", "adamw"]
+LARSVariant = Literal["simclr", "larc"]
 LRScaling = Literal["linear", "sqrt", "none"]
 
 
 class LARS(torch.optim.Optimizer):
-    """LARS as SimCLR's official code does it (momentum with the learning rate inside the buffer).
+    """Layer-wise adaptive rate scaling, in the two variants the official codes use.
 
-    For each parameter w with gradient g, in a group with ``adapt=True``::
+    For each parameter w with gradient g, in a group with ``adapt=True``:
+
+    ``variant="simclr"`` (SimCLR's LARS: the lr goes into the momentum buffer)::
 
         g <- g + wd * w
-        trust = eta * ||w|| / ||g||      (1 if either norm is 0)
-        v <- momentum * v + lr * trust * g
-        w <- w - v
+        trust = eta * ||w|| / ||g||                          (1 if either norm is 0)
+        v <- momentum * v + lr * trust * g ;  w <- w - v
 
-    Groups with ``adapt=False`` (SimCLR: batch-norm parameters, biases, the supervised head) skip both the
-    weight decay and the trust ratio: plain momentum SGD at the group's lr.
+    ``variant="larc"`` (SwAV: apex's LARC without clipping around SGD; the lr multiplies the buffer)::
+
+        trust = eta * ||w|| / (||g|| + wd * ||w|| + eps)     (if either norm is 0: g unchanged, no decay)
+        g <- (g + wd * w) * trust
+        v <- momentum * v + g ;  w <- w - lr * v
+
+    Groups with ``adapt=False`` skip the weight decay and the trust ratio: plain momentum SGD at the group's lr
+    (SimCLR excludes batch-norm parameters, biases and the supervised head; SwAV adapts everything).
     """
 
     def __init__(
@@ -37,9 +46,28 @@ class LARS(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         eta: float = 1e-3,
         adapt: bool = True,
+        variant: LARSVariant = "simclr",
+        eps: float = 1e-8,
     ) -> None:
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, adapt=adapt)
+        if variant not in ("simclr", "larc"):
+            raise ConfigError(f"unknown LARS variant {variant!r}; choose simclr or larc")
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, adapt=adapt,
+                        variant=variant, eps=eps)
         super().__init__(params, defaults)
+
+    @staticmethod
+    def _adapted(w: torch.Tensor, g: torch.Tensor, group: dict) -> torch.Tensor:
+        """The decayed gradient times its trust ratio."""
+        wd, eta = group["weight_decay"], group["eta"]
+        w_norm = torch.linalg.vector_norm(w)
+        if group["variant"] == "simclr":
+            g = g.add(w, alpha=wd) if wd else g
+            g_norm = torch.linalg.vector_norm(g)
+            ok = (w_norm > 0) & (g_norm > 0)
+            return g * torch.where(ok, eta * w_norm / g_norm, torch.ones_like(w_norm))
+        g_norm = torch.linalg.vector_norm(g)
+        trust = eta * w_norm / (g_norm + wd * w_norm + group["eps"])
+        return torch.where((w_norm > 0) & (g_norm > 0), g.add(w, alpha=wd) * trust, g)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):  # type: ignore[override]
@@ -48,24 +76,17 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            lr_in_buffer = group["variant"] == "simclr"
             for w in group["params"]:
                 if w.grad is None:
                     continue
-                g = w.grad
-                if group["adapt"]:
-                    if group["weight_decay"]:
-                        g = g.add(w, alpha=group["weight_decay"])
-                    w_norm, g_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(g)
-                    trust = torch.where(
-                        (w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, torch.ones_like(w_norm)
-                    )
-                    g = g * trust
+                g = self._adapted(w, w.grad, group) if group["adapt"] else w.grad
                 state = self.state[w]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(w)
                 buf = state["momentum_buffer"]
-                buf.mul_(group["momentum"]).add_(g, alpha=group["lr"])
-                w.sub_(buf)
+                buf.mul_(group["momentum"]).add_(g, alpha=group["lr"] if lr_in_buffer else 1.0)
+                w.sub_(buf, alpha=1.0 if lr_in_buffer else group["lr"])
         return loss
 
 
@@ -105,16 +126,17 @@ def build_optimizer(
     name: OptimizerName, groups: list[dict], lr: float, momentum: float, weight_decay: float,
     betas: tuple[float, float] = (0.9, 0.999), nesterov: bool = False,
 ) -> torch.optim.Optimizer:
-    """LARS, SGD (momentum; Nesterov's with ``nesterov``) or AdamW over parameter groups that carry
-    ``weight_decay`` and ``adapt`` keys."""
-    if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    """LARS (SimCLR), LARC (SwAV), SGD (momentum; Nesterov's with ``nesterov``) or AdamW over parameter groups
+    that carry ``weight_decay`` and ``adapt`` keys."""
+    if name in ("lars", "larc"):
+        variant = "simclr" if name == "lars" else "larc"
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, variant=variant)
     plain = [{k: v for k, v in g.items() if k != "adapt"} for g in groups]
     if name == "sgd":
         return torch.optim.SGD(plain, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     if name == "adamw":
         return torch.optim.AdamW(plain, lr=lr, betas=betas, weight_decay=weight_decay)
-    raise ConfigError(f"unknown optimizer {name!r}; choose lars, sgd or adamw")
+    raise ConfigError(f"unknown optimizer {name!r}; choose lars, larc, sgd or adamw")
 
 
 def warmup_cosine(

@@ -141,3 +141,17 @@ def gaussian_blur(x: torch.Tensor, kernel: int, sigma: tuple[float, float], p: f
     flat = F.conv2d(flat, k[:, None, None, :], groups=b * c)
     flat = F.conv2d(flat, k[:, None, :, None], groups=b * c)
     return torch.where(apply[:, None, None, None], flat.reshape(b, c, h, w), x)
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel of an image (C, H, W) or a batch (B, C, H, W).
+
+    Statistics of 3 channels on a 1-channel image: their averages (e.g. ImageNet's for grayscale digits).
+    """
+    channels = x.shape[-3]
+    m, s = torch.tensor(mean, dtype=x.dtype), torch.tensor(std, dtype=x.dtype)
+    if len(m) != channels:
+        if channels != 1:
+            raise ValueError(f"{len(m)} normalisation means for {channels}-channel images")
+        m, s = m.mean(0, keepdim=True), s.mean(0, keepdim=True)
+    return (x - m[:, None, None]) / s[:, None, None]

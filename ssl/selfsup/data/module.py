@@ -127,7 +127,8 @@ class SSLDataModule(L.LightningDataModule):
             rank, world = 0, 1
         key = (split, rank, world)
         if key not in self._eval_loaders:
-            transform = EvalView(self._eval_size(), self.eval_resize)
+            norm = getattr(self.views, "normalization", None)  # evaluation sees what training saw
+            transform = EvalView(self._eval_size(), self.eval_resize, norm)
             stream = ShardStream(parts, transform, self.batch_size, self.num_channels, repeat=False,
                                  num_classes=self.num_classes, rank=rank, world_size=world)
             self._eval_loaders[key] = self._loader(stream)

@@ -6,6 +6,7 @@ paired with the wrong recipe fails at start-up with a message naming both.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -15,17 +16,24 @@ from torchvision.transforms import v2
 from selfsup.data.batch_augment import (
     colour_jitter,
     gaussian_blur,
+    normalize,
     random_crop_boxes,
     random_grayscale,
     random_hflip,
     resized_crops,
 )
+from selfsup.errors import ConfigError
 
 
 class ViewRecipe:
     """Base class: ``recipe(image) -> dict`` of tensors for one sample."""
 
     kind: ClassVar[str]
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """(mean, std) the views are normalised with, which evaluation images then get too; None: [0, 1]."""
+        return None
 
     def __call__(self, image: torch.Tensor) -> dict[str, Any]:
         raise NotImplementedError
@@ -97,14 +105,20 @@ class SimCLRViews(ViewRecipe):
         return v2.Compose(steps)
 
     def __call__(self, image: torch.Tensor) -> dict[str, Any]:
-        return {"views": [self._augment(image), self._augment(image)]}
+        return {"views": [self.view(image), self.view(image)]}
 
     def batch(self, images: torch.Tensor) -> dict[str, Any]:
-        if not self.batched:
-            return super().batch(images)
-        return {"views": [self._augment_batch(images), self._augment_batch(images)]}
+        return {"views": [self.view_batch(images), self.view_batch(images)]}
 
-    def _augment_batch(self, images: torch.Tensor) -> torch.Tensor:
+    def view(self, image: torch.Tensor) -> torch.Tensor:
+        """One augmented view of one uint8 image (C, H, W), float in [0, 1], with torchvision."""
+        return self._augment(image)
+
+    def view_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """One augmented view of each uint8 image of a batch (B, C, H, W): batched ops, or image by image
+        when ``batched`` is off."""
+        if not self.batched:
+            return torch.stack([self._augment(image) for image in images])
         b, _, h, w = images.shape
         x = resized_crops(images.float().div_(255), random_crop_boxes(b, h, w, self.scale, self.ratio), self.size)
         x = random_hflip(x, self.flip_p)
@@ -115,6 +129,66 @@ class SimCLRViews(ViewRecipe):
         if self.blur_p > 0:
             x = gaussian_blur(x, _blur_kernel(self.size), (0.1, 2.0), self.blur_p)
         return x
+
+
+SWAV_MEAN, SWAV_STD = (0.485, 0.456, 0.406), (0.228, 0.224, 0.225)
+
+
+class MultiCropViews(ViewRecipe):
+    """SwAV's multi-crop: ``counts[i]`` crops of side ``sizes[i]`` with area fraction in ``scales[i]`` (METHODS.md
+    section 2), each crop flipped, colour-jittered, grayed and blurred as a SimCLR view, then normalised.
+
+    Output ``{"views": [V tensors]}``, crops of one size next to each other in the order of ``sizes`` (so the
+    method can send each size through the backbone in one forward); the first group holds the large crops the
+    codes are computed on. Defaults: the paper's 2 x 224 (0.14, 1) + 6 x 96 (0.05, 0.14). ``mean``/``std``
+    (None: no normalisation) also apply to the evaluation images.
+    """
+
+    kind = "multicrop"
+
+    def __init__(
+        self,
+        sizes: Sequence[int] = (224, 96),
+        counts: Sequence[int] = (2, 6),
+        scales: Sequence[tuple[float, float]] = ((0.14, 1.0), (0.05, 0.14)),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_p: float = 0.5,
+        jitter_strength: float = 1.0,
+        jitter_p: float = 0.8,
+        grayscale_p: float = 0.2,
+        blur_p: float = 0.5,
+        mean: Sequence[float] | None = SWAV_MEAN,
+        std: Sequence[float] | None = SWAV_STD,
+        batched: bool = True,
+    ) -> None:
+        if not len(sizes) == len(counts) == len(scales) or min(counts, default=0) < 1 or sum(counts) < 2:
+            raise ConfigError(
+                f"MultiCropViews needs one count (>= 1) and one scale per size and at least 2 crops; got "
+                f"sizes={list(sizes)}, counts={list(counts)}, scales={[list(s) for s in scales]}"
+            )
+        if (mean is None) != (std is None):
+            raise ConfigError("MultiCropViews: set both mean and std, or neither")
+        self.sizes, self.counts, self.scales = list(sizes), list(counts), [tuple(s) for s in scales]
+        self.mean, self.std = (tuple(mean), tuple(std)) if mean is not None else (None, None)
+        self._crops = [
+            SimCLRViews(size, scale, ratio, flip_p, jitter_strength, jitter_p, grayscale_p, blur_p, batched)
+            for size, scale in zip(self.sizes, self.scales)
+        ]
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        return (self.mean, self.std) if self.mean is not None else None
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(x, self.mean, self.std) if self.mean is not None else x
+
+    def __call__(self, image: torch.Tensor) -> dict[str, Any]:
+        return {"views": [self._finish(crop.view(image))
+                          for crop, count in zip(self._crops, self.counts) for _ in range(count)]}
+
+    def batch(self, images: torch.Tensor) -> dict[str, Any]:
+        return {"views": [self._finish(crop.view_batch(images))
+                          for crop, count in zip(self._crops, self.counts) for _ in range(count)]}
 
 
 def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,12 +266,15 @@ class EvalView(ViewRecipe):
     """The un-augmented view used by evaluation: resize the short side, centre-crop to ``size``, [0, 1] floats.
 
     ``resize`` defaults to ``size`` (no margin); ImageNet evaluation uses ``resize = size / 0.875``.
+    ``normalization``: (mean, std) of the training views, applied last (None: none).
     """
 
     kind = "image"
 
-    def __init__(self, size: int = 224, resize: int | None = None) -> None:
+    def __init__(self, size: int = 224, resize: int | None = None,
+                 normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
         self.size, self.resize = size, resize or size
+        self.mean, self.std = (tuple(normalization[0]), tuple(normalization[1])) if normalization else (None, None)
         self._transform = v2.Compose([
             v2.Resize(self.resize, antialias=True),
             v2.CenterCrop(size),
@@ -206,5 +283,7 @@ class EvalView(ViewRecipe):
 
     def __call__(self, image: torch.Tensor) -> dict[str, Any]:
         if image.shape[-1] == image.shape[-2] == self.size == self.resize:
-            return {"image": image.to(torch.float32).div_(255)}
-        return {"image": self._transform(image)}
+            x = image.to(torch.float32).div_(255)
+        else:
+            x = self._transform(image)
+        return {"image": normalize(x, self.mean, self.std) if self.mean is not None else x}

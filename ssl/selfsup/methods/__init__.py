@@ -3,5 +3,6 @@
 from selfsup.methods.base import SSLMethod, StepOutput
 from selfsup.methods.rotnet import RotNet
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.swav import SwAV
 
-__all__ = ["SSLMethod", "StepOutput", "RotNet", "SimCLR"]
+__all__ = ["SSLMethod", "StepOutput", "RotNet", "SimCLR", "SwAV"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,6 +20,7 @@ from selfsup.optim import (
     OptimizerName,
     build_optimizer,
     global_batch_size,
+    is_no_decay,
     scaled_lr,
     split_decay,
     warmup_cosine_scheduler,
@@ -43,10 +45,12 @@ class SSLMethod(L.LightningModule):
         in_channels: image channels (linked from the data in the CLI).
         num_classes: label classes for the online probe; 0 turns it off (linked from the data).
         batch_size: per-device batch size (linked from the data), for the lr scaling rule.
-        optimizer: ``lars`` (SimCLR's LARS), ``sgd`` (momentum) or ``adamw``.
+        optimizer: ``lars`` (SimCLR's LARS), ``larc`` (SwAV's), ``sgd`` (momentum) or ``adamw``.
         lr: base learning rate before scaling.
         lr_scaling: ``linear`` (lr x global batch / 256), ``sqrt`` (lr x sqrt(global batch)) or ``none``.
-        weight_decay: applied to weights, never to norms and biases.
+        weight_decay: applied to weights (and to norms and biases unless they are excluded).
+        exclude_norms_and_biases: no weight decay and no LARS/LARC adaptation for norms and biases (SimCLR);
+            False applies both to every parameter (SwAV's official code).
         momentum: SGD/LARS momentum.
         betas: AdamW betas.
         warmup_epochs: linear warmup length (fractions allowed), counted in optimizer steps.
@@ -68,6 +72,7 @@ class SSLMethod(L.LightningModule):
         lr: float = 0.3,
         lr_scaling: LRScaling = "linear",
         weight_decay: float = 1e-6,
+        exclude_norms_and_biases: bool = True,
         momentum: float = 0.9,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_epochs: float = 10.0,
@@ -94,6 +99,18 @@ class SSLMethod(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features."""
         return self.backbone(images)
+
+    def backbone_by_size(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Pooled features of a list of image batches, concatenated in order: one backbone forward per run of
+        consecutive same-sized batches (multi-crop: one per resolution), not one per crop."""
+        features, start = [], 0
+        while start < len(crops):
+            end = start + 1
+            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
+                end += 1
+            features.append(self.backbone(torch.cat(list(crops[start:end]))))
+            start = end
+        return torch.cat(features)
 
     def setup(self, stage: str) -> None:
         views = getattr(self.trainer.datamodule, "views", None) if self._trainer else None
@@ -161,7 +178,9 @@ class SSLMethod(L.LightningModule):
         hp = self.hparams
         lr = scaled_lr(hp.lr, global_batch_size(hp.batch_size, self.trainer), hp.lr_scaling)
         probe = set(self.probe.parameters()) if self.probe is not None else set()
-        groups = split_decay(((n, p) for n, p in self.named_parameters() if p not in probe), hp.weight_decay)
+        no_decay = is_no_decay if hp.exclude_norms_and_biases else (lambda name, p: False)
+        named = ((n, p) for n, p in self.named_parameters() if p not in probe)
+        groups = split_decay(named, hp.weight_decay, no_decay)
         if probe:
             groups.append({"params": list(probe), "weight_decay": 0.0, "adapt": False, "lr": hp.probe_lr})
         opt = build_optimizer(hp.optimizer, groups, lr, hp.momentum, hp.weight_decay, tuple(hp.betas))

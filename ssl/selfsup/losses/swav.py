@@ -1,0 +1,59 @@
+"""SwAV's online clustering: Sinkhorn-Knopp codes and the swapped prediction loss (METHODS.md section 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from selfsup.distributed import all_reduce_sum, world_size
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iterations: int = 3) -> torch.Tensor:
+    """Soft assignments (codes) of B samples to K prototypes with equal prototype shares over ALL ranks.
+
+    ``scores`` (B_local, K) are sample-prototype similarities (queue rows first, if any). In float32 whatever the
+    input dtype or autocast (exp(scores / eps) overflows fp16), without gradient. With Q = exp(scores / eps).T
+    (K x B_local) and B = B_local x world size::
+
+        Q /= sum(Q)                                                    (all-reduced)
+        repeat ``iterations`` times:
+            Q /= row sums (all-reduced) ; Q /= K     -> each prototype gets 1/K of the mass, over all ranks
+            Q /= column sums (local)    ; Q /= B     -> each sample gets 1/B
+        return (B x Q).T
+
+    Returned: (B_local, K), each row sums to 1; the column sums over all ranks approach B/K. Every rank must
+    call this with the same B_local (the row-sum all-reduce is a collective).
+    """
+    with torch.autocast(scores.device.type, enabled=False):
+        q = torch.exp(scores.float() / eps).T
+        k, b = q.shape[0], q.shape[1] * world_size()
+        q /= all_reduce_sum(q.sum())
+        for _ in range(iterations):
+            q /= all_reduce_sum(q.sum(dim=1, keepdim=True))
+            q /= k
+            q /= q.sum(dim=0, keepdim=True)
+            q /= b
+        return (q * b).T
+
+
+def swapped_prediction_loss(
+    scores: Sequence[torch.Tensor], codes: Mapping[int, torch.Tensor], temperature: float = 0.1
+) -> torch.Tensor:
+    """SwAV's swapped prediction: each crop predicts the codes of every OTHER assigned crop.
+
+    ``scores``: one (B, K) tensor per crop (V crops); ``codes``: {crop index c: (B, K) codes of crop c} (SwAV:
+    the two large crops). With p_v = softmax(scores_v / temperature), in float32::
+
+        loss = mean_c [ 1/(V-1) sum_{v != c} mean_b ( -sum_k q_c[b, k] log p_v[b, k] ) ]
+
+    This rank's samples only: DDP's gradient averaging makes it the global mean. About ln K at random init.
+    """
+    total = scores[0].new_zeros((), dtype=torch.float32)
+    for c, q in codes.items():
+        per_crop = [-(q * F.log_softmax(s.float() / temperature, dim=1)).sum(dim=1).mean()
+                    for v, s in enumerate(scores) if v != c]
+        total = total + torch.stack(per_crop).sum() / (len(scores) - 1)
+    return total / len(codes)

@@ -1,0 +1,136 @@
+"""SwAV (Caron et al. 2020), as in METHODS.md section 2."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+
+from selfsup.data.views import MultiCropViews, ViewRecipe
+from selfsup.distributed import gather, is_distributed, rank, world_size
+from selfsup.errors import ConfigError
+from selfsup.heads import MLP, Prototypes
+from selfsup.losses import sinkhorn, swapped_prediction_loss
+from selfsup.methods.base import SSLMethod, StepOutput
+
+
+class SwAV(SSLMethod):
+    """Multi-crop -> backbone (one forward per crop size) -> projector -> unit-length z -> scores against K
+    unit-length prototypes. Codes of the assigned (large) crops come from Sinkhorn-Knopp over all ranks (with
+    a queue of past embeddings once it is full); every crop predicts the codes of the other assigned crops.
+
+    Args:
+        num_prototypes: K (3000 on ImageNet).
+        proj_dim: width of z (128).
+        proj_hidden_dim: hidden width of the projector Linear-BN-ReLU-Linear (2048).
+        temperature: softmax temperature of the predictions (0.1).
+        sinkhorn_eps: entropy regularisation of the codes (0.05).
+        sinkhorn_iterations: Sinkhorn-Knopp iterations (3).
+        crops_for_assign: indices of the crops codes are computed for (the large ones: 0 and 1).
+        queue_length: embeddings kept over ALL ranks (rounded down to a multiple of the global batch);
+            0: no queue.
+        queue_start_epoch: epoch at which the queue is created; it is used once it is full.
+        freeze_prototypes_iters: optimizer steps during which the prototypes get no update (one epoch's worth
+            in the paper).
+        **kwargs: the shared options of ``SSLMethod`` (backbone, optimizer, schedule, probe).
+    """
+
+    view_kinds = ("multicrop",)
+
+    def __init__(
+        self,
+        num_prototypes: int = 3000,
+        proj_dim: int = 128,
+        proj_hidden_dim: int = 2048,
+        temperature: float = 0.1,
+        sinkhorn_eps: float = 0.05,
+        sinkhorn_iterations: int = 3,
+        crops_for_assign: Sequence[int] = (0, 1),
+        queue_length: int = 0,
+        queue_start_epoch: int = 15,
+        freeze_prototypes_iters: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.projector = MLP([self.backbone.num_features, proj_hidden_dim, proj_dim])
+        self.prototypes = Prototypes(proj_dim, num_prototypes)
+        self.crops_for_assign = list(crops_for_assign)
+        self.queue: torch.Tensor | None = None  # (assigned crops, queue_length / world, proj_dim), newest first
+        self.queue_filled = 0  # rows of the queue written so far
+
+    def default_views(self, size: int) -> ViewRecipe:
+        return MultiCropViews(sizes=(size, max(8, round(size * 96 / 224))))
+
+    # ---- the step -------------------------------------------------------------------------------------
+    def ssl_step(self, batch: dict[str, Any]) -> StepOutput:
+        crops = batch["views"]
+        n, hp = len(crops[0]), self.hparams
+        if max(self.crops_for_assign) >= len(crops):
+            raise ConfigError(f"SwAV: crops_for_assign {self.crops_for_assign} but the views make {len(crops)} crops")
+        self.prototypes.normalize_()
+        features = self.backbone_by_size(crops)
+        z = F.normalize(self.projector(features), dim=1)
+        scores = self.prototypes(z).chunk(len(crops))
+        codes = self._codes(z.detach().chunk(len(crops)), scores, n)
+        loss = swapped_prediction_loss(scores, codes, hp.temperature)
+        logs = {"train/queue_in_use": torch.tensor(float(self._queue_full()))}
+        return StepOutput(loss=loss, features=features[:n], logs=logs)
+
+    @torch.no_grad()
+    def _codes(self, z: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], n: int) -> dict[int, torch.Tensor]:
+        """Sinkhorn codes of each assigned crop, with the queue's scores (current prototypes) prepended once the
+        queue is full; then this batch's embeddings enter the queue."""
+        hp, use_queue = self.hparams, self._queue_full()
+        codes = {}
+        for i, c in enumerate(self.crops_for_assign):
+            s = scores[c].detach()
+            if use_queue:
+                s = torch.cat([self.prototypes(self.queue[i].to(s.dtype)), s])
+            codes[c] = sinkhorn(s, hp.sinkhorn_eps, hp.sinkhorn_iterations)[-n:]
+        if self.queue is not None:
+            new = torch.stack([z[c].float() for c in self.crops_for_assign]).to(self.queue.device)
+            self.queue = torch.cat([new, self.queue[:, :-n]], dim=1)
+            self.queue_filled = min(self.queue_filled + n, self.queue.shape[1])
+        return codes
+
+    def _queue_full(self) -> bool:
+        return self.queue is not None and self.queue_filled >= self.queue.shape[1]
+
+    # ---- queue life cycle and prototype freezing ------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        hp = self.hparams
+        if hp.queue_length > 0 and self.queue is None and self.current_epoch >= hp.queue_start_epoch:
+            global_batch = hp.batch_size * self.trainer.world_size
+            length = hp.queue_length - hp.queue_length % global_batch
+            if length == 0:
+                raise ConfigError(f"SwAV: model.queue_length {hp.queue_length} is shorter than the global batch "
+                                  f"{global_batch}; raise it to a multiple of {global_batch} or set it to 0")
+            self.queue = torch.zeros(len(self.crops_for_assign), length // self.trainer.world_size,
+                                     hp.proj_dim, device=self.device)
+            self.queue_filled = 0
+        elif self.queue is not None:
+            self.queue = self.queue.to(self.device)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.global_step < self.hparams.freeze_prototypes_iters:
+            self.prototypes.weight.grad = None  # the optimizer skips it: no momentum, no decay
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.queue is not None:  # every rank's queue (a collective: all ranks save together)
+            queues = gather(self.queue[None]) if is_distributed() else self.queue[None]
+            checkpoint["swav_queue"] = {"queues": queues.cpu(), "filled": self.queue_filled}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("swav_queue")
+        if saved is None:
+            return
+        queues = saved["queues"]
+        if len(queues) != world_size():
+            rank_zero_warn(f"SwAV: the checkpoint's queue was saved by {len(queues)} rank(s), this run has "
+                           f"{world_size()}; starting a new queue")
+            return
+        self.queue, self.queue_filled = queues[rank()].clone(), int(saved["filled"])
