@@ -10,12 +10,14 @@
 # State, logs and pid files live in $SELFSUP_SLURM_DIR (default /tmp/selfsup-slurm). The config is written to
 # /etc/slurm/slurm.conf (where sbatch/srun look by default) unless a slurm.conf not written by this script is
 # already there; then it stays in $SELFSUP_SLURM_DIR and you must `export SLURM_CONF=$SELFSUP_SLURM_DIR/slurm.conf`.
-# One node, named `localnode`, partition `debug`; CPUs: at least 2 (declared even on a 1-core machine, so a
+# One node, named after this host, partition `debug`; CPUs: at least 2 (declared even on a 1-core machine, so a
 # 2-task job can run), or $SELFSUP_SLURM_CPUS.
 set -euo pipefail
 
 DIR=${SELFSUP_SLURM_DIR:-/tmp/selfsup-slurm}
-NODE=localnode
+# The node is named after this host: Lightning (and torch.distributed) connect to the first node of
+# SLURM_NODELIST, so the node name must resolve.
+NODE=$(hostname -s)
 MARK="# written by selfsup slurm/local-cluster.sh"
 TIMEOUT=${SELFSUP_SLURM_START_TIMEOUT:-60}   # seconds to wait for the node to come up
 
@@ -56,6 +58,9 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# a requeued job waits cred_expire seconds before it may start again (default 120); backfill every 5 s
+AuthInfo=cred_expire=10
+SchedulerParameters=bf_interval=5
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$DIR/slurmctld.pid
@@ -93,6 +98,10 @@ start() {
     local conf
     conf=$(write_config)
     export SLURM_CONF=$conf
+    if ! getent hosts "$NODE" >/dev/null; then
+        log "adding $NODE to /etc/hosts (the node name must resolve)"
+        echo "127.0.0.1 $NODE" >>/etc/hosts
+    fi
     mkdir -p /run/munge /var/log/munge /var/lib/munge
     chown munge:munge /run/munge /var/log/munge /var/lib/munge 2>/dev/null || true
     if [[ ! -f /etc/munge/munge.key ]]; then
