@@ -131,6 +131,8 @@ def test_usr1_checkpoints_requeues_and_resumes_at_exactly_the_planned_steps(tmp_
 def test_probe_array_runs_every_task_and_the_collector_prints_one_table(tmp_path, mnist5k):
     # A stand-in for the linear probe (not on this branch yet): continue a tiny pretraining from a checkpoint
     # with a different online-probe lr per task. The template is the real one; only its defaults are switched.
+    # (The checkpoint's optimizer state wins over the lr, so the rows' numbers agree; what is tested is that every
+    # task runs in its own folder and the collector reads each one's sweep.json and metrics.csv.)
     first = pretrain(tmp_path, "--trainer.max_steps", "2", "--trainer.limit_train_batches", "2", tasks=1)
     wait_done(first)
     ckpt = tmp_path / f"runs/slurm/pretrain-{first}/simclr-mnist5k/version_0/checkpoints/last.ckpt"
