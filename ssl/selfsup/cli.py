@@ -29,6 +29,7 @@ from selfsup.data.health import DataHealth
 from selfsup.eval import FeatureWriter
 from selfsup.eval.commands import COMMANDS as EVAL_COMMANDS
 from selfsup.nonfinite import NonFiniteGuard
+from selfsup.slurm import SlurmRequeue, use_run_dir
 
 
 def _tool(module: str) -> Callable[[list[str]], int | None]:
@@ -73,6 +74,11 @@ class SelfsupCLI(LightningCLI):
         parser.add_lightning_class_args(FeatureWriter, "predict_writer")  # acts only in `selfsup predict`
         parser.add_lightning_class_args(DataHealth, "data_health")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_lightning_class_args(SlurmRequeue, "slurm_requeue")  # acts only under srun (SLURM)
+        parser.add_argument("--run_dir", type=str | None, default=None,
+                            help="One folder for everything the run writes (loggers, checkpoints, requeue "
+                                 "checkpoints); fit resumes from the newest checkpoint in it. The SLURM templates "
+                                 "set it to runs/slurm/JOBNAME-JOBID.")
         parser.set_defaults({
             "data": {"class_path": "selfsup.data.SSLDataModule"},
             "checkpoint.save_last": True,
@@ -83,7 +89,11 @@ class SelfsupCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
-        share_logger_version(config.trainer.logger, resume=config.get("ckpt_path") == "last")
+        run_dir = config.get("run_dir")
+        resume = config.get("ckpt_path") == "last" or bool(run_dir)  # a run folder is always continued in place
+        if run_dir:
+            use_run_dir(config, Path(run_dir), self.subcommand)
+        share_logger_version(config.trainer.logger, resume=resume)
         if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
             check_writable(output_folders(config))
 
