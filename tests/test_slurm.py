@@ -129,25 +129,24 @@ def test_usr1_checkpoints_requeues_and_resumes_at_exactly_the_planned_steps(tmp_
 
 
 def test_probe_array_runs_every_task_and_the_collector_prints_one_table(tmp_path, mnist5k):
-    # A stand-in for the linear probe (not on this branch yet): continue a tiny pretraining from a checkpoint
-    # with a different online-probe lr per task. The template is the real one; only its defaults are switched.
-    # (The checkpoint's optimizer state wins over the lr, so the rows' numbers agree; what is tested is that every
-    # task runs in its own folder and the collector reads each one's sweep.json and metrics.csv.)
+    """The real linear probe (experiments/eval/linear-mnist5k.yaml) at three learning rates over one checkpoint."""
     first = pretrain(tmp_path, "--trainer.max_steps", "2", "--trainer.limit_train_batches", "2", tasks=1)
     wait_done(first)
     ckpt = tmp_path / f"runs/slurm/pretrain-{first}/simclr-mnist5k/version_0/checkpoints/last.ckpt"
     assert ckpt.is_file(), (tmp_path / f"pretrain-{first}.out").read_text()[-3000:]
-    job = sbatch(tmp_path, "--array=0-2", str(SLURM / "linear-probe-array.sbatch"), str(ckpt), *TINY,
-                 "--trainer.max_steps", "4", "--trainer.limit_train_batches", "2", PROBE_LRS="0.01 0.1 1.0",
-                 PROBE_CONFIG=CONFIG, INIT_ARG="--ckpt_path", LR_ARG="--model.init_args.probe_lr")
+    job = sbatch(tmp_path, "--array=0-2", str(SLURM / "linear-probe-array.sbatch"), str(ckpt),
+                 "--model.init_args.backbone_args", "{width: 4, cifar_stem: true}", "--trainer.max_epochs", "4",
+                 "--trainer.check_val_every_n_epoch", "4", "--data.init_args.num_workers", "0",
+                 PROBE_LRS="0.0001 0.1 10", PROBE_CONFIG=str(REPO / "experiments/eval/linear-mnist5k.yaml"))
     wait_done(job)
     table = subprocess.run([sys.executable, str(SLURM / "collect.py"), str(tmp_path / f"runs/slurm/linear-probe-{job}"),
-                            "--metric", "train/probe_loss_step"], capture_output=True, text=True, check=True).stdout
+                            "--metric", "val/top1"], capture_output=True, text=True, check=True).stdout
     lines = table.strip().splitlines()
-    assert lines[0].split() == ["task", "lr", "status", "train/probe_loss_step"], table
-    assert [line.split()[:3] for line in lines[1:]] == [["0", "0.01", "done"], ["1", "0.1", "done"],
-                                                         ["2", "1.0", "done"]], table
-    assert all(re.fullmatch(r"\d+\.\d{4}", line.split()[3]) for line in lines[1:]), table
+    assert lines[0].split() == ["task", "lr", "status", "val/top1"], table
+    assert [line.split()[:3] for line in lines[1:]] == [["0", "0.0001", "done"], ["1", "0.1", "done"],
+                                                         ["2", "10", "done"]], table
+    accuracies = [float(line.split()[3]) for line in lines[1:]]
+    assert all(0 <= a <= 1 for a in accuracies) and len(set(accuracies)) > 1, table  # the lr reached the probe
 
 
 def task_pids(job: str) -> list[int]:
