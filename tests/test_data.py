@@ -125,7 +125,7 @@ def _rank_epochs(rank: int, world: int, port: int, folder: str, out: str) -> Non
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         data = SSLDataModule(f"shards:{folder}", batch_size=BATCH, num_workers=2, views=EvalView(8))
-        data.trainer = SimpleNamespace(global_rank=rank, world_size=world, current_epoch=0)
+        data.trainer = SimpleNamespace(global_rank=rank, world_size=world, current_epoch=0, lightning_module=None)
         loader = data.train_dataloader()
         epochs = []
         for epoch in range(EPOCHS):
