@@ -205,32 +205,6 @@ def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x4.flatten(0, 1), labels
 
 
-class RotationViews(ViewRecipe):
-    """One random crop (and flip) of each image, for RotNet; the method makes the four rotations on the device.
-
-    Output ``{"images": float (B, C, size, size) in [0, 1]}``: the data carries each image once, and
-    ``rotate_batch`` turns it into 4B rotated copies next to the model. ``scale`` is the crop's area fraction,
-    ``ratio`` its aspect range. For MNIST digits use ``flip_p: 0`` (a mirrored digit is another symbol).
-    """
-
-    kind = "rotations"
-
-    def __init__(
-        self,
-        size: int = 224,
-        scale: tuple[float, float] = (0.6, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        flip_p: float = 0.5,
-    ) -> None:
-        self.size, self.scale, self.ratio, self.flip_p = size, tuple(scale), tuple(ratio), flip_p
-
-    def __call__(self, image: torch.Tensor) -> dict[str, Any]:
-        return {"images": self.batch(image[None])["images"][0]}
-
-    def batch(self, images: torch.Tensor) -> dict[str, Any]:
-        return {"images": crop_flip(images, self.size, self.scale, self.ratio, self.flip_p)}
-
-
 def crop_flip(images: torch.Tensor, size: int, scale: tuple[float, float], ratio: tuple[float, float],
               flip_p: float) -> torch.Tensor:
     """A random resized crop (area fraction ``scale``, aspect ``ratio``) and flip of each uint8 image (B, C, H, W),
@@ -245,6 +219,7 @@ class CropViews(ViewRecipe):
     training view of supervised heads (the linear probe's ImageNet recipe: SimCLR's crop + flip)."""
 
     kind = "image"
+    key: ClassVar[str] = "image"  # the name of the output
 
     def __init__(
         self,
@@ -256,10 +231,31 @@ class CropViews(ViewRecipe):
         self.size, self.scale, self.ratio, self.flip_p = size, tuple(scale), tuple(ratio), flip_p
 
     def __call__(self, image: torch.Tensor) -> dict[str, Any]:
-        return {"image": self.batch(image[None])["image"][0]}
+        return {self.key: self.batch(image[None])[self.key][0]}
 
     def batch(self, images: torch.Tensor) -> dict[str, Any]:
-        return {"image": crop_flip(images, self.size, self.scale, self.ratio, self.flip_p)}
+        return {self.key: crop_flip(images, self.size, self.scale, self.ratio, self.flip_p)}
+
+
+class RotationViews(CropViews):
+    """One random crop (and flip) of each image, for RotNet; the method makes the four rotations on the device.
+
+    Output ``{"images": float (B, C, size, size) in [0, 1]}``: the data carries each image once, and
+    ``rotate_batch`` turns it into 4B rotated copies next to the model. ``scale`` is the crop's area fraction,
+    ``ratio`` its aspect range. For MNIST digits use ``flip_p: 0`` (a mirrored digit is another symbol).
+    """
+
+    kind = "rotations"
+    key = "images"
+
+    def __init__(
+        self,
+        size: int = 224,
+        scale: tuple[float, float] = (0.6, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_p: float = 0.5,
+    ) -> None:
+        super().__init__(size, scale, ratio, flip_p)
 
 
 class EvalView(ViewRecipe):
