@@ -101,6 +101,10 @@ BAD_INPUTS = [
     (["fit", "--model", "SimCLR", "--model.backbone", "resnet18", "--data.views", "selfsup.data.views.EvalView",
       "--data.views.size", "28", "--data.num_workers", "0", "--trainer.fast_dev_run", "1"],
      "SimCLR needs 'pair' views, but data.views is EvalView"),
+    *[(["fit", "--model", method, "--model.backbone", "resnet18", "--data.views", "selfsup.data.views.SimCLRViews",
+        "--data.views.size", "28", "--data.num_workers", "0", "--trainer.fast_dev_run", "1"],
+       f"{method} needs '{kind}' views, but data.views is SimCLRViews, which makes 'pair' views; use {views}")
+      for method, kind, views in (("RotNet", "rotations", "RotationViews"), ("SwAV", "multicrop", "MultiCropViews"))],
     (["knn", "--ckpt", "no/such.ckpt", "-c", str(REPO / "experiments/eval/mnist5k.yaml")],
      "checkpoint no/such.ckpt does not exist"),
     (["export", "--ckpt", "no/such.ckpt", "--out", "b.pt"], "checkpoint no/such.ckpt does not exist"),
@@ -113,7 +117,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[" ".join(a[1:]) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_clear_message(args, message, tmp_path):
     proc = selfsup(*args, cwd=tmp_path, check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert message in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
 

@@ -76,15 +76,6 @@ def test_loss_is_cross_entropy_of_the_rotation_head(hidden_dim):
     assert torch.allclose(out.logs["train/rotation_top1"], top1)
 
 
-def test_rotnet_with_simclr_views_names_both(mnist5k, tmp_path):
-    proc = selfsup("fit", "--model", "RotNet", "--model.backbone", "resnet18", "--data.views",
-                   "selfsup.data.views.SimCLRViews", "--data.views.size", "28", "--data.num_workers", "0",
-                   "--trainer.fast_dev_run", "1", cwd=tmp_path, check=False)
-    assert proc.returncode == 2
-    assert "RotNet needs 'rotations' views, but data.views is SimCLRViews" in proc.stderr, proc.stderr[-2000:]
-    assert "use RotationViews" in proc.stderr and "Traceback" not in proc.stderr
-
-
 @pytest.mark.slow
 def test_fit_of_the_mnist_recipe_logs_rotation_accuracy(mnist5k, tmp_path):
     selfsup("fit", "-c", str(REPO / "experiments/rotnet/mnist5k.yaml"),

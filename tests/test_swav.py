@@ -312,15 +312,6 @@ def test_prototypes_get_no_gradient_while_frozen():
 
 
 # ---- the command line -------------------------------------------------------------------------------------
-def test_swav_with_simclr_views_names_both(mnist5k, tmp_path):
-    proc = selfsup("fit", "--model", "SwAV", "--model.backbone", "resnet18", "--data.views",
-                   "selfsup.data.views.SimCLRViews", "--data.views.size", "28", "--data.num_workers", "0",
-                   "--trainer.fast_dev_run", "1", cwd=tmp_path, check=False)
-    assert proc.returncode == 2
-    assert "SwAV needs 'multicrop' views, but data.views is SimCLRViews" in proc.stderr, proc.stderr[-2000:]
-    assert "use MultiCropViews" in proc.stderr and "Traceback" not in proc.stderr
-
-
 @pytest.mark.slow
 def test_fit_swav_by_short_name_with_its_default_views(mnist5k, tmp_path):
     selfsup("fit", "--model", "SwAV", "--model.backbone", "resnet18", "--model.backbone_args", "{width: 4}",
