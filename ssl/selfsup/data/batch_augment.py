@@ -61,7 +61,21 @@ def random_hflip(x: torch.Tensor, p: float) -> torch.Tensor:
     """Mirror each image of a (B, C, H, W) batch left-right with probability ``p``."""
     if p <= 0:
         return x
-    return torch.where((torch.rand(len(x)) < p)[:, None, None, None], x.flip(-1), x)
+    return hflip_where(x, torch.rand(len(x)) < p)
+
+
+def hflip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images of a (B, C, H, W) batch where the boolean ``flip`` (B,) is set."""
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def random_solarize(x: torch.Tensor, p: float, threshold: float = 0.5) -> torch.Tensor:
+    """Solarize each image of a batch in [0, 1] with probability ``p``: values >= ``threshold`` become 1 - value
+    (PIL's ``ImageOps.solarize`` at 128 of 255)."""
+    if p <= 0:
+        return x
+    apply = (torch.rand(len(x)) < p)[:, None, None, None]
+    return torch.where(apply & (x >= threshold), 1 - x, x)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
