@@ -70,3 +70,53 @@ class Prototypes(nn.Linear):
     def normalize_(self) -> None:
         """Unit-length rows, in place and outside autograd."""
         self.weight.copy_(F.normalize(self.weight, dim=1))
+
+
+class MLP2d(nn.Sequential):
+    """A per-pixel MLP of 1x1 convolutions ``dims[0] -> ... -> dims[-1]`` on (B, C, h, w) maps (PixPro's
+    projector and predictor): hidden layers conv (with bias) -> BN2d -> ReLU, the last a plain conv with bias.
+    PixPro: ``[2048, 4096, 256]``."""
+
+    def __init__(self, dims: Sequence[int]) -> None:
+        if len(dims) < 2:
+            raise ValueError(f"an MLP2d needs at least an input and an output size, got {list(dims)}")
+        layers: list[nn.Module] = []
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            layers.append(nn.Conv2d(d_in, d_out, kernel_size=1))
+            if i < len(dims) - 2:
+                layers += [nn.BatchNorm2d(d_out), nn.ReLU(inplace=True)]
+        super().__init__(*layers)
+        self.dims = list(dims)
+
+
+class PixelPropagation(nn.Module):
+    """PixPro's pixel propagation module on a (B, C, h, w) map x (METHODS.md section 3)::
+
+        A_ij = max(0, cos(x_i, x_j)) ** gamma            (all pixel pairs of one image)
+        y_i  = sum_j A_ij * normalize(g(x_j))             (no division by sum_j A_ij)
+
+    and returns ``normalize(y)`` per pixel. ``transform_layers`` picks g: 0 identity, 1 a 1x1 conv (the
+    official default), 2 an ``MLP2d([C, C, C])``.
+    """
+
+    def __init__(self, dim: int, transform_layers: int = 1, gamma: float = 2.0) -> None:
+        super().__init__()
+        if transform_layers == 0:
+            self.transform: nn.Module = nn.Identity()
+        elif transform_layers == 1:
+            self.transform = nn.Conv2d(dim, dim, kernel_size=1)
+        elif transform_layers == 2:
+            self.transform = MLP2d([dim, dim, dim])
+        else:
+            raise ValueError(f"transform_layers must be 0, 1 or 2, got {transform_layers}")
+        self.gamma = gamma
+
+    def similarity(self, x: torch.Tensor) -> torch.Tensor:
+        """A (B, hw, hw): clamped cosine similarity of every pixel pair, to the power gamma."""
+        flat = F.normalize(x.flatten(2), dim=1)
+        return torch.bmm(flat.transpose(1, 2), flat).clamp(min=0).pow(self.gamma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values = F.normalize(self.transform(x), dim=1).flatten(2)  # (B, C, hw)
+        y = torch.bmm(values, self.similarity(x).transpose(1, 2))  # y[:, :, i] = sum_j A_ij v_j
+        return F.normalize(y, dim=1).view_as(x)

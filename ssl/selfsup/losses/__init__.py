@@ -1,6 +1,8 @@
 """Losses: pure functions of tensors, each documenting its formula and convention."""
 
 from selfsup.losses.contrastive import nt_xent
+from selfsup.losses.pixpro import instance_consistency, pixpro_loss, positive_pixel_pairs
 from selfsup.losses.swav import sinkhorn, swapped_prediction_loss
 
-__all__ = ["nt_xent", "sinkhorn", "swapped_prediction_loss"]
+__all__ = ["instance_consistency", "nt_xent", "pixpro_loss", "positive_pixel_pairs", "sinkhorn",
+           "swapped_prediction_loss"]
