@@ -1,5 +1,5 @@
-"""Optimizers and schedules shared by the methods: LARS (SimCLR) and LARC (SwAV), no-decay groups, warmup +
-cosine."""
+"""Optimizers and schedules shared by the methods: LARS (SimCLR, PixPro) and LARC (SwAV), no-decay groups,
+warmup + cosine."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from torch import nn
 
 from selfsup.errors import ConfigError
 
-OptimizerName = Literal["lars", "larc", "sgd", "adamw"]
-LARSVariant = Literal["simclr", "larc"]
+OptimizerName = Literal["lars", "larc", "lars_pixpro", "sgd", "adamw"]
+LARSVariant = Literal["simclr", "larc", "pixpro"]
 LRScaling = Literal["linear", "sqrt", "none"]
 
 
 class LARS(torch.optim.Optimizer):
-    """Layer-wise adaptive rate scaling, in the two variants the official codes use.
+    """Layer-wise adaptive rate scaling, in the three variants the official codes use.
 
     For each parameter w with gradient g, in a group with ``adapt=True``:
 
@@ -34,8 +34,15 @@ class LARS(torch.optim.Optimizer):
         g <- (g + wd * w) * trust
         v <- momentum * v + g ;  w <- w - lr * v
 
+    ``variant="pixpro"`` (PixPro's LARS around torch SGD: decay first, eps in the trust ratio, lr on the buffer)::
+
+        g <- g + wd * w
+        trust = eta * ||w|| / (||g|| + eps)                  (1 if either norm is 0)
+        v <- momentum * v + trust * g ;  w <- w - lr * v
+
     Groups with ``adapt=False`` skip the weight decay and the trust ratio: plain momentum SGD at the group's lr
-    (SimCLR excludes batch-norm parameters, biases and the supervised head; SwAV adapts everything).
+    (SimCLR and PixPro exclude batch-norm parameters and biases, SimCLR the supervised head too; SwAV adapts
+    everything).
     """
 
     def __init__(
@@ -49,8 +56,8 @@ class LARS(torch.optim.Optimizer):
         variant: LARSVariant = "simclr",
         eps: float = 1e-8,
     ) -> None:
-        if variant not in ("simclr", "larc"):
-            raise ConfigError(f"unknown LARS variant {variant!r}; choose simclr or larc")
+        if variant not in ("simclr", "larc", "pixpro"):
+            raise ConfigError(f"unknown LARS variant {variant!r}; choose simclr, larc or pixpro")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, adapt=adapt,
                         variant=variant, eps=eps)
         super().__init__(params, defaults)
@@ -60,11 +67,12 @@ class LARS(torch.optim.Optimizer):
         """The decayed gradient times its trust ratio."""
         wd, eta = group["weight_decay"], group["eta"]
         w_norm = torch.linalg.vector_norm(w)
-        if group["variant"] == "simclr":
+        if group["variant"] in ("simclr", "pixpro"):
             g = g.add(w, alpha=wd) if wd else g
             g_norm = torch.linalg.vector_norm(g)
             ok = (w_norm > 0) & (g_norm > 0)
-            return g * torch.where(ok, eta * w_norm / g_norm, torch.ones_like(w_norm))
+            eps = group["eps"] if group["variant"] == "pixpro" else 0.0
+            return g * torch.where(ok, eta * w_norm / (g_norm + eps), torch.ones_like(w_norm))
         g_norm = torch.linalg.vector_norm(g)
         trust = eta * w_norm / (g_norm + wd * w_norm + group["eps"])
         return torch.where((w_norm > 0) & (g_norm > 0), g.add(w, alpha=wd) * trust, g)
@@ -126,17 +134,17 @@ def build_optimizer(
     name: OptimizerName, groups: list[dict], lr: float, momentum: float, weight_decay: float,
     betas: tuple[float, float] = (0.9, 0.999), nesterov: bool = False,
 ) -> torch.optim.Optimizer:
-    """LARS (SimCLR), LARC (SwAV), SGD (momentum; Nesterov's with ``nesterov``) or AdamW over parameter groups
-    that carry ``weight_decay`` and ``adapt`` keys."""
-    if name in ("lars", "larc"):
-        variant = "simclr" if name == "lars" else "larc"
+    """LARS (SimCLR), LARC (SwAV), PixPro's LARS, SGD (momentum; Nesterov's with ``nesterov``) or AdamW over
+    parameter groups that carry ``weight_decay`` and ``adapt`` keys."""
+    if name in ("lars", "larc", "lars_pixpro"):
+        variant = {"lars": "simclr", "larc": "larc", "lars_pixpro": "pixpro"}[name]
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, variant=variant)
     plain = [{k: v for k, v in g.items() if k != "adapt"} for g in groups]
     if name == "sgd":
         return torch.optim.SGD(plain, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     if name == "adamw":
         return torch.optim.AdamW(plain, lr=lr, betas=betas, weight_decay=weight_decay)
-    raise ConfigError(f"unknown optimizer {name!r}; choose lars, larc, sgd or adamw")
+    raise ConfigError(f"unknown optimizer {name!r}; choose lars, larc, lars_pixpro, sgd or adamw")
 
 
 def warmup_cosine(

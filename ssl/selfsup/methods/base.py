@@ -45,7 +45,8 @@ class SSLMethod(L.LightningModule):
         in_channels: image channels (linked from the data in the CLI).
         num_classes: label classes for the online probe; 0 turns it off (linked from the data).
         batch_size: per-device batch size (linked from the data), for the lr scaling rule.
-        optimizer: ``lars`` (SimCLR's LARS), ``larc`` (SwAV's), ``sgd`` (momentum) or ``adamw``.
+        optimizer: ``lars`` (SimCLR's LARS), ``larc`` (SwAV's), ``lars_pixpro`` (PixPro's), ``sgd`` (momentum) or
+            ``adamw``.
         lr: base learning rate before scaling.
         lr_scaling: ``linear`` (lr x global batch / 256), ``sqrt`` (lr x sqrt(global batch)) or ``none``.
         weight_decay: applied to weights (and to norms and biases unless they are excluded).
