@@ -104,7 +104,8 @@ BAD_INPUTS = [
     *[(["fit", "--model", method, "--model.backbone", "resnet18", "--data.views", "selfsup.data.views.SimCLRViews",
         "--data.views.size", "28", "--data.num_workers", "0", "--trainer.fast_dev_run", "1"],
        f"{method} needs '{kind}' views, but data.views is SimCLRViews, which makes 'pair' views; use {views}")
-      for method, kind, views in (("RotNet", "rotations", "RotationViews"), ("SwAV", "multicrop", "MultiCropViews"))],
+      for method, kind, views in (("RotNet", "rotations", "RotationViews"), ("SwAV", "multicrop", "MultiCropViews"),
+                                  ("PixPro", "coord", "CoordViews"))],
     (["knn", "--ckpt", "no/such.ckpt", "-c", str(REPO / "experiments/eval/mnist5k.yaml")],
      "checkpoint no/such.ckpt does not exist"),
     (["export", "--ckpt", "no/such.ckpt", "--out", "b.pt"], "checkpoint no/such.ckpt does not exist"),

@@ -1,8 +1,9 @@
 """Self-supervised methods as LightningModules over the shared backbone API."""
 
 from selfsup.methods.base import SSLMethod, StepOutput
+from selfsup.methods.pixpro import PixPro
 from selfsup.methods.rotnet import RotNet
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.swav import SwAV
 
-__all__ = ["SSLMethod", "StepOutput", "RotNet", "SimCLR", "SwAV"]
+__all__ = ["SSLMethod", "StepOutput", "PixPro", "RotNet", "SimCLR", "SwAV"]
