@@ -80,7 +80,10 @@ class PixPro(SSLMethod):
         return pairs
 
     def current_momentum(self) -> float:
-        """The EMA momentum at this optimizer step, over the trainer's total steps (any epochs/devices/batch)."""
+        """The EMA momentum at this optimizer step, over the trainer's total steps (any epochs/devices/batch);
+        ``base_momentum`` outside a trainer (a step called by hand, e.g. by ``selfsup bench``)."""
+        if self._trainer is None:
+            return self.hparams.base_momentum
         total = int(self.trainer.estimated_stepping_batches)
         return cosine_momentum(self.global_step, total, self.hparams.base_momentum)
 
