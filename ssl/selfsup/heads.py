@@ -70,3 +70,12 @@ class Prototypes(nn.Linear):
     def normalize_(self) -> None:
         """Unit-length rows, in place and outside autograd."""
         self.weight.copy_(F.normalize(self.weight, dim=1))
+
+
+class PixelShuffleDecoder(nn.Sequential):
+    """SimMIM's one-layer decoder: a 1x1 conv from the encoder's map (B, C, h, w) to ``channels x s x s`` and
+    PixelShuffle(s), i.e. (B, channels, h s, w s) pixels, with s the encoder's total stride."""
+
+    def __init__(self, in_dim: int, stride: int, channels: int = 3) -> None:
+        super().__init__(nn.Conv2d(in_dim, channels * stride**2, kernel_size=1), nn.PixelShuffle(stride))
+        self.stride, self.channels = stride, channels
