@@ -105,6 +105,12 @@ BAD_INPUTS = [
         "--data.views.size", "28", "--data.num_workers", "0", "--trainer.fast_dev_run", "1"],
        f"{method} needs '{kind}' views, but data.views is SimCLRViews, which makes 'pair' views; use {views}")
       for method, kind, views in (("RotNet", "rotations", "RotationViews"), ("SwAV", "multicrop", "MultiCropViews"))],
+    (["fit", "--model", "SimMIM", "--model.backbone", "vit_tiny", "--data.views", "selfsup.data.views.SimCLRViews",
+      "--data.views.size", "28", "--data.num_workers", "0", "--trainer.fast_dev_run", "1"],
+     "SimMIM needs 'masked' views, but data.views is SimCLRViews, which makes 'pair' views; use MaskedViews"),
+    (["fit", "-c", str(REPO / "experiments/simmim/mnist5k-vit-tiny.yaml"),
+      "--data.init_args.views.init_args.mask_patch_size", "6"],
+     "mask_patch_size 6 is not a multiple of the model's patch size 4; set mask_patch_size to a multiple of 4"),
     (["knn", "--ckpt", "no/such.ckpt", "-c", str(REPO / "experiments/eval/mnist5k.yaml")],
      "checkpoint no/such.ckpt does not exist"),
     (["export", "--ckpt", "no/such.ckpt", "--out", "b.pt"], "checkpoint no/such.ckpt does not exist"),

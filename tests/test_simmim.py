@@ -220,3 +220,15 @@ def test_fit_of_the_mnist_recipe_lowers_the_loss_and_writes_the_picture(mnist5k,
     proc = selfsup("knn", "--ckpt", str(run / "checkpoints/last.ckpt"), "-c",
                    str(REPO / "experiments/simmim/mnist5k-vit-tiny.yaml"), "--k", "20", cwd=tmp_path)
     assert "vit_tiny" in proc.stdout
+
+
+@pytest.mark.parametrize("recipe, lines", [
+    ("imagenet-swin-base.yaml", ["backbone: swin_b", "window: 6", "size: 192", "model_patch_size: 4",
+                                 "lr: 0.0002", "max_epochs: 100", "gradient_clip_val: 5.0"]),
+    ("imagenet-vit-base.yaml", ["backbone: vit_b_16", "size: 224", "model_patch_size: 16", "max_epochs: 800"]),
+])
+def test_imagenet_recipes_parse_with_the_paper_values(recipe, lines, tmp_path):
+    proc = selfsup("fit", "-c", str(REPO / "experiments/simmim" / recipe), "--print_config", cwd=tmp_path)
+    for line in [*lines, "mask_patch_size: 32", "mask_ratio: 0.6", "lr_scaling: linear512", "weight_decay: 0.05",
+                 "optimizer: adamw"]:
+        assert line in proc.stdout, line
