@@ -47,7 +47,8 @@ class SSLMethod(L.LightningModule):
         batch_size: per-device batch size (linked from the data), for the lr scaling rule.
         optimizer: ``lars`` (SimCLR's LARS), ``larc`` (SwAV's), ``sgd`` (momentum) or ``adamw``.
         lr: base learning rate before scaling.
-        lr_scaling: ``linear`` (lr x global batch / 256), ``linear512`` (x global batch / 512), ``sqrt`` (lr x sqrt(global batch)) or ``none``.
+        lr_scaling: ``linear`` (lr x global batch / 256), ``linear512`` (x global batch / 512, SimMIM), ``sqrt``
+            (lr x sqrt(global batch)) or ``none``.
         weight_decay: applied to weights (and to norms and biases unless they are excluded).
         exclude_norms_and_biases: no weight decay and no LARS/LARC adaptation for norms and biases (SimCLR);
             False applies both to every parameter (SwAV's official code).

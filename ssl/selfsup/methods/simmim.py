@@ -50,9 +50,9 @@ class SimMIM(SSLMethod):
         views = getattr(self.trainer.datamodule, "views", None) if self._trainer else None
         if stage == "fit" and isinstance(views, MaskedViews):
             if views.masks.model_patch_size != self.backbone.patch_size:
-                raise ConfigError(
-                    f"data.views.model_patch_size {views.masks.model_patch_size} is not the backbone's patch size "
-                    f"{self.backbone.patch_size}; set data.views.init_args.model_patch_size: {self.backbone.patch_size}")
+                patch = self.backbone.patch_size
+                raise ConfigError(f"data.views.model_patch_size {views.masks.model_patch_size} is not the backbone's "
+                                  f"patch size {patch}; set data.views.init_args.model_patch_size: {patch}")
             if views.size % self.backbone.stride:
                 raise ConfigError(f"data.views.size {views.size} is not a multiple of the backbone's stride "
                                   f"{self.backbone.stride}; choose an image size that is")
