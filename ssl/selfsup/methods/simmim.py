@@ -53,6 +53,10 @@ class SimMIM(SSLMethod):
                 patch = self.backbone.patch_size
                 raise ConfigError(f"data.views.model_patch_size {views.masks.model_patch_size} is not the backbone's "
                                   f"patch size {patch}; set data.views.init_args.model_patch_size: {patch}")
+            fixed = getattr(self.backbone, "image_size", None)  # a ViT's position table fixes its input size
+            if fixed is not None and views.size != fixed:
+                raise ConfigError(f"data.views.size {views.size} is not the backbone's image_size {fixed}; set "
+                                  f"model.backbone_args.image_size: {views.size} (or the views' size to {fixed})")
             if views.size % self.backbone.stride:
                 raise ConfigError(f"data.views.size {views.size} is not a multiple of the backbone's stride "
                                   f"{self.backbone.stride}; choose an image size that is")
