@@ -232,3 +232,23 @@ def test_imagenet_recipes_parse_with_the_paper_values(recipe, lines, tmp_path):
     for line in [*lines, "mask_patch_size: 32", "mask_ratio: 0.6", "lr_scaling: linear512", "weight_decay: 0.05",
                  "optimizer: adamw"]:
         assert line in proc.stdout, line
+
+
+def test_vit_b_16_and_swin_b_are_torchvisions_models_plus_a_mask_token():
+    import torchvision
+
+    x = torch.randn(1, 3, 224, 224)
+    for ours, theirs in ((build_backbone("vit_b_16"), torchvision.models.vit_b_16()),
+                         (build_backbone("swin_b"), torchvision.models.swin_b())):
+        state = {k: v for k, v in theirs.state_dict().items() if not k.startswith(("head", "heads"))}
+        assert ours.load_state_dict(state, strict=False).missing_keys == ["mask_token"]
+        ours.eval(), theirs.eval()
+        with torch.no_grad():
+            if hasattr(theirs, "encoder"):  # ViT: the encoder's patch tokens (torchvision classifies the cls token)
+                tokens = theirs._process_input(x)
+                tokens = theirs.encoder(torch.cat([theirs.class_token.expand(1, -1, -1), tokens], dim=1))
+                expected = tokens[:, 1:].transpose(1, 2).reshape(1, 768, 14, 14)
+                assert torch.allclose(ours.forward_features(x), expected, atol=1e-4)
+            else:
+                theirs.head = torch.nn.Identity()
+                assert torch.allclose(ours(x), theirs(x), atol=1e-4)
