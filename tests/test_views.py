@@ -12,7 +12,7 @@ from selfsup.data.batch_augment import (
     random_grayscale,
     resized_crops,
 )
-from selfsup.data.views import SimCLRViews
+from selfsup.data.views import CropViews, EvalView, SimCLRViews
 
 
 def test_crop_boxes_follow_the_scale_and_ratio_ranges():
@@ -99,3 +99,12 @@ def test_hue_shift_equals_torchvision_per_image():
     hues = (torch.rand(6) * 2 - 1) * 0.4
     expected = torch.stack([TF.adjust_hue(x[i], float(hues[i])) for i in range(6)])
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_crop_and_eval_views_hand_their_normalisation_to_evaluation():
+    images = (torch.rand(3, 1, 8, 8) * 255).to(torch.uint8)
+    crop = CropViews(8, scale=(1, 1), ratio=(1, 1), flip_p=0, mean=[0.5], std=[0.25])
+    assert torch.allclose(crop.batch(images)["image"], (images.float() / 255 - 0.5) / 0.25, atol=1e-4)
+    assert crop.normalization == ((0.5,), (0.25,)) and CropViews(8).normalization is None
+    assert EvalView(8, normalization=([0.5], [0.25])).normalization == ((0.5,), (0.25,))
+    assert EvalView(8).normalization is None

@@ -23,7 +23,8 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from selfsup.errors import ConfigError
 
 CONFIGS = {"SimCLR": "experiments/simclr/mnist5k.yaml", "RotNet": "experiments/rotnet/mnist5k.yaml",
-           "SwAV": "experiments/swav/mnist5k.yaml", "PixPro": "experiments/pixpro/mnist5k.yaml"}
+           "SwAV": "experiments/swav/mnist5k.yaml", "PixPro": "experiments/pixpro/mnist5k.yaml",
+           "SimMIM": "experiments/simmim/mnist5k-vit-tiny.yaml"}
 
 
 def _median_seconds(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:

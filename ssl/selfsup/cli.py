@@ -1,5 +1,5 @@
 """The ``selfsup`` command: LightningCLI (fit/validate/test/predict) over every method, probe and data module,
-plus ``bench``, ``knn``, ``export`` and ``plot``."""
+plus ``bench``, ``knn``, ``export``, ``plot`` and ``reconstruct``."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def _tool(module: str) -> Callable[[list[str]], int | None]:
 
 
 # Subcommands of our own (the rest go to LightningCLI): name -> main(argv) -> exit status (None: 0).
-TOOLS = {"bench": _tool("selfsup.bench"), "shards": _tool("selfsup.shards_cli"), **EVAL_COMMANDS}
+TOOLS = {"bench": _tool("selfsup.bench"), "shards": _tool("selfsup.shards_cli"),
+         "reconstruct": _tool("selfsup.eval.reconstruction"), **EVAL_COMMANDS}
 
 # Values the data decides and the model needs: (data attribute, model argument, when).
 LINKED_FROM_DATA = (

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from selfsup.errors import ConfigError
+from selfsup.eval.finetune import FineTune
 from selfsup.eval.probe import FrozenProbe
 from selfsup.methods import SSLMethod
 
@@ -36,8 +37,9 @@ def reject_linked_overrides(args: list[str]) -> None:
 
 
 def method_names() -> list[str]:
-    """Short names of every model `selfsup fit` takes: the methods (subclasses of SSLMethod) and the probes."""
-    found, todo = [], [*SSLMethod.__subclasses__(), *FrozenProbe.__subclasses__()]
+    """Short names of every model `selfsup fit` takes: the methods (subclasses of SSLMethod), the probes and
+    FineTune."""
+    found, todo = [], [*SSLMethod.__subclasses__(), *FrozenProbe.__subclasses__(), FineTune]
     while todo:
         cls = todo.pop()
         found.append(cls.__name__)

@@ -120,3 +120,12 @@ class PixelPropagation(nn.Module):
         values = F.normalize(self.transform(x), dim=1).flatten(2)  # (B, C, hw)
         y = torch.bmm(values, self.similarity(x).transpose(1, 2))  # y[:, :, i] = sum_j A_ij v_j
         return F.normalize(y, dim=1).view_as(x)
+
+
+class PixelShuffleDecoder(nn.Sequential):
+    """SimMIM's one-layer decoder: a 1x1 conv from the encoder's map (B, C, h, w) to ``channels x s x s`` and
+    PixelShuffle(s), i.e. (B, channels, h s, w s) pixels, with s the encoder's total stride."""
+
+    def __init__(self, in_dim: int, stride: int, channels: int = 3) -> None:
+        super().__init__(nn.Conv2d(in_dim, channels * stride**2, kernel_size=1), nn.PixelShuffle(stride))
+        self.stride, self.channels = stride, channels

@@ -14,7 +14,7 @@ from selfsup.errors import ConfigError
 
 OptimizerName = Literal["lars", "larc", "lars_pixpro", "sgd", "adamw"]
 LARSVariant = Literal["simclr", "larc", "pixpro"]
-LRScaling = Literal["linear", "sqrt", "none"]
+LRScaling = Literal["linear", "linear512", "sqrt", "none"]
 
 
 class LARS(torch.optim.Optimizer):
@@ -98,9 +98,14 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+# Learned tokens and position tables of transformers (torchvision's names, and selfsup's mask token).
+NO_DECAY_NAMES = ("mask_token", "class_token", "pos_embedding", "relative_position_bias_table")
+
+
 def is_no_decay(name: str, param: nn.Parameter) -> bool:
-    """Norm weights and biases (every parameter with fewer than 2 dimensions) get no weight decay."""
-    return param.ndim <= 1
+    """No weight decay for norm weights and biases (every parameter with fewer than 2 dimensions), the mask and
+    class tokens and the position tables (SimMIM's exclusions)."""
+    return param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
 
 
 def split_decay(
@@ -119,15 +124,44 @@ def split_decay(
     return [g for g in groups if g["params"]]
 
 
+def layer_decay_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]], layer_id: Callable[[str], int], num_layers: int,
+    decay: float, weight_decay: float, no_decay: Callable[[str, nn.Parameter], bool] = is_no_decay,
+) -> list[dict]:
+    """Parameter groups for layer-wise lr decay: a parameter at depth ``layer_id(name)`` (0: embedding, ...,
+    ``num_layers + 1``: after the last block, e.g. the head) gets ``lr_scale = decay ** (num_layers + 1 - id)``;
+    one group per (depth, decayed or not), no weight decay where ``no_decay`` says so. ``lr_scale`` multiplies
+    the optimizer's lr (``apply_lr_scale``)."""
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        depth, plain = layer_id(name), no_decay(name, p)
+        group = groups.setdefault((depth, plain), {
+            "params": [], "weight_decay": 0.0 if plain else weight_decay, "adapt": not plain,
+            "lr_scale": decay ** (num_layers + 1 - depth), "layer": depth})
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def apply_lr_scale(optimizer: torch.optim.Optimizer) -> None:
+    """Set each group's lr (and the scheduler's base lr) to the optimizer's lr x the group's ``lr_scale``."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+
+
 def scaled_lr(base_lr: float, batch_size: int, rule: LRScaling, reference: int = 256) -> float:
-    """The learning rate for a global batch: ``base x BS/reference`` (linear), ``base x sqrt(BS)`` or ``base``."""
+    """The learning rate for a global batch: ``base x BS/reference`` (linear), ``base x BS/512`` (linear512,
+    SimMIM), ``base x sqrt(BS)`` or ``base``."""
     if rule == "linear":
         return base_lr * batch_size / reference
+    if rule == "linear512":
+        return base_lr * batch_size / 512
     if rule == "sqrt":
         return base_lr * math.sqrt(batch_size)
     if rule == "none":
         return base_lr
-    raise ConfigError(f"unknown lr scaling rule {rule!r}; choose linear, sqrt or none")
+    raise ConfigError(f"unknown lr scaling rule {rule!r}; choose linear, linear512, sqrt or none")
 
 
 def build_optimizer(

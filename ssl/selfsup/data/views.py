@@ -24,6 +24,7 @@ from selfsup.data.batch_augment import (
     random_solarize,
     resized_crops,
 )
+from selfsup.data.masking import MaskGenerator
 from selfsup.errors import ConfigError
 
 
@@ -299,7 +300,8 @@ def crop_flip(images: torch.Tensor, size: int, scale: tuple[float, float], ratio
 
 class CropViews(ViewRecipe):
     """One random resized crop and flip of each image, ``{"image": float (C, size, size)}``: the augmented
-    training view of supervised heads (the linear probe's ImageNet recipe: SimCLR's crop + flip)."""
+    training view of supervised heads (the linear probe's ImageNet recipe: SimCLR's crop + flip; fine-tuning).
+    ``mean``/``std`` (None: [0, 1] pixels) normalise the crops, and the evaluation images too."""
 
     kind = "image"
     key: ClassVar[str] = "image"  # the name of the output
@@ -310,14 +312,28 @@ class CropViews(ViewRecipe):
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         flip_p: float = 0.5,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
+        if (mean is None) != (std is None):
+            raise ConfigError(f"{type(self).__name__}: set both mean and std, or neither")
         self.size, self.scale, self.ratio, self.flip_p = size, tuple(scale), tuple(ratio), flip_p
+        self.mean, self.std = (tuple(mean), tuple(std)) if mean is not None else (None, None)
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        return (self.mean, self.std) if self.mean is not None else None
+
+    def crops(self, images: torch.Tensor) -> torch.Tensor:
+        """The cropped, flipped (and normalised) float batch of uint8 images (B, C, H, W)."""
+        x = crop_flip(images, self.size, self.scale, self.ratio, self.flip_p)
+        return normalize(x, self.mean, self.std) if self.mean is not None else x
 
     def __call__(self, image: torch.Tensor) -> dict[str, Any]:
-        return {self.key: self.batch(image[None])[self.key][0]}
+        return {k: v[0] for k, v in self.batch(image[None]).items()}
 
     def batch(self, images: torch.Tensor) -> dict[str, Any]:
-        return {self.key: crop_flip(images, self.size, self.scale, self.ratio, self.flip_p)}
+        return {self.key: self.crops(images)}
 
 
 class RotationViews(CropViews):
@@ -341,6 +357,41 @@ class RotationViews(CropViews):
         super().__init__(size, scale, ratio, flip_p)
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class MaskedViews(CropViews):
+    """SimMIM's view (METHODS.md section 4): one random resized crop (area 0.67-1, aspect 3/4-4/3), flip and
+    normalisation of each image, and a random mask from ``MaskGenerator``.
+
+    Output ``{"images": float (B, C, size, size), "mask": uint8 (B, h, w)}`` with (h, w) the model's patch grid
+    (size / model_patch_size), 1 = masked. ``model_patch_size`` must be the backbone's patch size (SimMIM
+    checks); ``mask_patch_size`` is independent of it but a multiple of it. For MNIST digits use ``flip_p: 0``
+    and MNIST's mean/std.
+    """
+
+    kind = "masked"
+    key = "images"
+
+    def __init__(
+        self,
+        size: int = 192,
+        mask_patch_size: int = 32,
+        model_patch_size: int = 4,
+        mask_ratio: float = 0.6,
+        scale: tuple[float, float] = (0.67, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_p: float = 0.5,
+        mean: Sequence[float] | None = IMAGENET_MEAN,
+        std: Sequence[float] | None = IMAGENET_STD,
+    ) -> None:
+        super().__init__(size, scale, ratio, flip_p, mean, std)
+        self.masks = MaskGenerator(size, mask_patch_size, model_patch_size, mask_ratio)
+
+    def batch(self, images: torch.Tensor) -> dict[str, Any]:
+        return {"images": self.crops(images), "mask": self.masks.batch(len(images))}
+
+
 class EvalView(ViewRecipe):
     """The un-augmented view used by evaluation: resize the short side, centre-crop to ``size``, [0, 1] floats.
 
@@ -359,6 +410,10 @@ class EvalView(ViewRecipe):
             v2.CenterCrop(size),
             v2.ToDtype(torch.float32, scale=True),
         ])
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        return (self.mean, self.std) if self.mean is not None else None
 
     def __call__(self, image: torch.Tensor) -> dict[str, Any]:
         if image.shape[-1] == image.shape[-2] == self.size == self.resize:

@@ -75,6 +75,21 @@ def load_backbone(path: str | Path) -> tuple[Backbone, BackboneSpec]:
     return backbone.eval(), spec
 
 
+def backbone_from(spec: BackboneSpec, init_from: str | Path | None, who: str) -> Backbone:
+    """``spec``'s backbone with the weights of checkpoint ``init_from`` (its architecture must be ``spec``);
+    without ``init_from``, randomly initialised, with a warning naming ``who`` uses it."""
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    backbone = spec.build()
+    if init_from:
+        ckpt = load_checkpoint(init_from)
+        check_same_architecture(backbone_spec(ckpt, init_from), spec, init_from)
+        backbone.load_state_dict(backbone_state(ckpt))
+    else:
+        rank_zero_warn(f"{who}: no model.init_from, so this starts from a randomly initialised backbone")
+    return backbone
+
+
 def check_same_architecture(spec: BackboneSpec, expected: BackboneSpec, path: str | Path) -> None:
     """Refuse a checkpoint whose backbone is not the one a config asks for, naming both."""
     if spec != expected:

@@ -12,19 +12,13 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from selfsup.data.views import EvalView, ViewRecipe
 from selfsup.errors import ConfigError
-from selfsup.eval.checkpoint import (
-    BackboneSpec,
-    backbone_spec,
-    backbone_state,
-    check_same_architecture,
-    load_checkpoint,
-)
+from selfsup.eval.checkpoint import BackboneSpec, backbone_from
 from selfsup.eval.features import split_features
 from selfsup.eval.knn import topk_accuracy
 from selfsup.heads import LinearClassifier
@@ -75,13 +69,7 @@ class FrozenProbe(L.LightningModule):
             )
         self.save_hyperparameters()
         spec = BackboneSpec(backbone, dict(backbone_args or {}), in_channels)
-        self.backbone = spec.build()
-        if init_from:
-            ckpt = load_checkpoint(init_from)
-            check_same_architecture(backbone_spec(ckpt, init_from), spec, init_from)
-            self.backbone.load_state_dict(backbone_state(ckpt))
-        else:
-            rank_zero_warn(f"{type(self).__name__}: no model.init_from, so this probes a randomly initialised backbone")
+        self.backbone = backbone_from(spec, init_from, type(self).__name__)
         self.backbone.requires_grad_(False)
         self.backbone.eval()
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")

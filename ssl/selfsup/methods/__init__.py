@@ -4,6 +4,7 @@ from selfsup.methods.base import SSLMethod, StepOutput
 from selfsup.methods.pixpro import PixPro
 from selfsup.methods.rotnet import RotNet
 from selfsup.methods.simclr import SimCLR
+from selfsup.methods.simmim import SimMIM
 from selfsup.methods.swav import SwAV
 
-__all__ = ["SSLMethod", "StepOutput", "PixPro", "RotNet", "SimCLR", "SwAV"]
+__all__ = ["SSLMethod", "StepOutput", "PixPro", "RotNet", "SimCLR", "SimMIM", "SwAV"]

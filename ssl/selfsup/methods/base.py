@@ -48,7 +48,8 @@ class SSLMethod(L.LightningModule):
         optimizer: ``lars`` (SimCLR's LARS), ``larc`` (SwAV's), ``lars_pixpro`` (PixPro's), ``sgd`` (momentum) or
             ``adamw``.
         lr: base learning rate before scaling.
-        lr_scaling: ``linear`` (lr x global batch / 256), ``sqrt`` (lr x sqrt(global batch)) or ``none``.
+        lr_scaling: ``linear`` (lr x global batch / 256), ``linear512`` (x global batch / 512, SimMIM), ``sqrt``
+            (lr x sqrt(global batch)) or ``none``.
         weight_decay: applied to weights (and to norms and biases unless they are excluded).
         exclude_norms_and_biases: no weight decay and no LARS/LARC adaptation for norms and biases (SimCLR);
             False applies both to every parameter (SwAV's official code).

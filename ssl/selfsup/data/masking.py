@@ -1,0 +1,60 @@
+"""SimMIM's random mask (METHODS.md section 4): whole mask patches, at model-patch resolution."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from selfsup.errors import ConfigError
+
+
+class MaskGenerator:
+    """Masks of ``input_size`` px images: a grid of ``input_size / mask_patch_size`` cells per side, of which
+    ``ceil(cells x mask_ratio)`` chosen at random are masked, each cell repeated ``mask_patch_size /
+    model_patch_size`` times along both axes. Output (h, w) = input_size / model_patch_size, 1 = masked.
+
+    ViT 224/32/16 gives 14x14 with 30 of 49 cells masked; Swin 192/32/4 gives 48x48 with 22 of 36.
+    """
+
+    def __init__(self, input_size: int = 192, mask_patch_size: int = 32, model_patch_size: int = 4,
+                 mask_ratio: float = 0.6) -> None:
+        if mask_patch_size % model_patch_size:
+            raise ConfigError(f"mask_patch_size {mask_patch_size} is not a multiple of the model's patch size "
+                              f"{model_patch_size}; set mask_patch_size to a multiple of {model_patch_size}")
+        if input_size % mask_patch_size:
+            raise ConfigError(f"mask_patch_size {mask_patch_size} does not divide the image size {input_size}; "
+                              f"choose a mask_patch_size that divides {input_size}")
+        if not 0 < mask_ratio < 1:
+            raise ConfigError(f"mask_ratio must be within (0, 1), got {mask_ratio}")
+        self.input_size, self.mask_patch_size = input_size, mask_patch_size
+        self.model_patch_size, self.mask_ratio = model_patch_size, mask_ratio
+        self.cells = input_size // mask_patch_size  # per side
+        self.scale = mask_patch_size // model_patch_size
+        self.count = math.ceil(self.cells**2 * mask_ratio)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(h, w) of a mask: the model's patch grid."""
+        side = self.cells * self.scale
+        return side, side
+
+    def cell_masks(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, cells, cells) uint8: exactly ``count`` ones per sample at random cells."""
+        order = torch.rand(batch, self.cells**2, generator=generator).argsort(dim=1)
+        masks = torch.zeros(batch, self.cells**2, dtype=torch.uint8)
+        masks.scatter_(1, order[:, : self.count], 1)
+        return masks.view(batch, self.cells, self.cells)
+
+    def batch(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, h, w) uint8 masks at model-patch resolution."""
+        cells = self.cell_masks(batch, generator)
+        return cells.repeat_interleave(self.scale, dim=1).repeat_interleave(self.scale, dim=2)
+
+    def __call__(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One (h, w) mask."""
+        return self.batch(1, generator)[0]
+
+    def __repr__(self) -> str:
+        return (f"MaskGenerator(input_size={self.input_size}, mask_patch_size={self.mask_patch_size}, "
+                f"model_patch_size={self.model_patch_size}, mask_ratio={self.mask_ratio})")
