@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import apply_to_collection
 
 from selfsup.backbones import build_backbone
 from selfsup.data.views import ViewRecipe
@@ -27,13 +28,17 @@ from selfsup.optim import (
 )
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and x.is_floating_point() else x
+
+
 @dataclass
 class StepOutput:
     """What a method's ``ssl_step`` returns: the loss, backbone features for the online probe, extra logs."""
 
     loss: torch.Tensor
     features: torch.Tensor | None = None
-    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
 
 class SSLMethod(L.LightningModule):
@@ -57,6 +62,10 @@ class SSLMethod(L.LightningModule):
         warmup_start_factor: lr at step 0 as a fraction of the peak lr.
         final_lr_factor: lr at the last step as a fraction of the peak lr (cosine decay).
         probe_lr: lr of the online linear probe on detached features (not scaled, same schedule).
+        channels_last: keep the backbone's weights and the batch's image tensors in channels-last (NHWC)
+            memory format, which tensor-core convolutions (CUDA, bf16/fp16) run fastest in.
+        compile_backbone: ``torch.compile`` the backbone's ``forward`` and ``forward_features`` (and the
+            momentum backbone's, if the method has one) when training starts; the first steps then compile.
     """
 
     view_kinds: ClassVar[tuple[str, ...]] = ()
@@ -79,10 +88,14 @@ class SSLMethod(L.LightningModule):
         warmup_start_factor: float = 0.0,
         final_lr_factor: float = 0.0,
         probe_lr: float = 0.1,
+        channels_last: bool = False,
+        compile_backbone: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.backbone = build_backbone(backbone, in_channels=in_channels, **(backbone_args or {}))
+        if channels_last:  # before subclasses copy the backbone (a momentum encoder keeps the format)
+            self.backbone.to(memory_format=torch.channels_last)
         self.probe = LinearClassifier(self.backbone.num_features, num_classes) if num_classes > 0 else None
         self._last_batch_end: float | None = None
 
@@ -112,7 +125,25 @@ class SSLMethod(L.LightningModule):
             start = end
         return torch.cat(features)
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``channels_last``: the batch's image tensors (4-D, floating) in channels-last memory format."""
+        if not self.hparams.get("channels_last"):
+            return batch
+        return apply_to_collection(batch, torch.Tensor, _channels_last)
+
+    def compile_backbones(self) -> None:
+        """``torch.compile`` ``forward`` (through ``module.compile()``, which keeps the state-dict keys) and
+        ``forward_features`` of the backbone and of ``momentum_backbone`` if any; once per module."""
+        for module in (self.backbone, getattr(self, "momentum_backbone", None)):
+            if module is None or getattr(module, "_selfsup_compiled", False):
+                continue
+            module.compile()
+            module.forward_features = torch.compile(module.forward_features)
+            module._selfsup_compiled = True
+
     def setup(self, stage: str) -> None:
+        if self.hparams.get("compile_backbone"):
+            self.compile_backbones()
         views = getattr(self.trainer.datamodule, "views", None) if self._trainer else None
         if stage == "fit" and views is not None and views.kind not in self.view_kinds:
             name = type(self).__name__

@@ -72,11 +72,13 @@ class SwAV(SSLMethod):
             raise ConfigError(f"SwAV: crops_for_assign {self.crops_for_assign} but the views make {len(crops)} crops")
         self.prototypes.normalize_()
         features = self.backbone_by_size(crops)
-        z = F.normalize(self.projector(features), dim=1)
-        scores = self.prototypes(z).chunk(len(crops))
+        projected = self.projector(features)
+        with torch.autocast(projected.device.type, enabled=False):  # scores feed exp(s / eps) and a softmax: fp32
+            z = F.normalize(projected.float(), dim=1)
+            scores = self.prototypes(z).chunk(len(crops))
         codes = self._codes(z.detach().chunk(len(crops)), scores, n)
         loss = swapped_prediction_loss(scores, codes, hp.temperature)
-        logs = {"train/queue_in_use": torch.tensor(float(self._queue_full()))}
+        logs = {"train/queue_in_use": float(self._queue_full())}  # a float: no tensor made and copied per step
         return StepOutput(loss=loss, features=features[:n], logs=logs)
 
     @torch.no_grad()
