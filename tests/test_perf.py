@@ -83,14 +83,12 @@ def simclr_pair(**switches) -> tuple[SimCLR, SimCLR]:
 def test_channels_last_model_gives_the_same_loss_and_gradients():
     plain, fast = simclr_pair(channels_last=True)
     assert fast.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    batch = {"views": [torch.rand(8, 1, 16, 16), torch.rand(8, 1, 16, 16)], "label": torch.arange(8)}
-    moved = fast.on_after_batch_transfer({**batch, "views": list(batch["views"])}, 0)
-    assert all(v.is_contiguous(memory_format=torch.channels_last) for v in moved["views"])
-    assert moved["label"] is batch["label"]  # only 4-D floating tensors change format
-    assert plain.on_after_batch_transfer(batch, 0) is batch
+    batch = {"views": [torch.rand(8, 1, 16, 16), torch.rand(8, 1, 16, 16)]}
+    dense = fast.backbone.forward_features(batch["views"][0])  # a plain input: the first conv makes it NHWC
+    assert dense.is_contiguous(memory_format=torch.channels_last) and not dense.is_contiguous()
     losses = []
-    for model, b in ((plain, batch), (fast, moved)):
-        loss = model.ssl_step(b).loss
+    for model in (plain, fast):
+        loss = model.ssl_step(batch).loss
         loss.backward()
         losses.append(loss)
     assert torch.allclose(*losses, atol=1e-5)

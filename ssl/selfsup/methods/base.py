@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.fabric.utilities.apply_func import apply_to_collection
 
 from selfsup.backbones import build_backbone
 from selfsup.data.views import ViewRecipe
@@ -26,10 +25,6 @@ from selfsup.optim import (
     split_decay,
     warmup_cosine_scheduler,
 )
-
-
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and x.is_floating_point() else x
 
 
 @dataclass
@@ -62,8 +57,9 @@ class SSLMethod(L.LightningModule):
         warmup_start_factor: lr at step 0 as a fraction of the peak lr.
         final_lr_factor: lr at the last step as a fraction of the peak lr (cosine decay).
         probe_lr: lr of the online linear probe on detached features (not scaled, same schedule).
-        channels_last: keep the backbone's weights and the batch's image tensors in channels-last (NHWC)
-            memory format, which tensor-core convolutions (CUDA, bf16/fp16) run fastest in.
+        channels_last: keep the backbone's weights in channels-last (NHWC) memory format, which tensor-core
+            convolutions (CUDA, bf16/fp16) run fastest in. The first convolution turns each input batch to NHWC
+            (one copy, what converting the batch would cost) and every activation after it stays NHWC.
         compile_backbone: ``torch.compile`` the backbone's ``forward`` and ``forward_features`` (and the
             momentum backbone's, if the method has one) when training starts; the first steps then compile.
     """
@@ -124,12 +120,6 @@ class SSLMethod(L.LightningModule):
             features.append(self.backbone(torch.cat(list(crops[start:end]))))
             start = end
         return torch.cat(features)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With ``channels_last``: the batch's image tensors (4-D, floating) in channels-last memory format."""
-        if not self.hparams.get("channels_last"):
-            return batch
-        return apply_to_collection(batch, torch.Tensor, _channels_last)
 
     def compile_backbones(self) -> None:
         """``torch.compile`` ``forward`` (through ``module.compile()``, which keeps the state-dict keys) and
