@@ -3,6 +3,7 @@ the callbacks that read the device only every N steps."""
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -228,3 +229,52 @@ def test_nonfinite_names_a_gradient_when_only_the_gradient_is_bad():
     weight.grad = torch.tensor([1.0, float("inf"), 0.0])
     with pytest.raises(NonFiniteError, match="non-finite gradient at step 0"):
         guard.on_before_optimizer_step(guard_trainer(0), None, torch.optim.SGD([weight], lr=0.1))
+
+
+# ---- augmentation on the device ---------------------------------------------------------------------------
+
+def test_colour_jitter_on_every_image_then_select_equals_the_subset_path():
+    from selfsup.data.batch_augment import colour_jitter
+
+    x = torch.rand(16, 3, 8, 8)
+    out = []
+    for subset in (True, False):  # the CPU path, and the GPU's (no host sync)
+        torch.manual_seed(0)
+        out.append(colour_jitter(x, torch.tensor([0.8, 0.8, 0.8]), p=0.8, hue=0.2, subset=subset))
+    assert torch.allclose(*out, atol=1e-6) and not torch.allclose(out[0], x)
+
+
+def test_augment_on_device_sends_decoded_images_and_makes_the_views_after_the_transfer(mnist5k):
+    from selfsup.data import SSLDataModule
+    from selfsup.data.views import SimCLRViews
+
+    views = SimCLRViews(28, flip_p=0, blur_p=0)
+    data = SSLDataModule(batch_size=8, num_workers=0, views=views, augment_on="device")
+    batch = next(iter(data.train_dataloader()))
+    assert batch["decoded"].dtype == torch.uint8 and batch["decoded"].shape == (8, 1, 28, 28)
+    assert "views" not in batch and batch["health"]["seen"] >= 8
+    moved = data.on_after_batch_transfer(batch, 0)
+    assert [v.shape for v in moved["views"]] == [(8, 1, 28, 28)] * 2 and "decoded" not in moved
+    assert moved["views"][0].dtype == torch.float32 and not torch.equal(*moved["views"])
+    assert torch.equal(moved["label"], batch["label"])
+    workers = next(iter(SSLDataModule(batch_size=8, num_workers=0, views=views).train_dataloader()))
+    assert "views" in workers and data.on_after_batch_transfer(workers, 0) is workers  # nothing to do
+
+
+@pytest.mark.slow
+def test_fit_with_views_made_on_the_device(tmp_path, mnist5k):
+    from clirun import REPO, TINY, selfsup
+
+    selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), *TINY, "--data.init_args.augment_on",
+            "device", "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]",
+            "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+    metrics = next(tmp_path.glob("runs/*/version_0/metrics.csv")).read_text()
+    losses = [float(v) for v in csv_column(metrics, "train/loss_step")]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+
+
+def csv_column(text: str, name: str) -> list[str]:
+    import csv
+    import io
+
+    return [row[name] for row in csv.DictReader(io.StringIO(text)) if row.get(name)]

@@ -72,7 +72,7 @@ def bench_method(method: str, config: Path, batch_size: int, device: torch.devic
     model.to(device).train()
     model.setup("fit")  # compiles the backbone when asked, as in a training run
     batch = next(iter(data.train_dataloader()))
-    batch = move_data_to_device(batch, device)  # non_blocking on CUDA, as Lightning moves batches
+    batch = data.on_after_batch_transfer(move_data_to_device(batch, device), 0)  # as Lightning moves it
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     autocast = switches.autocast(device)
     momentum = getattr(model, "momentum_backbone", None)
