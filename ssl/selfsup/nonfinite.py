@@ -64,8 +64,8 @@ class NonFiniteGuard(L.Callback):
                 pl_module.log("train/skipped_steps", float(self.skipped), on_step=True, on_epoch=False)
             return
         loss = (self._loss if self._loss is not None else torch.zeros(())).detach().double().reshape(())
-        now = torch.stack([torch.tensor(float(trainer.global_step), dtype=torch.float64, device=code.device),
-                           code.double(), loss.to(code.device)])
+        step = torch.full((), float(trainer.global_step), dtype=torch.float64, device=code.device)  # a fill, no copy
+        now = torch.stack([step, code.double(), loss.to(code.device)])
         if self._first_bad is None:
             self._first_bad = torch.full_like(now, -1.0)
         take = (code > 0) & (self._first_bad[0] < 0)

@@ -27,13 +27,19 @@ from selfsup.optim import (
 )
 
 
+def host_scalar(value: float) -> torch.Tensor:
+    """A number to log every step, as a CPU tensor: Lightning keeps it on the CPU, where a Python float becomes
+    a tensor on the GPU through a blocking copy (the host waits for every queued kernel) each time."""
+    return torch.tensor(float(value))
+
+
 @dataclass
 class StepOutput:
     """What a method's ``ssl_step`` returns: the loss, backbone features for the online probe, extra logs."""
 
     loss: torch.Tensor
     features: torch.Tensor | None = None
-    logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class SSLMethod(L.LightningModule):
@@ -151,7 +157,8 @@ class SSLMethod(L.LightningModule):
             loss = loss + probe_loss
             logs.update({"train/probe_loss": probe_loss, "train/probe_top1": top1})
         self.log_dict(logs, on_step=True, on_epoch=True, prog_bar=False, batch_size=len(batch["label"]))
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.log("train/lr", host_scalar(self.trainer.optimizers[0].param_groups[0]["lr"]), on_step=True,
+                 on_epoch=False)
         return loss
 
     def _probe(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +174,8 @@ class SSLMethod(L.LightningModule):
         now = time.perf_counter()
         if self._last_batch_end is not None:
             images = len(batch["label"]) * self.trainer.world_size
-            self.log("train/images_per_s", images / (now - self._last_batch_end), on_step=True, on_epoch=False)
+            self.log("train/images_per_s", host_scalar(images / (now - self._last_batch_end)), on_step=True,
+                     on_epoch=False)
         self._last_batch_end = now
 
     def on_train_epoch_start(self) -> None:

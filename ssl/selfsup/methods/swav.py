@@ -14,7 +14,7 @@ from selfsup.distributed import gather, is_distributed, rank, world_size
 from selfsup.errors import ConfigError
 from selfsup.heads import MLP, Prototypes
 from selfsup.losses import sinkhorn, swapped_prediction_loss
-from selfsup.methods.base import SSLMethod, StepOutput
+from selfsup.methods.base import SSLMethod, StepOutput, host_scalar
 
 
 class SwAV(SSLMethod):
@@ -78,7 +78,7 @@ class SwAV(SSLMethod):
             scores = self.prototypes(z).chunk(len(crops))
         codes = self._codes(z.detach().chunk(len(crops)), scores, n)
         loss = swapped_prediction_loss(scores, codes, hp.temperature)
-        logs = {"train/queue_in_use": float(self._queue_full())}  # a float: no tensor made and copied per step
+        logs = {"train/queue_in_use": host_scalar(self._queue_full())}
         return StepOutput(loss=loss, features=features[:n], logs=logs)
 
     @torch.no_grad()
