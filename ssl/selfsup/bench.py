@@ -6,7 +6,7 @@ recorded (arguments such as SimMIM's mask included), and the floor times forward
 alone on exactly those inputs, plus a forward without gradient of ``model.momentum_backbone`` on its recorded
 inputs where a method has one (PixPro). Medians of repeats after warm-up; CUDA timings synchronise. Methods are
 built from their experiment configs through the CLI, with the fast paths (precision, channels-last,
-torch.compile) set as a training run sets them.
+torch.compile) set as a training run sets them. Step and floor are timed in turn within each repeat.
 """
 
 from __future__ import annotations
@@ -86,9 +86,8 @@ def bench_method(method: str, config: Path, batch_size: int, device: torch.devic
 
     with BackboneCalls(model.backbone) as calls, BackboneCalls(momentum) as momentum_calls:
         step()
-    step_s = median_seconds(step, device, warmup, repeats)
     floor = floor_step(model.backbone, calls.calls, momentum, momentum_calls.calls, autocast)
-    floor_s = median_seconds(floor, device, warmup, repeats)
+    step_s, floor_s = median_seconds([step, floor], device, warmup, repeats)
     images = len(batch["label"])
     return {"method": method, "batch": images, "backbone_images": sum(c.images for c in calls.calls),
             "backbone_calls": [c.entry for c in calls.calls],
@@ -195,8 +194,8 @@ def main(argv: list[str]) -> None:
             for m in args.methods]
     memory = "CUDA max_memory_allocated" if device.type == "cuda" else "torch CPU allocations (profiler)"
     print(f"device: {device}, torch threads: {torch.get_num_threads()}, batch: {args.batch_size} images, "
-          f"{', '.join(f'{k}={v}' for k, v in asdict(switches).items())}; median of {args.repeats} after "
-          f"{args.warmup} warm-up; peak: MiB above the step's start ({memory})")
+          f"{', '.join(f'{k}={v}' for k, v in asdict(switches).items())}; median of {args.repeats} (step and "
+          f"floor in turn) after {args.warmup} warm-up; peak: MiB above the step's start ({memory})")
     print(f"{'method':<8} {'backbone imgs':>13} {'step ms':>9} {'floor ms':>9} {'overhead':>9} {'images/s':>9} "
           f"{'peak MiB':>9} {'floor MiB':>9}")
     for r in rows:

@@ -111,17 +111,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of ``repeats`` calls of ``step`` after ``warmup`` untimed ones; CUDA synchronised."""
-    times = []
+def median_seconds(fns: Sequence[Callable[[], None]], device: torch.device, warmup: int, repeats: int
+                   ) -> list[float]:
+    """Median wall time of each of ``fns`` over ``repeats`` rounds after ``warmup`` untimed ones; CUDA
+    synchronised. Each round calls every function once, in turn, so a change in the machine's load (a shared
+    machine) hits a step and its floor alike and their ratio stays meaningful."""
+    times: list[list[float]] = [[] for _ in fns]
     for i in range(warmup + repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, spent in zip(fns, times):
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            if i >= warmup:
+                spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]
 
 
 def peak_memory_mib(step: Callable[[], None], device: torch.device) -> float:
@@ -129,8 +133,10 @@ def peak_memory_mib(step: Callable[[], None], device: torch.device) -> float:
     gradients, temporaries; not weights or optimizer state already held).
 
     CUDA: the caching allocator's ``max_memory_allocated`` minus ``memory_allocated`` at the start. CPU: the
-    same quantity from the profiler's record of every allocation and free torch makes during the step
-    (``profile_memory``); the process's RSS would mix in the allocator's cached pages and Python objects.
+    peak of the bytes the step's own allocations hold at once, from the profiler's record of every allocation
+    and free torch makes during the step (``profile_memory``); blocks allocated before the step and freed in
+    it (the previous step's gradients) are not subtracted, so this can exceed the CUDA figure by up to their
+    size. Not the process's RSS, which mixes in the allocator's cached pages and Python objects.
     """
     if device.type == "cuda":
         synchronize(device)
