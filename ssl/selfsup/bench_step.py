@@ -88,20 +88,21 @@ class BackboneCalls:
 def floor_step(backbone: nn.Module, calls: list[BackboneCall], momentum: nn.Module | None = None,
                momentum_calls: Sequence[BackboneCall] = (),
                context: Callable[[], AbstractContextManager] = nullcontext) -> Callable[[], None]:
-    """The floor of a step: forward + backward of ``backbone`` on each recorded call's inputs, then a forward
-    without gradient of the momentum backbone on its own recorded inputs (PixPro's target encoder). Forwards
-    run inside ``context`` (autocast under mixed precision), backwards outside it, as in training."""
+    """The floor of a step: the forward of ``backbone`` on each recorded call's inputs and one backward through
+    all of them (activations of every call held at once, as in the step), and a forward without gradient of the
+    momentum backbone on its own recorded inputs (PixPro's target encoder). Forwards run inside ``context``
+    (autocast under mixed precision), the backward outside it, as in training."""
 
     def run() -> None:
         backbone.zero_grad(set_to_none=True)
-        for call in calls:
-            with context():
-                out = call.run(backbone)
-            out.float().sum().backward()
+        with context():
+            outputs = [call.run(backbone) for call in calls]
         if momentum is not None:
             with torch.no_grad(), context():
                 for call in momentum_calls:
                     call.run(momentum)
+        if outputs:
+            torch.stack([out.float().sum() for out in outputs]).sum().backward()
 
     return run
 
