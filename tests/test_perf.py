@@ -262,11 +262,13 @@ def test_augment_on_device_sends_decoded_images_and_makes_the_views_after_the_tr
 
 
 @pytest.mark.slow
-def test_fit_with_views_made_on_the_device(tmp_path, mnist5k):
+def test_fit_with_every_gpu_switch_on_the_cpu(tmp_path, mnist5k):
+    """Views made on the device, bf16 autocast and channels-last together, through `selfsup fit`."""
     from clirun import REPO, TINY, selfsup
 
     selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), *TINY, "--data.init_args.augment_on",
-            "device", "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]",
+            "device", "--trainer.precision", "bf16-mixed", "--model.init_args.channels_last", "true",
+            "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]",
             "--trainer.enable_progress_bar", "false", cwd=tmp_path)
     metrics = next(tmp_path.glob("runs/*/version_0/metrics.csv")).read_text()
     losses = [float(v) for v in csv_column(metrics, "train/loss_step")]
