@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_ARGS ?=  # e.g. BENCH_ARGS="--device cuda --precision bf16-mixed --channels-last" on a GPU
 
 .PHONY: install demo test test-fast bench lint clean
 
@@ -25,8 +26,9 @@ test: $(STAMP)  ## the whole test suite
 test-fast: $(STAMP)  ## the suite without the slow end-to-end runs
 	$(BIN)/python -m pytest -m "not slow"
 
-bench: $(STAMP)  ## each method's step against its backbone floor; FAISS kNN against torch (tables + runs/*.json)
-	$(BIN)/selfsup bench
+bench: $(STAMP)  ## each method's step against its backbone floor; data pipeline; FAISS kNN against torch (tables + runs/*.json)
+	$(BIN)/selfsup bench $(BENCH_ARGS)
+	$(BIN)/selfsup bench data
 	$(BIN)/selfsup bench knn
 
 lint: $(STAMP)  ## static checks

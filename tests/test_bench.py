@@ -17,7 +17,21 @@ def test_bench_measures_each_method_against_its_backbone_floor(tmp_path, mnist5k
     assert rows["RotNet"]["backbone_images"] == 64  # four rotations of 16 images
     assert rows["SwAV"]["backbone_images"] == 96  # six crops of 16 images, in two forwards (one per size)
     assert rows["SimMIM"]["backbone_images"] == 16  # one masked view of 16 images
-    assert all(r["step_ms"] > 0 and r["floor_ms"] > 0 for r in rows.values())
+    assert all(r["step_ms"] > 0 and r["floor_ms"] > 0 and r["peak_mib"] > 0 for r in rows.values())
+    assert all(r["images_per_s"] == pytest.approx(16e3 / r["step_ms"]) for r in rows.values())
+    assert rows["SimCLR"]["backbone_calls"] == ["forward"] and rows["SwAV"]["backbone_calls"] == ["forward"] * 2
+
+
+def test_bench_measures_the_fast_paths_as_a_training_run_sets_them(tmp_path, mnist5k):
+    out = tmp_path / "bench.json"
+    proc = selfsup("bench", "--methods", "SimCLR", "--batch-size", "8", "--repeats", "1", "--warmup", "1",
+                   "--precision", "bf16-mixed", "--channels-last", "--repo", str(REPO), "--out", str(out),
+                   cwd=tmp_path)
+    result = json.loads(out.read_text())
+    assert result["switches"] == {"precision": "bf16-mixed", "channels_last": True, "compile": False}
+    assert "precision=bf16-mixed, channels_last=True" in proc.stdout
+    (row,) = result["rows"]
+    assert row["backbone_images"] == 16 and row["step_ms"] > 0 and row["floor_ms"] > 0
 
 
 def test_bench_names_unknown_methods(tmp_path):

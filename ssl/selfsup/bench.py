@@ -1,18 +1,22 @@
 """`selfsup bench`: each method's training step against its floor, the backbone passes it cannot avoid;
 `selfsup bench knn`: FAISS kNN search against chunked brute-force torch on the same features.
 
-The floor is measured, not assumed: a hook records every input the method's step sends through its backbone,
-and the floor times forward + backward of the backbone alone on tensors of those shapes. Medians of repeats
-after warm-up; CUDA timings synchronise. Methods are built from their experiment configs, through the CLI.
+The floor is measured, not assumed: one step runs with its backbone's ``forward`` and ``forward_features``
+recorded (arguments such as SimMIM's mask included), and the floor times forward + backward of the backbone
+alone on exactly those inputs, plus a forward without gradient of ``model.momentum_backbone`` on its recorded
+inputs where a method has one (PixPro). Medians of repeats after warm-up; CUDA timings synchronise. Methods are
+built from their experiment configs through the CLI, with the fast paths (precision, channels-last,
+torch.compile) set as a training run sets them. Step and floor are timed in turn within each repeat.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
+from selfsup.bench_step import BackboneCalls, floor_step, median_seconds, peak_memory_mib, synchronize
 from selfsup.errors import ConfigError
 
 CONFIGS = {"SimCLR": "experiments/simclr/mnist5k.yaml", "RotNet": "experiments/rotnet/mnist5k.yaml",
@@ -27,63 +32,70 @@ CONFIGS = {"SimCLR": "experiments/simclr/mnist5k.yaml", "RotNet": "experiments/r
            "SimMIM": "experiments/simmim/mnist5k-vit-tiny.yaml"}
 
 
-def _median_seconds(step: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> float:
-    times = []
-    for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _build(method: str, config: Path, batch_size: int):
+def _build(config: Path, batch_size: int, switches: Switches):
     from selfsup.cli import SelfsupCLI
     from selfsup.data import SSLDataModule
     from selfsup.methods import SSLMethod
 
     args = ["-c", str(config), "--data.init_args.batch_size", str(batch_size), "--data.init_args.num_workers", "0",
-            "--trainer.logger", "false", "--trainer.callbacks", "[]"]
+            "--trainer.logger", "false", "--trainer.callbacks", "[]",
+            "--model.init_args.channels_last", str(switches.channels_last).lower(),
+            "--model.init_args.compile_backbone", str(switches.compile).lower()]
     cli = SelfsupCLI(SSLMethod, SSLDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
                      run=False, auto_configure_optimizers=False, save_config_callback=None)
     return cli.model, cli.datamodule
 
 
-def bench_method(method: str, config: Path, batch_size: int, device: torch.device, warmup: int = 3,
-                 repeats: int = 10) -> dict[str, float | str]:
-    """Median step and floor time of one method on one real training batch of its MNIST-5k recipe."""
-    model, data = _build(method, config, batch_size)
-    model.to(device).train()
-    batch = next(iter(data.train_dataloader()))
-    batch = move_data_to_device(batch, device)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+@dataclass(frozen=True)
+class Switches:
+    """The fast paths a bench run measures, as a training run sets them: ``trainer.precision``,
+    ``model.channels_last`` and ``model.compile_backbone``."""
 
-    shapes: list[torch.Size] = []
-    hook = model.backbone.register_forward_pre_hook(lambda _, inputs: shapes.append(inputs[0].shape))
+    precision: str = "32-true"
+    channels_last: bool = False
+    compile: bool = False
+
+    def autocast(self, device: torch.device) -> Callable[[], AbstractContextManager]:
+        """The context Lightning's precision plugin runs a training step in (autocast for ``*-mixed``)."""
+        if self.precision == "32-true":
+            return nullcontext
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        plugin = MixedPrecision(self.precision, "cuda" if device.type == "cuda" else "cpu")
+        return plugin.forward_context
+
+
+def bench_method(method: str, config: Path, batch_size: int, device: torch.device, warmup: int = 3,
+                 repeats: int = 10, switches: Switches = Switches()) -> dict[str, Any]:
+    """Median step and floor time, images/s and peak memory of one method on one real training batch of its
+    MNIST-5k recipe, with the fast paths in ``switches``."""
+    model, data = _build(config, batch_size, switches)
+    model.to(device).train()
+    model.setup("fit")  # compiles the backbone when asked, as in a training run
+    batch = next(iter(data.train_dataloader()))
+    batch = data.on_after_batch_transfer(move_data_to_device(batch, device), 0)  # as Lightning moves it
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    autocast = switches.autocast(device)
+    momentum = getattr(model, "momentum_backbone", None)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        model.ssl_step(batch).loss.backward()
+        with autocast():
+            loss = model.ssl_step(batch).loss
+        loss.backward()
         opt.step()
 
-    step_s = _median_seconds(step, device, warmup, repeats)
-    hook.remove()
-    floor_inputs = [torch.rand(s, device=device) for s in shapes[: len(shapes) // (warmup + repeats)]]
-
-    def floor() -> None:
-        opt.zero_grad(set_to_none=True)
-        for x in floor_inputs:
-            model.backbone(x).float().sum().backward()
-
-    floor_s = _median_seconds(floor, device, warmup, repeats)
+    with BackboneCalls(model.backbone) as calls, BackboneCalls(momentum) as momentum_calls:
+        step()
+    floor = floor_step(model.backbone, calls.calls, momentum, momentum_calls.calls, autocast)
+    step_s, floor_s = median_seconds([step, floor], device, warmup, repeats)
     images = len(batch["label"])
-    return {"method": method, "batch": images, "backbone_images": sum(s[0] for s in (x.shape for x in floor_inputs)),
+    return {"method": method, "batch": images, "backbone_images": sum(c.images for c in calls.calls),
+            "backbone_calls": [c.entry for c in calls.calls],
+            "momentum_images": sum(c.images for c in momentum_calls.calls),
             "step_ms": 1e3 * step_s, "floor_ms": 1e3 * floor_s, "overhead": step_s / floor_s - 1,
-            "images_per_s": images / step_s}
+            "images_per_s": images / step_s, "peak_mib": peak_memory_mib(step, device),
+            "floor_peak_mib": peak_memory_mib(floor, device)}
 
 
 def torch_knn_search(bank: torch.Tensor, queries: torch.Tensor, k: int, chunk: int = 1024
@@ -118,12 +130,10 @@ def bench_knn(n_train: int, dim: int, n_queries: int, k: int, device: torch.devi
 
 def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     """Seconds of one call of ``fn`` (synchronised on CUDA) and what it returned."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start, out
 
 
@@ -154,7 +164,8 @@ def knn_main(argv: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """``selfsup bench [--methods ...] [--batch-size N] [--device cpu|cuda] [--out FILE]``: print a table.
+    """``selfsup bench [--methods ...] [--batch-size N] [--device cpu|cuda] [--precision P] [--channels-last]
+    [--compile] [--out FILE]``: print a table.
     ``selfsup bench data ...``: the data pipeline (`selfsup.bench_data`); ``selfsup bench knn ...``: FAISS vs torch."""
     if argv[:1] == ["data"]:
         from selfsup.bench_data import main as bench_data
@@ -167,6 +178,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"],
+                        help="as trainer.precision: bf16-mixed autocasts the step to bfloat16")
+    parser.add_argument("--channels-last", action="store_true", help="model.channels_last: NHWC convolutions")
+    parser.add_argument("--compile", action="store_true", help="model.compile_backbone: torch.compile")
     parser.add_argument("--out", type=Path, default=Path("runs/bench.json"))
     parser.add_argument("--repo", type=Path, default=Path("."), help="where experiments/ is")
     args = parser.parse_args(argv)
@@ -174,13 +190,19 @@ def main(argv: list[str]) -> None:
     if unknown:
         raise ConfigError(f"no bench config for {', '.join(unknown)}; choose from: {', '.join(CONFIGS)}")
     device = torch.device(args.device)
-    rows = [bench_method(m, args.repo / CONFIGS[m], args.batch_size, device, repeats=args.repeats)
+    switches = Switches(args.precision, args.channels_last, args.compile)
+    rows = [bench_method(m, args.repo / CONFIGS[m], args.batch_size, device, args.warmup, args.repeats, switches)
             for m in args.methods]
-    print(f"device: {device}, torch threads: {torch.get_num_threads()}, batch: {args.batch_size} images")
-    print(f"{'method':<8} {'backbone imgs':>13} {'step ms':>9} {'floor ms':>9} {'overhead':>9} {'images/s':>9}")
+    memory = "CUDA max_memory_allocated" if device.type == "cuda" else "torch CPU allocations (profiler)"
+    print(f"device: {device}, torch threads: {torch.get_num_threads()}, batch: {args.batch_size} images, "
+          f"{', '.join(f'{k}={v}' for k, v in asdict(switches).items())}; median of {args.repeats} (step and "
+          f"floor in turn) after {args.warmup} warm-up; peak: MiB above the step's start ({memory})")
+    print(f"{'method':<8} {'backbone imgs':>13} {'step ms':>9} {'floor ms':>9} {'overhead':>9} {'images/s':>9} "
+          f"{'peak MiB':>9} {'floor MiB':>9}")
     for r in rows:
         print(f"{r['method']:<8} {r['backbone_images']:>13} {r['step_ms']:>9.1f} {r['floor_ms']:>9.1f} "
-              f"{r['overhead']:>8.1%} {r['images_per_s']:>9.0f}")
+              f"{r['overhead']:>8.1%} {r['images_per_s']:>9.0f} {r['peak_mib']:>9.1f} {r['floor_peak_mib']:>9.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"device": str(device), "rows": rows}, indent=1) + "\n")
+    args.out.write_text(json.dumps({"device": str(device), "threads": torch.get_num_threads(),
+                                    "switches": asdict(switches), "rows": rows}, indent=1) + "\n")
     print(f"written: {args.out}")

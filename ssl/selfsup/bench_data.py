@@ -1,5 +1,6 @@
 """`selfsup bench data`: images/s of one loader worker reading shards (read, decode, decode + SimCLR views),
-against the same images as PIL files through a plain torch Dataset.
+against the same images as PIL files through a plain torch Dataset; and the same views made on the training
+device from decoded batches (``augment_on: device``).
 
 Two sets: MNIST-5k (28x28 grayscale PNG) and RGB-64 (64x64 colour JPEGs made from the same digits, written once
 to the cache as a folder and as shards). Each number is the best of ``--repeats`` passes over the 4,000 training
@@ -23,7 +24,7 @@ from selfsup.data.folders import list_folder
 from selfsup.data.members import decode_image, decode_sample
 from selfsup.data.sources import Source
 from selfsup.data.stream import ShardStream
-from selfsup.data.views import EvalView, SimCLRViews, ViewRecipe
+from selfsup.data.views import DecodedImages, EvalView, SimCLRViews, ViewRecipe
 
 BATCH = 256
 
@@ -129,6 +130,23 @@ def file_stage(root: Path, channels: int, stage: str, views: ViewRecipe) -> Call
     return lambda: sum(len(batch["label"]) for batch in DataLoader(dataset, batch_size=BATCH, num_workers=0))
 
 
+def device_views(source: Source, views: ViewRecipe, device: torch.device) -> Callable[[], int]:
+    """One pass of the views over the train images already decoded and on ``device`` (``augment_on: device``):
+    what the training device spends on augmentation; returns the images it augmented."""
+    stream = ShardStream(source.split("train").parts, DecodedImages(), BATCH, source.channels, repeat=False,
+                         num_classes=10)
+    batches = [batch["decoded"].to(device) for batch in stream]
+
+    def run() -> int:
+        for images in batches:
+            views.batch(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return sum(len(images) for images in batches)
+
+    return run
+
+
 def best_rate(run: Callable[[], int], repeats: int) -> float:
     rates = []
     for _ in range(repeats):
@@ -141,8 +159,12 @@ def best_rate(run: Callable[[], int], repeats: int) -> float:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="selfsup bench data", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where `augment_on: device` makes the views")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-data.json"))
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one loader worker = one core
     sets = bench_sets()
     rows = []
@@ -154,7 +176,15 @@ def main(argv: list[str]) -> int:
             files = best_rate(file_stage(root, source.channels, stage, views), args.repeats)
             rows.append({"data": name, "stage": stage, "shards": shard, "files": files})
             print(f"{name:<20} {stage:<15} {shard:>9.0f} {files:>10.0f} {shard / files:>5.1f}x")
+    torch.set_num_threads(threads)  # the training process's threads
+    print(f"\nviews of decoded batches on {device} (augment_on: device; {threads} threads), images/s, against "
+          "decode + views in one worker")
+    on_device = []
+    for row, (name, (source, _, views)) in zip(rows[2::3], sets.items()):
+        rate = best_rate(device_views(source, views, device), args.repeats)
+        on_device.append({"data": name, "device": str(device), "views": rate, "worker_decode_views": row["shards"]})
+        print(f"{name:<20} {rate:>9.0f} vs {row['shards']:>7.0f} in a worker")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    args.out.write_text(json.dumps({"rows": rows, "device_views": on_device}, indent=1) + "\n")
     print(f"written: {args.out}")
     return 0

@@ -3,7 +3,9 @@
 Per-image torchvision transforms cost ~0.35 ms per small image, mostly dispatch overhead; on 28 px digits that
 is as much as the backbone step. Here each operation runs once per batch with per-image random parameters.
 Differences from the per-image path: the crop is resampled with RoIAlign (bilinear; when shrinking, it averages
-ceil(crop/size)^2 samples per output pixel, an antialias) instead of bicubic.
+ceil(crop/size)^2 samples per output pixel, an antialias) instead of bicubic. Every function works on the
+batch's device (random draws there too), so the same code augments in loader workers or on the GPU
+(``SSLDataModule(augment_on="device")``).
 """
 
 from __future__ import annotations
@@ -18,26 +20,26 @@ from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
 def random_crop_boxes(
     batch: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-    tries: int = 10,
+    tries: int = 10, device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """RandomResizedCrop's box sampling for ``batch`` images: (batch, 4) as x0, y0, x1, y1 in pixels.
 
     Area fraction ~ U(scale), log aspect ~ U(log ratio); the first of ``tries`` draws that fits is used,
-    else the centre crop with the aspect clamped to ``ratio`` (torchvision's fallback).
+    else the centre crop with the aspect clamped to ``ratio`` (torchvision's fallback). Drawn on ``device``.
     """
     area = height * width
-    target = area * torch.empty(batch, tries).uniform_(*scale)
-    aspect = torch.exp(torch.empty(batch, tries).uniform_(math.log(ratio[0]), math.log(ratio[1])))
+    target = area * torch.empty(batch, tries, device=device).uniform_(*scale)
+    aspect = torch.exp(torch.empty(batch, tries, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1])))
     w = torch.sqrt(target * aspect).round()
     h = torch.sqrt(target / aspect).round()
     fits = (w > 0) & (h > 0) & (w <= width) & (h <= height)
     first = fits.float().argmax(dim=1)
     w, h = w.gather(1, first[:, None])[:, 0], h.gather(1, first[:, None])[:, 0]
-    fallback = ~fits.any(dim=1)
-    if fallback.any():
-        w[fallback], h[fallback] = _fallback_size(height, width, ratio)
-    y0 = torch.floor(torch.rand(batch) * (height - h + 1))
-    x0 = torch.floor(torch.rand(batch) * (width - w + 1))
+    fallback = ~fits.any(dim=1)  # selected without reading it on the host: no sync on a GPU
+    fallback_w, fallback_h = _fallback_size(height, width, ratio)
+    w, h = torch.where(fallback, fallback_w, w), torch.where(fallback, fallback_h, h)
+    y0 = torch.floor(torch.rand(batch, device=device) * (height - h + 1))
+    x0 = torch.floor(torch.rand(batch, device=device) * (width - w + 1))
     return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
 
 
@@ -53,7 +55,8 @@ def _fallback_size(height: int, width: int, ratio: tuple[float, float]) -> tuple
 
 def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """Crop each image to its box and resize to ``size`` x ``size`` (float in, float out)."""
-    rois = torch.cat([torch.arange(len(images), dtype=boxes.dtype)[:, None], boxes], dim=1)
+    boxes = boxes.to(device=images.device, dtype=images.dtype)
+    rois = torch.cat([torch.arange(len(images), dtype=boxes.dtype, device=images.device)[:, None], boxes], dim=1)
     return roi_align(images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
 
 
@@ -61,7 +64,7 @@ def random_hflip(x: torch.Tensor, p: float) -> torch.Tensor:
     """Mirror each image of a (B, C, H, W) batch left-right with probability ``p``."""
     if p <= 0:
         return x
-    return hflip_where(x, torch.rand(len(x)) < p)
+    return hflip_where(x, torch.rand(len(x), device=x.device) < p)
 
 
 def hflip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
@@ -74,7 +77,7 @@ def random_solarize(x: torch.Tensor, p: float, threshold: float = 0.5) -> torch.
     (PIL's ``ImageOps.solarize`` at 128 of 255)."""
     if p <= 0:
         return x
-    apply = (torch.rand(len(x)) < p)[:, None, None, None]
+    apply = (torch.rand(len(x), device=x.device) < p)[:, None, None, None]
     return torch.where(apply & (x >= threshold), 1 - x, x)
 
 
@@ -90,7 +93,7 @@ def random_grayscale(x: torch.Tensor, p: float) -> torch.Tensor:
     """Turn each RGB image of a batch gray (luma in all 3 channels) with probability ``p``; 1-channel: as is."""
     if p <= 0 or x.shape[1] != 3:
         return x
-    return torch.where((torch.rand(len(x)) < p)[:, None, None, None], _gray(x).expand_as(x), x)
+    return torch.where((torch.rand(len(x), device=x.device) < p)[:, None, None, None], _gray(x).expand_as(x), x)
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -118,37 +121,45 @@ def _hue(x: torch.Tensor, f: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
 _JITTER = (_brightness, _contrast, _saturation, _hue)  # factor column: 0, 1, 2, (2: unused)
 
 
-def colour_jitter(x: torch.Tensor, strength: torch.Tensor, p: float, hue: float) -> torch.Tensor:
+def colour_jitter(x: torch.Tensor, strength: torch.Tensor, p: float, hue: float, subset: bool | None = None
+                  ) -> torch.Tensor:
     """ColorJitter with per-image factors and a per-image random order, applied with probability ``p``.
 
     ``strength`` holds the (brightness, contrast, saturation) spreads: factors ~ U[1-s, 1+s]; hue ~ U[-hue, hue].
-    Each operation runs once per slot on just the images that drew it there. Saturation and hue need RGB.
+    ``subset`` (default: on the CPU) runs each operation once per slot on just the images that drew it there;
+    otherwise on every image, then a select, which is what a GPU wants (finding the subset reads the device on
+    the host). Both give the same images. Saturation and hue need RGB.
     """
-    b = len(x)
-    apply = torch.rand(b) < p
-    factors = 1 + (torch.rand(b, 3) * 2 - 1) * strength
-    hues = (torch.rand(b) * 2 - 1) * hue
-    order = torch.argsort(torch.rand(b, 4), dim=1)
+    subset = x.device.type == "cpu" if subset is None else subset
+    b, device = len(x), x.device
+    apply = torch.rand(b, device=device) < p
+    factors = 1 + (torch.rand(b, 3, device=device) * 2 - 1) * strength.to(device)
+    hues = (torch.rand(b, device=device) * 2 - 1) * hue
+    order = torch.argsort(torch.rand(b, 4, device=device), dim=1)
     x = x.clone()
     for slot in range(4):
         for op, adjust in enumerate(_JITTER):
             if op >= 2 and x.shape[1] != 3:
                 continue
-            idx = (apply & (order[:, slot] == op)).nonzero()[:, 0]
+            chosen = apply & (order[:, slot] == op)
+            f = factors[:, min(op, 2), None, None, None]
+            if not subset:
+                x = torch.where(chosen[:, None, None, None], adjust(x, f, hues[:, None, None]), x)
+                continue
+            idx = chosen.nonzero()[:, 0]
             if len(idx):
-                f = factors[idx, min(op, 2), None, None, None]
-                x[idx] = adjust(x[idx], f, hues[idx, None, None])
+                x[idx] = adjust(x[idx], f[idx], hues[idx, None, None])
     return x
 
 
 def gaussian_blur(x: torch.Tensor, kernel: int, sigma: tuple[float, float], p: float) -> torch.Tensor:
     """Per-image Gaussian blur (sigma ~ U(sigma)) with probability ``p``; reflect padding as torchvision."""
     b, c, h, w = x.shape
-    apply = torch.rand(b) < p
-    if not apply.any():
+    apply = torch.rand(b, device=x.device) < p
+    if x.device.type == "cpu" and not apply.any():  # the shortcut reads the device: CPU only
         return x
-    sig = torch.empty(b).uniform_(*sigma)
-    t = torch.arange(kernel, dtype=x.dtype) - (kernel - 1) / 2
+    sig = torch.empty(b, device=x.device).uniform_(*sigma)
+    t = torch.arange(kernel, dtype=x.dtype, device=x.device) - (kernel - 1) / 2
     k = torch.exp(-0.5 * (t[None] / sig[:, None]) ** 2)
     k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, dim=0)  # (b*c, kernel)
     flat = F.pad(x.reshape(1, b * c, h, w), [kernel // 2] * 4, mode="reflect")
@@ -163,7 +174,7 @@ def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
     Statistics of 3 channels on a 1-channel image: their averages (e.g. ImageNet's for grayscale digits).
     """
     channels = x.shape[-3]
-    m, s = torch.tensor(mean, dtype=x.dtype), torch.tensor(std, dtype=x.dtype)
+    m, s = torch.tensor(mean, dtype=x.dtype, device=x.device), torch.tensor(std, dtype=x.dtype, device=x.device)
     if len(m) != channels:
         if channels != 1:
             raise ValueError(f"{len(m)} normalisation means for {channels}-channel images")

@@ -123,7 +123,8 @@ class SimCLRViews(ViewRecipe):
         if not self.batched:
             return torch.stack([self._augment(image) for image in images])
         b, _, h, w = images.shape
-        x = resized_crops(images.float().div_(255), random_crop_boxes(b, h, w, self.scale, self.ratio), self.size)
+        boxes = random_crop_boxes(b, h, w, self.scale, self.ratio, device=images.device)
+        x = resized_crops(images.float().div_(255), boxes, self.size)
         x = random_hflip(x, self.flip_p)
         s = self.jitter_strength
         if self.jitter_p > 0 and s > 0:
@@ -294,7 +295,7 @@ def crop_flip(images: torch.Tensor, size: int, scale: tuple[float, float], ratio
     """A random resized crop (area fraction ``scale``, aspect ``ratio``) and flip of each uint8 image (B, C, H, W),
     as float (B, C, size, size) in [0, 1]."""
     b, _, h, w = images.shape
-    boxes = random_crop_boxes(b, h, w, scale, ratio)
+    boxes = random_crop_boxes(b, h, w, scale, ratio, device=images.device)
     return random_hflip(resized_crops(images.float().div_(255), boxes, size).clamp_(0, 1), flip_p)
 
 
@@ -390,6 +391,23 @@ class MaskedViews(CropViews):
 
     def batch(self, images: torch.Tensor) -> dict[str, Any]:
         return {"images": self.crops(images), "mask": self.masks.batch(len(images))}
+
+
+class DecodedImages(ViewRecipe):
+    """The decoded uint8 images as they are, ``{"decoded": (B, C, H, W)}``: what loader workers send when the
+    method's views are made on the device (``SSLDataModule(augment_on="device")``), so decoding is their only
+    work and the copy to the GPU carries uint8 images instead of float views."""
+
+    kind = "decoded"
+
+    def __call__(self, image: torch.Tensor) -> dict[str, Any]:
+        raise ConfigError(
+            "data.augment_on: device needs decoded images of one size in every batch, and these differ; write "
+            "shards of one image size, or set data.augment_on: workers"
+        )
+
+    def batch(self, images: torch.Tensor) -> dict[str, Any]:
+        return {"decoded": images}
 
 
 class EvalView(ViewRecipe):

@@ -21,9 +21,13 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> tor
     and symmetrically for view 2. Returned: the MEAN over this rank's 2N anchors, i.e. the usual NT-Xent,
     which is half of the official SimCLR code's value (it sums the two directions). Under DDP, averaging
     this over ranks (as DDP does with gradients) gives exactly the single-process loss over 2M anchors.
+    Computed in float32, also under autocast (bf16 similarities would blur logits 1/temperature apart).
     """
-    z1 = F.normalize(z1.float(), dim=1)
-    z2 = F.normalize(z2.float(), dim=1)
+    with torch.autocast(z1.device.type, enabled=False):
+        return _nt_xent(F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1), temperature)
+
+
+def _nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     all1, all2 = gather(z1), gather(z2)
     n = z1.shape[0]
     targets = torch.arange(n, device=z1.device) + rank() * n

@@ -50,10 +50,12 @@ def swapped_prediction_loss(
         loss = mean_c [ 1/(V-1) sum_{v != c} mean_b ( -sum_k q_c[b, k] log p_v[b, k] ) ]
 
     This rank's samples only: DDP's gradient averaging makes it the global mean. About ln K at random init.
+    In float32, also under autocast; one log-softmax per crop, shared by every assigned crop it predicts.
     """
-    total = scores[0].new_zeros((), dtype=torch.float32)
-    for c, q in codes.items():
-        per_crop = [-(q * F.log_softmax(s.float() / temperature, dim=1)).sum(dim=1).mean()
-                    for v, s in enumerate(scores) if v != c]
-        total = total + torch.stack(per_crop).sum() / (len(scores) - 1)
-    return total / len(codes)
+    with torch.autocast(scores[0].device.type, enabled=False):
+        log_p = F.log_softmax(torch.stack([s.float() for s in scores]) / temperature, dim=2)  # (V, B, K)
+        total = log_p.new_zeros(())
+        for c, q in codes.items():
+            cross_entropy = -(q.float() * log_p).sum(dim=2).mean(dim=1)  # (V,): q_c against each crop's p_v
+            total = total + (cross_entropy.sum() - cross_entropy[c]) / (len(scores) - 1)
+        return total / len(codes)

@@ -27,6 +27,12 @@ from selfsup.optim import (
 )
 
 
+def host_scalar(value: float) -> torch.Tensor:
+    """A number to log every step, as a CPU tensor: Lightning keeps it on the CPU, where a Python float becomes
+    a tensor on the GPU through a blocking copy (the host waits for every queued kernel) each time."""
+    return torch.tensor(float(value))
+
+
 @dataclass
 class StepOutput:
     """What a method's ``ssl_step`` returns: the loss, backbone features for the online probe, extra logs."""
@@ -59,6 +65,11 @@ class SSLMethod(L.LightningModule):
         warmup_start_factor: lr at step 0 as a fraction of the peak lr.
         final_lr_factor: lr at the last step as a fraction of the peak lr (cosine decay).
         probe_lr: lr of the online linear probe on detached features (not scaled, same schedule).
+        channels_last: keep the backbone's weights in channels-last (NHWC) memory format, which tensor-core
+            convolutions (CUDA, bf16/fp16) run fastest in. The first convolution turns each input batch to NHWC
+            (one copy, what converting the batch would cost) and every activation after it stays NHWC.
+        compile_backbone: ``torch.compile`` the backbone's ``forward`` and ``forward_features`` (and the
+            momentum backbone's, if the method has one) when training starts; the first steps then compile.
     """
 
     view_kinds: ClassVar[tuple[str, ...]] = ()
@@ -81,10 +92,14 @@ class SSLMethod(L.LightningModule):
         warmup_start_factor: float = 0.0,
         final_lr_factor: float = 0.0,
         probe_lr: float = 0.1,
+        channels_last: bool = False,
+        compile_backbone: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.backbone = build_backbone(backbone, in_channels=in_channels, **(backbone_args or {}))
+        if channels_last:  # before subclasses copy the backbone (a momentum encoder keeps the format)
+            self.backbone.to(memory_format=torch.channels_last)
         self.probe = LinearClassifier(self.backbone.num_features, num_classes) if num_classes > 0 else None
         self._last_batch_end: float | None = None
 
@@ -114,7 +129,19 @@ class SSLMethod(L.LightningModule):
             start = end
         return torch.cat(features)
 
+    def compile_backbones(self) -> None:
+        """``torch.compile`` ``forward`` (through ``module.compile()``, which keeps the state-dict keys) and
+        ``forward_features`` of the backbone and of ``momentum_backbone`` if any; once per module."""
+        for module in (self.backbone, getattr(self, "momentum_backbone", None)):
+            if module is None or getattr(module, "_selfsup_compiled", False):
+                continue
+            module.compile()
+            module.forward_features = torch.compile(module.forward_features)
+            module._selfsup_compiled = True
+
     def setup(self, stage: str) -> None:
+        if self.hparams.get("compile_backbone"):
+            self.compile_backbones()
         views = getattr(self.trainer.datamodule, "views", None) if self._trainer else None
         if stage == "fit" and views is not None and views.kind not in self.view_kinds:
             name = type(self).__name__
@@ -132,7 +159,8 @@ class SSLMethod(L.LightningModule):
             loss = loss + probe_loss
             logs.update({"train/probe_loss": probe_loss, "train/probe_top1": top1})
         self.log_dict(logs, on_step=True, on_epoch=True, prog_bar=False, batch_size=len(batch["label"]))
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.log("train/lr", host_scalar(self.trainer.optimizers[0].param_groups[0]["lr"]), on_step=True,
+                 on_epoch=False)
         return loss
 
     def _probe(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +176,8 @@ class SSLMethod(L.LightningModule):
         now = time.perf_counter()
         if self._last_batch_end is not None:
             images = len(batch["label"]) * self.trainer.world_size
-            self.log("train/images_per_s", images / (now - self._last_batch_end), on_step=True, on_epoch=False)
+            self.log("train/images_per_s", host_scalar(images / (now - self._last_batch_end)), on_step=True,
+                     on_epoch=False)
         self._last_batch_end = now
 
     def on_train_epoch_start(self) -> None:

@@ -14,7 +14,7 @@ from selfsup.distributed import gather, is_distributed, rank, world_size
 from selfsup.errors import ConfigError
 from selfsup.heads import MLP, Prototypes
 from selfsup.losses import sinkhorn, swapped_prediction_loss
-from selfsup.methods.base import SSLMethod, StepOutput
+from selfsup.methods.base import SSLMethod, StepOutput, host_scalar
 
 
 class SwAV(SSLMethod):
@@ -72,11 +72,13 @@ class SwAV(SSLMethod):
             raise ConfigError(f"SwAV: crops_for_assign {self.crops_for_assign} but the views make {len(crops)} crops")
         self.prototypes.normalize_()
         features = self.backbone_by_size(crops)
-        z = F.normalize(self.projector(features), dim=1)
-        scores = self.prototypes(z).chunk(len(crops))
+        projected = self.projector(features)
+        with torch.autocast(projected.device.type, enabled=False):  # scores feed exp(s / eps) and a softmax: fp32
+            z = F.normalize(projected.float(), dim=1)
+            scores = self.prototypes(z).chunk(len(crops))
         codes = self._codes(z.detach().chunk(len(crops)), scores, n)
         loss = swapped_prediction_loss(scores, codes, hp.temperature)
-        logs = {"train/queue_in_use": torch.tensor(float(self._queue_full()))}
+        logs = {"train/queue_in_use": host_scalar(self._queue_full())}
         return StepOutput(loss=loss, features=features[:n], logs=logs)
 
     @torch.no_grad()
