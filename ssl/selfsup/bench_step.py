@@ -5,6 +5,7 @@ Used by `selfsup bench`; kept apart from the command so tests can check each mea
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -149,6 +150,7 @@ def peak_memory_mib(step: Callable[[], None], device: torch.device) -> float:
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # the profiler's own start/stop lines would flood the table
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     changes: list[tuple[int, int]] = []
