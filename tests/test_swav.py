@@ -311,6 +311,18 @@ def test_prototypes_get_no_gradient_while_frozen():
     assert model.prototypes.weight.grad is not None
 
 
+# ---- collapse diagnostics -----------------------------------------------------------------------------------
+def test_health_logs_read_one_for_collapsed_embeddings_and_agreeing_codes():
+    model = SwAV(num_prototypes=5, **TINY)
+    same = F.normalize(torch.ones(6, 128), dim=1)
+    codes = {0: torch.eye(5)[[0, 1, 2, 3, 4, 0]], 1: torch.eye(5)[[0, 1, 2, 3, 4, 1]]}
+    logs = model._health(same, codes)
+    assert logs["train/z_mean_cos"].item() == pytest.approx(1.0, abs=1e-5)
+    assert logs["train/code_agreement"].item() == pytest.approx(5 / 6)
+    orthogonal = torch.eye(128)[:6]  # pairwise cosine 0
+    assert model._health(orthogonal, codes)["train/z_mean_cos"].item() == pytest.approx(0.0, abs=1e-6)
+
+
 # ---- the command line -------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_fit_swav_by_short_name_with_its_default_views(mnist5k, tmp_path):
