@@ -341,7 +341,8 @@ def test_fit_of_the_mnist_recipe_logs_loss_and_knn(mnist5k, tmp_path):
     run = next((tmp_path / "runs/swav-mnist5k").glob("version_*"))
     assert (run / "checkpoints/last.ckpt").is_file()
     rows = list(csv.DictReader((run / "metrics.csv").open()))
-    for name in ("train/loss_step", "train/probe_top1_step", "val/probe_top1", "knn/top1"):
+    for name in ("train/loss_step", "train/probe_top1_step", "val/probe_top1", "knn/top1", "train/z_mean_cos_step",
+                 "train/code_agreement_step"):
         assert any(row.get(name) for row in rows), name
 
 
