@@ -311,6 +311,18 @@ def test_prototypes_get_no_gradient_while_frozen():
     assert model.prototypes.weight.grad is not None
 
 
+# ---- collapse diagnostics -----------------------------------------------------------------------------------
+def test_health_logs_read_one_for_collapsed_embeddings_and_agreeing_codes():
+    model = SwAV(num_prototypes=5, **TINY)
+    same = F.normalize(torch.ones(6, 128), dim=1)
+    codes = {0: torch.eye(5)[[0, 1, 2, 3, 4, 0]], 1: torch.eye(5)[[0, 1, 2, 3, 4, 1]]}
+    logs = model._health(same, codes)
+    assert logs["train/z_mean_cos"].item() == pytest.approx(1.0, abs=1e-5)
+    assert logs["train/code_agreement"].item() == pytest.approx(5 / 6)
+    orthogonal = torch.eye(128)[:6]  # pairwise cosine 0
+    assert model._health(orthogonal, codes)["train/z_mean_cos"].item() == pytest.approx(0.0, abs=1e-6)
+
+
 # ---- the command line -------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_fit_swav_by_short_name_with_its_default_views(mnist5k, tmp_path):
@@ -329,7 +341,8 @@ def test_fit_of_the_mnist_recipe_logs_loss_and_knn(mnist5k, tmp_path):
     run = next((tmp_path / "runs/swav-mnist5k").glob("version_*"))
     assert (run / "checkpoints/last.ckpt").is_file()
     rows = list(csv.DictReader((run / "metrics.csv").open()))
-    for name in ("train/loss_step", "train/probe_top1_step", "val/probe_top1", "knn/top1"):
+    for name in ("train/loss_step", "train/probe_top1_step", "val/probe_top1", "knn/top1", "train/z_mean_cos_step",
+                 "train/code_agreement_step"):
         assert any(row.get(name) for row in rows), name
 
 

@@ -78,7 +78,7 @@ class SwAV(SSLMethod):
             scores = self.prototypes(z).chunk(len(crops))
         codes = self._codes(z.detach().chunk(len(crops)), scores, n)
         loss = swapped_prediction_loss(scores, codes, hp.temperature)
-        logs = {"train/queue_in_use": host_scalar(self._queue_full())}
+        logs = {"train/queue_in_use": host_scalar(self._queue_full()), **self._health(z.detach()[:n], codes)}
         return StepOutput(loss=loss, features=features[:n], logs=logs)
 
     @torch.no_grad()
@@ -97,6 +97,17 @@ class SwAV(SSLMethod):
             self.queue = torch.cat([new, self.queue[:, :-n]], dim=1)
             self.queue_filled = min(self.queue_filled + n, self.queue.shape[1])
         return codes
+
+    def _health(self, z0: torch.Tensor, codes: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Collapse signs: mean pairwise cosine of the first crop's z (1: all equal), and how often the first two
+        assigned crops of an image get the same code argmax (chance: 1/K)."""
+        b = len(z0)
+        cos = (z0.float() @ z0.float().T).sum().sub(b).div(max(b * (b - 1), 1))
+        logs = {"train/z_mean_cos": cos}
+        if len(self.crops_for_assign) >= 2:
+            a, c = (codes[i].argmax(dim=1) for i in self.crops_for_assign[:2])
+            logs["train/code_agreement"] = (a == c).float().mean()
+        return logs
 
     def _queue_full(self) -> bool:
         return self.queue is not None and self.queue_filled >= self.queue.shape[1]
