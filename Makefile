@@ -8,10 +8,10 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[cpu,dev]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[cpu,dev,video]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv with selfsup, faiss-cpu and the test tools, at the pinned versions
+install: $(STAMP)  ## create .venv with selfsup, faiss-cpu, PyAV and the test tools, at the pinned versions
 
 demo: $(STAMP)  ## pretrain SimCLR on built-in MNIST-5k (CPU, ~4 min), then print its kNN and linear-probe accuracy
 	$(BIN)/selfsup fit -c experiments/simclr/mnist5k.yaml
