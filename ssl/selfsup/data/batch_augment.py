@@ -74,8 +74,12 @@ def random_solarize(x: torch.Tensor, p: float, threshold: float = 0.5) -> torch.
     (PIL's ``ImageOps.solarize`` at 128 of 255)."""
     if p <= 0:
         return x
-    apply = (torch.rand(len(x)) < p)[:, None, None, None]
-    return torch.where(apply & (x >= threshold), 1 - x, x)
+    return solarize_where(x, torch.rand(len(x)) < p, threshold)
+
+
+def solarize_where(x: torch.Tensor, apply: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Solarize the images of a batch where the boolean ``apply`` (B,) is set."""
+    return torch.where(apply[:, None, None, None] & (x >= threshold), 1 - x, x)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -90,7 +94,14 @@ def random_grayscale(x: torch.Tensor, p: float) -> torch.Tensor:
     """Turn each RGB image of a batch gray (luma in all 3 channels) with probability ``p``; 1-channel: as is."""
     if p <= 0 or x.shape[1] != 3:
         return x
-    return torch.where((torch.rand(len(x)) < p)[:, None, None, None], _gray(x).expand_as(x), x)
+    return grayscale_where(x, torch.rand(len(x)) < p)
+
+
+def grayscale_where(x: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
+    """Turn the RGB images of a batch gray where the boolean ``apply`` (B,) is set; 1-channel: as is."""
+    if x.shape[1] != 3:
+        return x
+    return torch.where(apply[:, None, None, None], _gray(x).expand_as(x), x)
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -124,11 +135,22 @@ def colour_jitter(x: torch.Tensor, strength: torch.Tensor, p: float, hue: float)
     ``strength`` holds the (brightness, contrast, saturation) spreads: factors ~ U[1-s, 1+s]; hue ~ U[-hue, hue].
     Each operation runs once per slot on just the images that drew it there. Saturation and hue need RGB.
     """
-    b = len(x)
+    return colour_jitter_with(x, *jitter_params(len(x), strength, p, hue))
+
+
+def jitter_params(b: int, strength: torch.Tensor, p: float, hue: float) -> tuple[torch.Tensor, ...]:
+    """Random parameters of ``colour_jitter`` for ``b`` images: (apply (b,), factors (b, 3), hues (b,),
+    order (b, 4))."""
     apply = torch.rand(b) < p
     factors = 1 + (torch.rand(b, 3) * 2 - 1) * strength
     hues = (torch.rand(b) * 2 - 1) * hue
     order = torch.argsort(torch.rand(b, 4), dim=1)
+    return apply, factors, hues, order
+
+
+def colour_jitter_with(x: torch.Tensor, apply: torch.Tensor, factors: torch.Tensor, hues: torch.Tensor,
+                       order: torch.Tensor) -> torch.Tensor:
+    """Colour jitter with given per-image parameters (see ``jitter_params``)."""
     x = x.clone()
     for slot in range(4):
         for op, adjust in enumerate(_JITTER):
@@ -143,11 +165,15 @@ def colour_jitter(x: torch.Tensor, strength: torch.Tensor, p: float, hue: float)
 
 def gaussian_blur(x: torch.Tensor, kernel: int, sigma: tuple[float, float], p: float) -> torch.Tensor:
     """Per-image Gaussian blur (sigma ~ U(sigma)) with probability ``p``; reflect padding as torchvision."""
-    b, c, h, w = x.shape
-    apply = torch.rand(b) < p
+    apply = torch.rand(len(x)) < p
     if not apply.any():
         return x
-    sig = torch.empty(b).uniform_(*sigma)
+    return gaussian_blur_with(x, kernel, torch.empty(len(x)).uniform_(*sigma), apply)
+
+
+def gaussian_blur_with(x: torch.Tensor, kernel: int, sig: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur of width ``sig`` (B,) where the boolean ``apply`` (B,) is set; reflect padding."""
+    b, c, h, w = x.shape
     t = torch.arange(kernel, dtype=x.dtype) - (kernel - 1) / 2
     k = torch.exp(-0.5 * (t[None] / sig[:, None]) ** 2)
     k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, dim=0)  # (b*c, kernel)
