@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from selfsup.backbones import pooled_features
 from selfsup.data.views import EvalView, ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.eval.checkpoint import BackboneSpec, backbone_from
@@ -167,7 +168,7 @@ class LinearProbe(FrozenProbe):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits of images."""
         with torch.no_grad():
-            features = self.backbone(images)
+            features = pooled_features(self.backbone, images)
         return self.head(features)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
