@@ -23,6 +23,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from selfsup.errors import ConfigError
 
 CONFIGS = {"SimCLR": "experiments/simclr/mnist5k.yaml", "RotNet": "experiments/rotnet/mnist5k.yaml",
+           "CVRL": "experiments/cvrl/moving-mnist.yaml",
            "SwAV": "experiments/swav/mnist5k.yaml", "PixPro": "experiments/pixpro/mnist5k.yaml",
            "SimMIM": "experiments/simmim/mnist5k-vit-tiny.yaml"}
 

@@ -51,7 +51,8 @@ class Block3d(nn.Module):
         s = (1, stride, stride)
         if bottleneck:
             layers = [*_conv_bn(cin, planes, (kt, 1, 1)), nn.ReLU(inplace=True),
-                      *_conv_bn(planes, planes, (1, 3, 3), s), nn.ReLU(inplace=True), *_conv_bn(planes, cout, (1, 1, 1))]
+                      *_conv_bn(planes, planes, (1, 3, 3), s), nn.ReLU(inplace=True),
+                      *_conv_bn(planes, cout, (1, 1, 1))]
         else:
             layers = [*_conv_bn(cin, planes, (kt, 3, 3), s), nn.ReLU(inplace=True), *_conv_bn(planes, cout, (1, 3, 3))]
         self.body = nn.Sequential(*layers)

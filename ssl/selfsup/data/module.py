@@ -28,7 +28,7 @@ class SSLDataModule(L.LightningDataModule):
         shuffle_buffer: samples held for shuffling within each worker.
         seed: seed of shard and sample shuffling.
         eval_clips: video sources: clips per video that evaluation averages features over (frames and stride
-            as the training views' clips).
+            as the training views' clips; with ``views`` an ``EvalClips``, that recipe is used as it is).
     """
 
     def __init__(
@@ -147,6 +147,8 @@ class SSLDataModule(L.LightningDataModule):
     def eval_transform(self) -> ViewRecipe:
         """Un-augmented images (or, for videos, ``eval_clips`` clips per video) normalised as training's views."""
         norm = getattr(self.views, "normalization", None)  # evaluation sees what training saw
+        if isinstance(self.views, EvalClips):  # un-augmented clips already (a linear probe's or kNN's config)
+            return self.views
         if self.media == "video":
             frames, stride = getattr(self.views, "frames", 16), getattr(self.views, "stride", 2)
             return EvalClips(self._eval_size(), frames, stride, self.eval_clips, norm)

@@ -128,7 +128,8 @@ def encode_video(frames: torch.Tensor, fps: int = 10, crf: int = 0) -> bytes:
         stream.width, stream.height, stream.pix_fmt = w, h, "yuvj420p" if c == 1 else "yuvj444p"
         stream.options = {"crf": str(crf), "preset": "veryfast"}
         for pixels in frames.permute(0, 2, 3, 1).numpy():
-            frame = av.VideoFrame.from_ndarray(pixels[:, :, 0] if c == 1 else pixels, format="gray" if c == 1 else "rgb24")
+            frame = av.VideoFrame.from_ndarray(pixels[:, :, 0] if c == 1 else pixels,
+                                               format="gray" if c == 1 else "rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return buffer.getvalue()

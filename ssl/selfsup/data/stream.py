@@ -54,9 +54,9 @@ class ShardStream(IterableDataset):
     epoch boundary reads and augments exactly what the uninterrupted run would have (`set_epoch`).
 
     ``media="video"``: samples are videos, decoded to uint8 (T, C, H, W), and the transform gets a batch
-    (B, T, C, H, W) when the videos share a shape. Unusable samples (undecodable image or video, bad label) are skipped; a part that breaks off (truncated or missing
-    shard) is skipped with a warning and its unread samples count as skipped. Each batch carries the counts
-    under ``"health"`` (see `selfsup.data.health.DataHealth`).
+    (B, T, C, H, W) when the videos share a shape. Unusable samples (undecodable image or video, bad label) are
+    skipped; a part that breaks off (truncated or missing shard) is skipped with a warning and its unread samples
+    count as skipped. Each batch carries the counts under ``"health"`` (see `selfsup.data.health.DataHealth`).
     """
 
     def __init__(
