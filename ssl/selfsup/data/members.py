@@ -1,6 +1,6 @@
 """What a sample may hold and how it is decoded: the one place that decides which bytes from a shard get parsed.
 
-Shards come from other people, so nothing is ever unpickled: only images, videos (kept encoded), json,
+Shards come from other people, so nothing is ever unpickled: only images (Pillow), videos (PyAV), json,
 ``cls``/``txt`` labels and plain numpy arrays (``allow_pickle=False``) are accepted. Any other member
 (``.pyd``, ``.pickle``, ``.pth`` ...) is refused: dropped unread and counted.
 """
