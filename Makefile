@@ -9,10 +9,10 @@ BENCH_ARGS ?=  # e.g. BENCH_ARGS="--device cuda --precision bf16-mixed --channel
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[cpu,dev]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[cpu,dev,video]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv with selfsup, faiss-cpu and the test tools, at the pinned versions
+install: $(STAMP)  ## create .venv with selfsup, faiss-cpu, PyAV and the test tools, at the pinned versions
 
 demo: $(STAMP)  ## pretrain SimCLR on built-in MNIST-5k (CPU, ~4 min), then print its kNN and linear-probe accuracy
 	$(BIN)/selfsup fit -c experiments/simclr/mnist5k.yaml

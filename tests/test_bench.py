@@ -12,12 +12,13 @@ def test_bench_measures_each_method_against_its_backbone_floor(tmp_path, mnist5k
     proc = selfsup("bench", "--batch-size", "16", "--repeats", "1", "--repo", str(REPO), "--out", str(out),
                    cwd=tmp_path)
     rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"SimCLR", "RotNet", "SwAV", "PixPro", "SimMIM"} and "overhead" in proc.stdout
+    assert set(rows) == {"SimCLR", "RotNet", "SwAV", "PixPro", "SimMIM", "CVRL"} and "overhead" in proc.stdout
     assert rows["SimCLR"]["backbone_images"] == 32  # two views of 16 images
     assert rows["RotNet"]["backbone_images"] == 64  # four rotations of 16 images
     assert rows["SwAV"]["backbone_images"] == 32  # its MNIST recipe's two 28 px crops of 16 images, one forward
     assert rows["PixPro"]["backbone_calls"] == ["forward_features"] * 2  # one per view (BN statistics per view)
     assert rows["SimMIM"]["backbone_images"] == 16  # one masked view of 16 images
+    assert rows["CVRL"]["backbone_images"] == 32  # two clips of 16 videos (builds builtin:moving-mnist, ~1-2 min)
     assert all(r["step_ms"] > 0 and r["floor_ms"] > 0 and r["peak_mib"] > 0 for r in rows.values())
     assert all(r["images_per_s"] == pytest.approx(16e3 / r["step_ms"]) for r in rows.values())
     assert rows["SimCLR"]["backbone_calls"] == ["forward"] and rows["SwAV"]["backbone_calls"] == ["forward"]

@@ -106,6 +106,12 @@ BAD_INPUTS = [
        f"{method} needs '{kind}' views, but data.views is SimCLRViews, which makes 'pair' views; use {views}")
       for method, kind, views in (("RotNet", "rotations", "RotationViews"), ("SwAV", "multicrop", "MultiCropViews"),
                                   ("PixPro", "coord", "CoordViews"))],
+    (["fit", "--model", "CVRL", "--model.backbone", "r3d_tiny", "--data.views", "selfsup.data.views.SimCLRViews",
+      "--data.views.size", "28", "--data.num_workers", "0", "--trainer.fast_dev_run", "1"],
+     "CVRL needs 'clips' views, but data.views is SimCLRViews, which makes 'pair' views; use ClipViews"),
+    (["fit", "--model", "CVRL", "--model.backbone", "r3d_tiny", "--data.num_workers", "0", "--trainer.fast_dev_run",
+      "1"], "data source 'builtin:mnist5k' holds images, but the views ClipViews are made from videos; give a video "
+            "source (e.g. builtin:moving-mnist)"),
     (["fit", "--model", "SimMIM", "--model.backbone", "vit_tiny", "--data.views", "selfsup.data.views.SimCLRViews",
       "--data.views.size", "28", "--data.num_workers", "0", "--trainer.fast_dev_run", "1"],
      "SimMIM needs 'masked' views, but data.views is SimCLRViews, which makes 'pair' views; use MaskedViews"),

@@ -18,7 +18,7 @@ from selfsup.data import SSLDataModule
 from selfsup.data.shards import encode_png, parse_size
 from selfsup.data.sources import Source
 from selfsup.data.stream import ShardStream
-from selfsup.data.views import EvalView
+from selfsup.data.views import EvalView, SimCLRViews
 from selfsup.errors import ConfigError
 from selfsup.shards_cli import main as shards_main
 
@@ -235,7 +235,7 @@ def test_uneven_shards_warn_about_repeats(tmp_path, mnist5k):
         warn_low_coverage(stream, 2, 2500)
 
 
-def test_video_folders_are_kept_encoded_and_refused_by_image_methods(tmp_path, capsys):
+def test_video_folders_are_kept_encoded_and_refused_by_image_views(tmp_path, capsys):
     for label in ("jump", "swim"):
         (tmp_path / "clips" / label).mkdir(parents=True)
         for i in range(3):
@@ -247,8 +247,8 @@ def test_video_folders_are_kept_encoded_and_refused_by_image_methods(tmp_path, c
     clips = {s["__key__"]: s for s in part.samples()}
     assert clips["swim/2"]["mp4"] == (tmp_path / "clips/swim/2.mp4").read_bytes() and clips["swim/2"]["cls"] == b"1"
     assert shards_main(["inspect", str(out), "--quiet"]) == 0
-    with pytest.raises(ConfigError, match="holds videos.*CVRL"):
-        SSLDataModule(f"shards:{out}")
+    with pytest.raises(ConfigError, match="holds videos, but the views SimCLRViews are made from images.*CVRL"):
+        SSLDataModule(f"shards:{out}", views=SimCLRViews(8))
 
 
 @pytest.mark.slow

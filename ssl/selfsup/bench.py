@@ -28,6 +28,7 @@ from selfsup.bench_step import BackboneCalls, floor_step, median_seconds, peak_m
 from selfsup.errors import ConfigError
 
 CONFIGS = {"SimCLR": "experiments/simclr/mnist5k.yaml", "RotNet": "experiments/rotnet/mnist5k.yaml",
+           "CVRL": "experiments/cvrl/moving-mnist.yaml",
            "SwAV": "experiments/swav/mnist5k.yaml", "PixPro": "experiments/pixpro/mnist5k.yaml",
            "SimMIM": "experiments/simmim/mnist5k-vit-tiny.yaml"}
 

@@ -5,6 +5,9 @@ device from decoded batches (``augment_on: device``).
 Two sets: MNIST-5k (28x28 grayscale PNG) and RGB-64 (64x64 colour JPEGs made from the same digits, written once
 to the cache as a folder and as shards). Each number is the best of ``--repeats`` passes over the 4,000 training
 images in this process (one worker); more workers scale it until the cores run out.
+
+Videos: clips/s of one worker over the built-in moving-MNIST train shards (read, decode every frame with PyAV,
+decode + CVRL's two clips per video as experiments/cvrl/moving-mnist.yaml makes them). No file baseline.
 """
 
 from __future__ import annotations
@@ -118,8 +121,8 @@ def shard_stage(source: Source, stage: str, views: ViewRecipe) -> Callable[[], i
         if stage == "read":
             return sum(1 for _ in raw())
         if stage == "decode":
-            return sum(1 for s in raw() if decode_sample(s, source.channels, 10)["image"] is not None)
-        stream = ShardStream(parts, views, BATCH, source.channels, repeat=False, num_classes=10)
+            return sum(1 for s in raw() if decode_sample(s, source.channels, 10, source.media)["image"] is not None)
+        stream = ShardStream(parts, views, BATCH, source.channels, repeat=False, num_classes=10, media=source.media)
         return sum(len(batch["label"]) for batch in stream)
 
     return run
@@ -156,12 +159,31 @@ def best_rate(run: Callable[[], int], repeats: int) -> float:
     return max(rates)
 
 
+def clip_rows(repeats: int) -> list[dict]:
+    """Videos/s of one worker over moving-MNIST's train shards at each stage; CVRL makes two clips per video."""
+    from selfsup.data.clips import ClipViews
+
+    source = Source("builtin:moving-mnist")
+    views = ClipViews(32, frames=8, stride=2, scale=(0.3, 1.0), flip_p=0, jitter_strength=0.5, grayscale_p=0,
+                      blur_p=(0, 0), solarize_p=(0, 0))
+    print("moving-MNIST (32 frames of 64x64 mp4), one worker; clips: 2 x 8 frames at 32 px per video")
+    print(f"{'stage':<15} {'videos/s':>9} {'clips/s':>8}")
+    rows = []
+    for stage in ("read", "decode", "decode + clips"):
+        rate = best_rate(shard_stage(source, stage.replace("clips", "views"), views), repeats)
+        rows.append({"data": "moving-mnist", "stage": stage, "videos_per_s": rate, "clips_per_s": 2 * rate})
+        print(f"{stage:<15} {rate:>9.0f} {2 * rate:>8.0f}")
+    return rows
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="selfsup bench data", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where `augment_on: device` makes the views")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-data.json"))
+    parser.add_argument("--clips", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the moving-MNIST video rows (videos/s and clips/s)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     threads = torch.get_num_threads()
@@ -184,7 +206,8 @@ def main(argv: list[str]) -> int:
         rate = best_rate(device_views(source, views, device), args.repeats)
         on_device.append({"data": name, "device": str(device), "views": rate, "worker_decode_views": row["shards"]})
         print(f"{name:<20} {rate:>9.0f} vs {row['shards']:>7.0f} in a worker")
+    clips = clip_rows(args.repeats) if args.clips else []
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows, "device_views": on_device}, indent=1) + "\n")
+    args.out.write_text(json.dumps({"rows": rows, "device_views": on_device, "clips": clips}, indent=1) + "\n")
     print(f"written: {args.out}")
     return 0

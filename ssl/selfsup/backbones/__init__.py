@@ -4,8 +4,15 @@ Every backbone is an ``nn.Module`` with ``num_features``, ``forward(x) -> (B, nu
 ``forward_features(x) -> (B, C, h, w)`` (or ``(B, C, t, h, w)`` for video), the dense map before pooling.
 """
 
-from selfsup.backbones import resnet, swin, vit  # noqa: F401  (register the ResNet, Swin and ViT families)
-from selfsup.backbones.base import Backbone, available_backbones, build_backbone, register_backbone
+from selfsup.backbones import resnet, swin, video, vit  # noqa: F401  (register ResNet, Swin, ViT, 3-D ResNets)
+from selfsup.backbones.base import (
+    Backbone,
+    available_backbones,
+    build_backbone,
+    pooled_features,
+    register_backbone,
+)
 from selfsup.backbones.masked import MaskedImageBackbone
 
-__all__ = ["Backbone", "MaskedImageBackbone", "available_backbones", "build_backbone", "register_backbone"]
+__all__ = ["Backbone", "MaskedImageBackbone", "available_backbones", "build_backbone", "pooled_features",
+           "register_backbone"]

@@ -24,6 +24,14 @@ class Backbone(nn.Module):
         return self.forward_features(x).flatten(2).mean(dim=2)
 
 
+def pooled_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pooled features (B, D) of images (B, C, H, W) or clips (B, C, T, H, W); for several clips per video
+    (B, K, C, T, H, W) the mean of the K clips' features (video evaluation's test-time averaging)."""
+    if x.dim() == 6:
+        return backbone(x.flatten(0, 1)).unflatten(0, x.shape[:2]).mean(dim=1)
+    return backbone(x)
+
+
 _REGISTRY: dict[str, Callable[..., Backbone]] = {}
 
 

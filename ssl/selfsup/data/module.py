@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from selfsup.data.clips import EvalClips
 from selfsup.data.sources import Source
 from selfsup.data.stream import EpochLoader, ShardStream
 from selfsup.data.views import DecodedImages, EvalView, ViewRecipe
@@ -32,6 +33,8 @@ class SSLDataModule(L.LightningDataModule):
             ``device`` (workers only decode; the views of each batch are made after it reaches the training
             device, with the same batched operations). ``device`` pays off on a GPU, whose augmentation is
             nearly free next to its step, when workers cannot keep up; on a CPU it takes time from the step.
+        eval_clips: video sources: clips per video that evaluation averages features over (frames and stride
+            as the training views' clips; with ``views`` an ``EvalClips``, that recipe is used as it is).
     """
 
     def __init__(
@@ -45,21 +48,24 @@ class SSLDataModule(L.LightningDataModule):
         shuffle_buffer: int = 1000,
         seed: int = 0,
         augment_on: Literal["workers", "device"] = "workers",
+        eval_clips: int = 4,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
         self.source = Source(source)
-        if self.source.media != "image":
-            raise ConfigError(
-                f"data source {source!r} holds {self.source.media}s; this data module reads images "
-                "(video shards are for the video method, CVRL)"
-            )
+        self.media = self.source.media
+        self.eval_clips = eval_clips
         self.batch_size, self.num_workers, self.views = batch_size, num_workers, views
+        if views is not None:
+            self._check_media(views)
         self.image_size = image_size or (self.source.builtin.image_size if self.source.builtin else None)
         self.eval_resize, self.shuffle_buffer, self.seed = eval_resize, shuffle_buffer, seed
         if augment_on not in ("workers", "device"):
             raise ConfigError(f"data.augment_on must be 'workers' or 'device', got {augment_on!r}")
+        if augment_on == "device" and self.media == "video":
+            raise ConfigError("data.augment_on: device makes image views; video clips are made in the loader "
+                              "workers: set data.augment_on: workers")
         self.augment_on = augment_on
         self._eval_loaders: dict[tuple[str, int, int], DataLoader] = {}  # reused: their workers persist
 
@@ -82,6 +88,15 @@ class SSLDataModule(L.LightningDataModule):
             if module is None or not hasattr(module, "default_views"):
                 raise ConfigError("data.views is not set and there is no method to take default views from")
             self.views = module.default_views(self._eval_size())
+            self._check_media(self.views)
+
+    def _check_media(self, views: ViewRecipe) -> None:
+        """Video data needs a video recipe (ClipViews, CVRL's), image data an image recipe."""
+        if views.media != self.media:
+            fix = ("use ClipViews with a video method (CVRL)" if self.media == "video"
+                   else "give a video source (e.g. builtin:moving-mnist)")
+            raise ConfigError(f"data source {self.source.spec!r} holds {self.media}s, but the views "
+                              f"{type(views).__name__} are made from {views.media}s; {fix}")
 
     def _eval_size(self) -> int:
         if self.image_size is None:
@@ -123,7 +138,7 @@ class SSLDataModule(L.LightningDataModule):
         transform = DecodedImages() if self.augment_on == "device" else self.views
         stream = ShardStream(
             split.parts, transform, self.batch_size, self.num_channels, repeat=True, num_classes=self.num_classes,
-            shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world,
+            shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world, media=self.media,
         )
         loader = self._loader(stream)
         warn_low_coverage(stream, loader.num_workers or 1, num_batches * self.batch_size)
@@ -145,12 +160,20 @@ class SSLDataModule(L.LightningDataModule):
             rank, world = 0, 1
         key = (split, rank, world)
         if key not in self._eval_loaders:
-            norm = getattr(self.views, "normalization", None)  # evaluation sees what training saw
-            transform = EvalView(self._eval_size(), self.eval_resize, norm)
-            stream = ShardStream(parts, transform, self.batch_size, self.num_channels, repeat=False,
-                                 num_classes=self.num_classes, rank=rank, world_size=world)
+            stream = ShardStream(parts, self.eval_transform(), self.batch_size, self.num_channels, repeat=False,
+                                 num_classes=self.num_classes, rank=rank, world_size=world, media=self.media)
             self._eval_loaders[key] = self._loader(stream)
         return self._eval_loaders[key]
+
+    def eval_transform(self) -> ViewRecipe:
+        """Un-augmented images (or, for videos, ``eval_clips`` clips per video) normalised as training's views."""
+        norm = getattr(self.views, "normalization", None)  # evaluation sees what training saw
+        if isinstance(self.views, EvalClips):  # un-augmented clips already (a linear probe's or kNN's config)
+            return self.views
+        if self.media == "video":
+            frames, stride = getattr(self.views, "frames", 16), getattr(self.views, "stride", 2)
+            return EvalClips(self._eval_size(), frames, stride, self.eval_clips, norm)
+        return EvalView(self._eval_size(), self.eval_resize, norm)
 
     def val_dataloader(self) -> DataLoader | list:
         return self.eval_dataloader("val") if self.source.has_split("val") else []  # []: Lightning skips it

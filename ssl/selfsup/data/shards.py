@@ -111,3 +111,25 @@ def encode_png(image: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def encode_video(frames: torch.Tensor, fps: int = 10, crf: int = 0) -> bytes:
+    """MP4 (H.264) bytes of uint8 frames (T, C, H, W) with 1 or 3 channels, with PyAV.
+
+    ``crf`` 0 is lossless and the range full (yuvj): a 1-channel video comes back exactly; RGB is stored as 4:4:4
+    YUV, exact up to the colour conversion's rounding.
+    """
+    import av
+
+    c, h, w = frames.shape[1:]
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuvj420p" if c == 1 else "yuvj444p"
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        for pixels in frames.permute(0, 2, 3, 1).numpy():
+            frame = av.VideoFrame.from_ndarray(pixels[:, :, 0] if c == 1 else pixels,
+                                               format="gray" if c == 1 else "rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return buffer.getvalue()

@@ -53,9 +53,10 @@ class ShardStream(IterableDataset):
     shuffle and (in workers) view randomness depend only on (seed, e, rank, worker), so a run resumed at an
     epoch boundary reads and augments exactly what the uninterrupted run would have (`set_epoch`).
 
-    Unusable samples (undecodable image, bad label) are skipped; a part that breaks off (truncated or missing
-    shard) is skipped with a warning and its unread samples count as skipped. Each batch carries the counts
-    under ``"health"`` (see `selfsup.data.health.DataHealth`).
+    ``media="video"``: samples are videos, decoded to uint8 (T, C, H, W), and the transform gets a batch
+    (B, T, C, H, W) when the videos share a shape. Unusable samples (undecodable image or video, bad label) are
+    skipped; a part that breaks off (truncated or missing shard) is skipped with a warning and its unread samples
+    count as skipped. Each batch carries the counts under ``"health"`` (see `selfsup.data.health.DataHealth`).
     """
 
     def __init__(
@@ -71,8 +72,10 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        media: str = "image",
     ) -> None:
         super().__init__()
+        self.media = media
         self.parts, self.transform, self.batch_size, self.channels = list(parts), transform, batch_size, channels
         self.repeat, self.num_classes, self.shuffle_buffer, self.seed = repeat, num_classes, shuffle_buffer, seed
         self.rank, self.world_size = rank, world_size
@@ -125,7 +128,7 @@ class ShardStream(IterableDataset):
             tally.refused[raw["__part__"]] += len(refused)
         tally.seen += 1
         try:
-            return decode_sample(raw, self.channels, self.num_classes)
+            return decode_sample(raw, self.channels, self.num_classes, self.media)
         except BadSample:
             tally.skipped[raw["__part__"]] += 1
             return None

@@ -32,6 +32,7 @@ class ViewRecipe:
     """Base class: ``recipe(image) -> dict`` of tensors for one sample."""
 
     kind: ClassVar[str]
+    media: ClassVar[str] = "image"  # what the recipe is made from: "image" or "video" (a whole decoded clip)
 
     @property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

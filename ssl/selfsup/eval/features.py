@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from selfsup.backbones import pooled_features
+
 if TYPE_CHECKING:
     from selfsup.data import SSLDataModule
 
@@ -20,14 +22,15 @@ def extract_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features (N, D) float32 on the CPU and labels (N,) for every image in ``loader``.
 
-    The backbone runs in eval mode (BN uses its running statistics) and is put back in its previous mode.
+    Videos evaluated as several clips (B, K, C, T, H, W) get the mean of their clips' features. The backbone
+    runs in eval mode (BN uses its running statistics) and is put back in its previous mode.
     """
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
     try:
         for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
-            feats.append(backbone(batch["image"].to(device, non_blocking=True)).float().cpu())
+            feats.append(pooled_features(backbone, batch["image"].to(device, non_blocking=True)).float().cpu())
             labels.append(batch["label"])
     finally:
         backbone.train(was_training)

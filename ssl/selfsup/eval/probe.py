@@ -16,6 +16,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from selfsup.backbones import pooled_features
+from selfsup.data.clips import EvalClips
 from selfsup.data.views import EvalView, ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.eval.checkpoint import BackboneSpec, backbone_from
@@ -147,7 +149,8 @@ class LinearProbe(FrozenProbe):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         views = getattr(self.trainer.datamodule, "views", None) if self._trainer else None
-        if stage == "fit" and self.cache_features and views is not None and not isinstance(views, EvalView):
+        unaugmented = isinstance(views, (EvalView, EvalClips))
+        if stage == "fit" and self.cache_features and views is not None and not unaugmented:
             raise ConfigError(f"model.cache_features needs un-augmented training images, but data.views is "
                               f"{type(views).__name__}; drop data.views or set cache_features: false")
 
@@ -167,7 +170,7 @@ class LinearProbe(FrozenProbe):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits of images."""
         with torch.no_grad():
-            features = self.backbone(images)
+            features = pooled_features(self.backbone, images)
         return self.head(features)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from selfsup.backbones import build_backbone
+from selfsup.backbones import build_backbone, pooled_features
 from selfsup.data.views import ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.heads import LinearClassifier
@@ -114,8 +114,8 @@ class SSLMethod(L.LightningModule):
 
     # ---- shared machinery --------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features."""
-        return self.backbone(images)
+        """Pooled backbone features (averaged over clips for (B, K, C, T, H, W) video input)."""
+        return pooled_features(self.backbone, images)
 
     def backbone_by_size(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
         """Pooled features of a list of image batches, concatenated in order: one backbone forward per run of
@@ -186,7 +186,7 @@ class SSLMethod(L.LightningModule):
     def _eval_step(self, batch: dict[str, Any], prefix: str) -> None:
         if self.probe is None:
             return
-        logits = self.probe(self.backbone(batch["image"]))
+        logits = self.probe(pooled_features(self.backbone, batch["image"]))
         labels = batch["label"]
         valid = labels >= 0
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -203,7 +203,7 @@ class SSLMethod(L.LightningModule):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        return {"features": self.backbone(batch["image"]), "label": batch["label"]}
+        return {"features": pooled_features(self.backbone, batch["image"]), "label": batch["label"]}
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

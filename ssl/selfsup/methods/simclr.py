@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from selfsup.data.views import SimCLRViews, ViewRecipe
-from selfsup.heads import MLP
+from selfsup.heads import MLP, LastNorm
 from selfsup.losses import nt_xent
 from selfsup.methods.base import SSLMethod, StepOutput
 
@@ -21,6 +21,7 @@ class SimCLR(SSLMethod):
         proj_layers: projector depth: 2 for SimCLR v1, 3 for v2.
         proj_dim: output width of the projector.
         proj_hidden_dim: hidden width (default: the backbone's feature width).
+        proj_last_norm: what follows the projector's last Linear (SimCLR: BN without shift).
         **kwargs: the shared options of ``SSLMethod`` (backbone, optimizer, schedule, probe).
     """
 
@@ -32,12 +33,13 @@ class SimCLR(SSLMethod):
         proj_layers: int = 2,
         proj_dim: int = 128,
         proj_hidden_dim: int | None = None,
+        proj_last_norm: LastNorm = "bn_noshift",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         width = self.backbone.num_features
         hidden = proj_hidden_dim or width
-        self.projector = MLP([width] + [hidden] * (proj_layers - 1) + [proj_dim], last_norm="bn_noshift")
+        self.projector = MLP([width] + [hidden] * (proj_layers - 1) + [proj_dim], last_norm=proj_last_norm)
         self.temperature = temperature
 
     def default_views(self, size: int) -> ViewRecipe:

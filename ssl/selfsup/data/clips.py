@@ -1,0 +1,178 @@
+"""CVRL's clips (METHODS.md section 6): temporal interval sampling and temporally consistent augmentation.
+
+A decoded video is uint8 (T, C, H, W); a clip batch is float (B, C, frames, size, size), the layout of
+torchvision's video models.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from selfsup.data.batch_augment import (
+    colour_jitter_with,
+    gaussian_blur_with,
+    grayscale_where,
+    hflip_where,
+    jitter_params,
+    normalize,
+    random_crop_boxes,
+    resized_crops,
+    solarize_where,
+)
+from selfsup.data.views import ViewRecipe, _blur_kernel
+from selfsup.errors import ConfigError
+
+
+def sample_gap(max_start: int, rng: random.Random) -> int:
+    """A gap between two clip starts in 0..max_start-1 with density decreasing linearly (CVRL, power 1):
+    P(gap <= k) = 2k/M - k^2/M^2 for M = ``max_start``, drawn by inverting that CDF."""
+    return min(int(max_start * (1 - math.sqrt(1 - rng.random()))), max_start - 1)
+
+
+def interval_starts(num_frames: int, frames: int, stride: int, rng: random.Random) -> tuple[int, int]:
+    """Start frames of CVRL's two clips of a video of ``num_frames`` frames (clips of ``frames`` frames taken
+    every ``stride``): with M = num_frames - (frames - 1) x stride clip starts that fit, gap ~ ``sample_gap(M)``,
+    c1 ~ U{0 .. M - gap - 1}, c2 = c1 + gap, randomly swapped. A video too short for one clip (M < 1): two
+    independent starts (its frames then loop, see ``clip_indices``)."""
+    max_start = num_frames - (frames - 1) * stride
+    if max_start < 1:
+        return rng.randrange(num_frames), rng.randrange(num_frames)
+    gap = sample_gap(max_start, rng)
+    first = rng.randrange(max_start - gap)
+    starts = (first, first + gap)
+    return starts if rng.random() < 0.5 else starts[::-1]
+
+
+def clip_indices(start: int, frames: int, stride: int, num_frames: int) -> list[int]:
+    """Frame indices ``start + stride x t`` for t < ``frames``, looping over the video where they run past it."""
+    return [(start + stride * t) % num_frames for t in range(frames)]
+
+
+def _python_rng() -> random.Random:
+    """A Python RNG drawn from torch's, so clip starts follow the worker's seed like every other view."""
+    return random.Random(int(torch.randint(0, 2**62, ())))
+
+
+class ClipViews(ViewRecipe):
+    """CVRL's two clips of each video: temporal interval sampling, then the same random spatial parameters for
+    every frame of a clip (METHODS.md section 6).
+
+    Per clip: random resized crop (area ``scale``, aspect ``ratio``) to ``size``, flip, colour jitter of
+    strength ``jitter_strength`` (SimCLR's: brightness, contrast, saturation 0.8s, hue 0.2s, random order)
+    with p ``jitter_p``, grayscale p ``grayscale_p``, Gaussian blur (sigma U(0.1, 2), kernel 10% of the side)
+    with p ``blur_p[i]`` and solarize with p ``solarize_p[i]`` for clip i. ``mean``/``std``: None keeps [0, 1]
+    (as CVRL). Output ``{"views": [clip1, clip2]}``, each float (B, C, frames, size, size).
+    """
+
+    kind = "clips"
+    media = "video"
+
+    def __init__(
+        self,
+        size: int = 224,
+        frames: int = 16,
+        stride: int = 2,
+        scale: tuple[float, float] = (0.3, 1.0),
+        ratio: tuple[float, float] = (0.5, 2.0),
+        flip_p: float = 0.5,
+        jitter_strength: float = 1.0,
+        jitter_p: float = 0.8,
+        grayscale_p: float = 0.2,
+        blur_p: Sequence[float] = (1.0, 0.1),
+        solarize_p: Sequence[float] = (0.0, 0.2),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        if len(blur_p) != 2 or len(solarize_p) != 2:
+            raise ConfigError(f"ClipViews needs two blur_p and two solarize_p (one per clip); got "
+                              f"blur_p={list(blur_p)}, solarize_p={list(solarize_p)}")
+        if frames < 1 or stride < 1:
+            raise ConfigError(f"ClipViews needs frames >= 1 and stride >= 1, got frames={frames}, stride={stride}")
+        if (mean is None) != (std is None):
+            raise ConfigError("ClipViews: set both mean and std, or neither")
+        self.size, self.frames, self.stride = size, frames, stride
+        self.scale, self.ratio, self.flip_p = tuple(scale), tuple(ratio), flip_p
+        self.jitter_strength, self.jitter_p, self.grayscale_p = jitter_strength, jitter_p, grayscale_p
+        self.blur_p, self.solarize_p = tuple(blur_p), tuple(solarize_p)
+        self.mean, self.std = (tuple(mean), tuple(std)) if mean is not None else (None, None)
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        return (self.mean, self.std) if self.mean is not None else None
+
+    def __call__(self, video: torch.Tensor) -> dict[str, Any]:
+        return {"views": [clip[0] for clip in self.batch(video[None])["views"]]}
+
+    def batch(self, videos: torch.Tensor) -> dict[str, Any]:
+        """Two clips of each uint8 video of a batch (B, T, C, H, W)."""
+        rng = _python_rng()
+        starts = [interval_starts(videos.shape[1], self.frames, self.stride, rng) for _ in range(len(videos))]
+        return {"views": [self.augment(self.take(videos, [s[i] for s in starts]), i) for i in range(2)]}
+
+    def take(self, videos: torch.Tensor, starts: Sequence[int]) -> torch.Tensor:
+        """The clip of each video (B, T, C, H, W) that begins at ``starts[b]``: (B, frames, C, H, W)."""
+        index = torch.tensor([clip_indices(s, self.frames, self.stride, videos.shape[1]) for s in starts])
+        return videos[torch.arange(len(videos))[:, None], index]
+
+    def augment(self, clips: torch.Tensor, index: int) -> torch.Tensor:
+        """Clip ``index`` (0 or 1) augmentation of uint8 clips (B, T, C, H, W), one parameter set per clip:
+        float (B, C, T, size, size)."""
+        b, t, c, h, w = clips.shape
+
+        def per_frame(values: torch.Tensor) -> torch.Tensor:  # one draw per clip -> the same for its frames
+            return values.repeat_interleave(t, dim=0)
+
+        x = clips.flatten(0, 1).float().div_(255)
+        x = resized_crops(x, per_frame(random_crop_boxes(b, h, w, self.scale, self.ratio)), self.size).clamp_(0, 1)
+        x = hflip_where(x, per_frame(torch.rand(b) < self.flip_p))
+        s = self.jitter_strength
+        if self.jitter_p > 0 and s > 0:
+            params = jitter_params(b, torch.tensor([0.8 * s] * 3), self.jitter_p, 0.2 * s)
+            x = colour_jitter_with(x, *(per_frame(p) for p in params))
+        x = grayscale_where(x, per_frame(torch.rand(b) < self.grayscale_p))
+        if self.blur_p[index] > 0:
+            sigma = per_frame(torch.empty(b).uniform_(0.1, 2.0))
+            x = gaussian_blur_with(x, _blur_kernel(self.size), sigma, per_frame(torch.rand(b) < self.blur_p[index]))
+        x = solarize_where(x, per_frame(torch.rand(b) < self.solarize_p[index]))
+        if self.mean is not None:
+            x = normalize(x, self.mean, self.std)
+        return x.reshape(b, t, c, self.size, self.size).transpose(1, 2)
+
+
+class EvalClips(ViewRecipe):
+    """The un-augmented clips evaluation averages over: ``clips`` clips of ``frames`` frames every ``stride``,
+    starts spread evenly over the video, each frame resized (short side) and centre-cropped to ``size``.
+
+    Output ``{"image": float (clips, C, frames, size, size)}``; `selfsup.eval.features.pooled` averages the
+    backbone's features over the clips of each video.
+    """
+
+    kind = "image"
+    media = "video"
+
+    def __init__(self, size: int, frames: int = 16, stride: int = 2, clips: int = 4,
+                 normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
+        from selfsup.data.views import EvalView
+
+        self.frames, self.stride, self.clips = frames, stride, clips
+        self._frame = EvalView(size, normalization=normalization)
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        return self._frame.normalization
+
+    def starts(self, num_frames: int) -> list[int]:
+        """Evenly spaced starts over the frames where a whole clip fits (all at 0 when none fits)."""
+        last = max(num_frames - (self.frames - 1) * self.stride - 1, 0)
+        return [round(last * k / max(self.clips - 1, 1)) for k in range(self.clips)]
+
+    def __call__(self, video: torch.Tensor) -> dict[str, Any]:
+        index = [i for s in self.starts(len(video)) for i in clip_indices(s, self.frames, self.stride, len(video))]
+        frames = self._frame(video[index])["image"]  # all frames at once: (clips x frames, C, size, size)
+        clips = frames.reshape(self.clips, self.frames, *frames.shape[1:]).transpose(1, 2)
+        return {"image": clips}

@@ -1,0 +1,197 @@
+"""CVRL's video path: decoding, moving-MNIST, interval sampling, consistent clip augmentation, 3-D backbones."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from clirun import REPO, selfsup
+from selfsup.backbones import build_backbone, pooled_features
+from selfsup.data.builtin import bouncing_path, moving_digit
+from selfsup.data.clips import ClipViews, EvalClips, clip_indices, interval_starts, sample_gap
+from selfsup.data.manifest import Manifest
+from selfsup.data.members import decode_video
+from selfsup.data.shards import encode_video, write_shard_set
+from selfsup.data.sources import Source
+from selfsup.data.stream import ShardStream
+from selfsup.data.views import SimCLRViews
+from selfsup.heads import MLP
+from selfsup.losses import nt_xent
+from selfsup.methods import CVRL
+
+pytest.importorskip("av")
+
+
+def test_videos_written_to_shards_come_back_with_their_frames(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    videos = [torch.randint(0, 256, (n, 1, 24, 20), dtype=torch.uint8, generator=gen) for n in (5, 9, 12)]
+    samples = [{"__key__": f"v{i}", "mp4": encode_video(v), "cls": str(i).encode()} for i, v in enumerate(videos)]
+    manifest = Manifest(name="vids", channels=1, classes=["a", "b", "c"], media="video")
+    write_shard_set(tmp_path / "vids", manifest, {"train": samples}, maxcount=2, progress=False)
+    source = Source(f"shards:{tmp_path / 'vids'}")
+    assert source.media == "video"
+    stream = ShardStream(source.split("train").parts, EvalClips(24, frames=1, clips=1), 1, 1, repeat=False,
+                         num_classes=3, media="video")
+    raw = [sample for part in source.split("train").parts for sample in part.samples()]
+    for sample, video in zip(raw, videos):
+        decoded = decode_video(sample["mp4"], channels=1)
+        assert decoded.shape == video.shape and decoded.dtype == torch.uint8
+        assert torch.equal(decoded, video)  # crf 0, full-range luma: lossless
+    assert decode_video(raw[2]["mp4"], 1, max_frames=4).shape == (4, 1, 24, 20)
+    batches = list(stream)
+    assert [b["label"].item() for b in batches] == [0, 1, 2]
+    assert batches[0]["image"].shape == (1, 1, 1, 1, 24, 24)  # (B, clips, C, T, H, W)
+
+
+def test_rgb_video_round_trip_is_close():
+    video = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    decoded = decode_video(encode_video(video), channels=3)
+    assert decoded.shape == video.shape
+    assert (decoded.int() - video.int()).abs().max() <= 3  # 4:4:4 YUV, rounding of the colour conversion
+
+
+def test_broken_video_bytes_are_a_bad_sample():
+    from selfsup.data.members import BadSample
+
+    with pytest.raises(BadSample, match="unreadable video"):
+        decode_video(b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 64, 1)
+
+
+def test_gap_follows_the_linear_density_and_not_a_uniform_one():
+    m, draws = 20, 20000
+    rng = random.Random(0)
+    counts = np.bincount([sample_gap(m, rng) for _ in range(draws)], minlength=m)
+    k = np.arange(m)
+    linear = (2 * m - 2 * k - 1) / m**2  # integral of 2(M - x)/M^2 over [k, k + 1]
+    assert linear.sum() == pytest.approx(1)
+    assert chisquare(counts, linear * draws).pvalue > 0.01
+    assert chisquare(counts, np.full(m, draws / m)).pvalue < 1e-6
+
+
+def test_interval_starts_fit_the_video_and_are_swapped_half_the_time():
+    rng = random.Random(0)
+    num_frames, frames, stride = 40, 8, 2
+    starts = [interval_starts(num_frames, frames, stride, rng) for _ in range(4000)]
+    max_start = num_frames - (frames - 1) * stride
+    assert all(0 <= c < max_start for pair in starts for c in pair)
+    assert all(max(clip_indices(c, frames, stride, num_frames)) < num_frames for pair in starts for c in pair)
+    first_later = np.mean([a > b for a, b in starts])
+    assert 0.45 < first_later < 0.55
+    gaps = np.array([abs(a - b) for a, b in starts])
+    k = np.arange(max_start)
+    expected = (k * (2 * max_start - 2 * k - 1)).sum() / max_start**2  # floor of a gap with density 2(M - x)/M^2
+    assert gaps.mean() == pytest.approx(expected, rel=0.03)
+
+
+def test_short_videos_loop_and_draw_independent_starts():
+    assert clip_indices(3, 4, 2, 6) == [3, 5, 1, 3]
+    rng = random.Random(0)
+    starts = [interval_starts(5, 8, 2, rng) for _ in range(2000)]
+    assert {c for pair in starts for c in pair} == set(range(5))
+    assert np.mean([a == b for a, b in starts]) == pytest.approx(1 / 5, abs=0.03)
+
+
+def _static_video(batch: int, frames: int, channels: int = 3, size: int = 40) -> torch.Tensor:
+    """Videos whose frames are all the same random image: any per-frame difference after augmentation is
+    a per-frame difference of the random parameters."""
+    image = torch.randint(0, 256, (batch, 1, channels, size, size), dtype=torch.uint8)
+    return image.expand(batch, frames, channels, size, size).contiguous()
+
+
+def test_every_frame_of_a_clip_gets_the_same_augmentation_and_the_clips_differ():
+    torch.manual_seed(0)
+    views = ClipViews(size=24, frames=6, stride=1, jitter_p=1.0, grayscale_p=0.5, blur_p=(1.0, 0.5),
+                      solarize_p=(0.0, 0.5))
+    clip1, clip2 = views.batch(_static_video(8, 12))["views"]
+    assert clip1.shape == clip2.shape == (8, 3, 6, 24, 24)
+    for clip in (clip1, clip2):
+        assert torch.equal(clip, clip[:, :, :1].expand_as(clip))  # every frame equals the clip's first
+    assert all((clip1[b] - clip2[b]).abs().max() > 0.05 for b in range(8))
+    # the same check fails for an augmentation drawn frame by frame (so the test above can fail)
+    per_frame = SimCLRViews(24, scale=(0.3, 1.0)).view_batch(_static_video(1, 6)[0])
+    assert not torch.equal(per_frame, per_frame[:1].expand_as(per_frame))
+
+
+def test_clip_views_take_the_frames_of_their_intervals():
+    video = torch.arange(30, dtype=torch.uint8).view(1, 30, 1, 1, 1).expand(1, 30, 1, 8, 8).contiguous()
+    clips = ClipViews(size=8, frames=4, stride=3).take(video, [5])
+    assert clips[0, :, 0, 0, 0].tolist() == [5, 8, 11, 14]
+
+
+def test_eval_clips_spread_over_the_video_and_are_averaged():
+    clips = EvalClips(16, frames=4, stride=2, clips=3)
+    assert clips.starts(32) == [0, 12, 25]  # the last clip ends on the last frame (25 + 3 x 2 = 31)
+    assert clips.starts(5) == [0, 0, 0]
+    out = clips(torch.randint(0, 256, (32, 1, 32, 32), dtype=torch.uint8))["image"]
+    assert out.shape == (3, 1, 4, 16, 16)
+    backbone = build_backbone("r3d_tiny", in_channels=1).eval()
+    batch = out[None].expand(2, *out.shape)
+    expected = backbone(out).mean(0, keepdim=True).expand(2, -1)
+    torch.testing.assert_close(pooled_features(backbone, batch), expected)
+
+
+def test_moving_digit_bounces_inside_the_canvas_and_keeps_the_digit_whole():
+    assert bouncing_path((1, 34), (-3, 4), 4, 36) == [(1, 34), (2, 34), (5, 30), (8, 26)]
+    digit = torch.randint(1, 256, (1, 28, 28), dtype=torch.uint8)
+    video, motion = moving_digit(digit, np.random.default_rng(3))
+    again, _ = moving_digit(digit, np.random.default_rng(3))
+    assert torch.equal(video, again) and video.shape == (32, 1, 64, 64)
+    assert 0 <= motion["direction"] < 8 and 2 <= motion["speed"] <= 4
+    assert (video.flatten(1).sum(1) == digit.sum()).all()  # never clipped by an edge
+    assert not torch.equal(video[0], video[1])
+
+
+@pytest.mark.parametrize("name, frames, size, t, width", [
+    ("r3d_tiny", 8, 32, 8, 64), ("r3d_18", 8, 32, 1, 512), ("r2plus1d_18", 8, 32, 1, 512), ("r3d_50", 16, 64, 8, 2048),
+])
+def test_video_backbones_give_dense_maps_and_pooled_features(name, frames, size, t, width):
+    backbone = build_backbone(name, in_channels=1).eval()
+    x = torch.randn(2, 1, frames, size, size)
+    dense = backbone.forward_features(x)
+    assert dense.shape[:3] == (2, width, t) and dense.dim() == 5
+    assert backbone.num_features == width
+    torch.testing.assert_close(backbone(x), dense.mean(dim=(2, 3, 4)))
+
+
+def test_r3d_50_has_cvrl_temporal_kernels():
+    backbone = build_backbone("r3d_50")
+    stem = backbone.stem[0]
+    assert stem.kernel_size == (5, 7, 7) and stem.stride == (2, 2, 2)
+    for stage, kt in zip((backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4), (1, 1, 3, 3)):
+        assert all(block.body[0].kernel_size == (kt, 1, 1) for block in stage)
+    assert [len(s) for s in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)] == [3, 4, 6, 3]
+
+
+def test_torchvision_video_resnets_keep_torchvision_names():
+    from torchvision.models.video import r3d_18
+
+    ours = build_backbone("r3d_18").state_dict()
+    theirs = {k: v for k, v in r3d_18().state_dict().items() if not k.startswith("fc.")}
+    assert ours.keys() == theirs.keys()
+
+
+def test_cvrl_is_simclr_loss_on_clips_with_cvrl_projector():
+    torch.manual_seed(0)
+    model = CVRL(backbone="r3d_tiny", in_channels=1, proj_hidden_dim=32)
+    mlp = model.projector
+    assert isinstance(mlp, MLP) and mlp.dims == [64, 32, 32, 32, 128]
+    assert [type(m).__name__ for m in mlp] == ["Linear", "BatchNorm1d", "ReLU"] * 3 + ["Linear"]
+    assert model.temperature == 0.1 and model.hparams.optimizer == "sgd" and model.hparams.lr == 0.32
+    batch = ClipViews(size=16, frames=4, stride=1).batch(torch.randint(0, 256, (6, 10, 1, 20, 20), dtype=torch.uint8))
+    out = model.ssl_step(batch)
+    z1, z2 = model.projector(model.backbone(torch.cat(batch["views"]))).chunk(2)
+    torch.testing.assert_close(out.loss, nt_xent(z1, z2, 0.1))
+    assert out.features.shape == (6, 64)
+
+
+@pytest.mark.slow
+def test_fit_of_the_moving_mnist_recipe(tmp_path):
+    selfsup("fit", "-c", str(REPO / "experiments/cvrl/moving-mnist.yaml"), "--data.init_args.batch_size", "16",
+            "--data.init_args.num_workers", "0", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+            "--trainer.limit_val_batches", "1", "--trainer.check_val_every_n_epoch", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "null", cwd=tmp_path)
+    assert (tmp_path / "runs/cvrl-moving-mnist/version_0/checkpoints/last.ckpt").is_file()
