@@ -17,7 +17,7 @@ from torch import nn
 from clirun import REPO, selfsup
 from selfsup.data import SSLDataModule
 from selfsup.data.batch_augment import random_solarize, resized_crops
-from selfsup.data.views import CoordViews, normalized_boxes
+from selfsup.data.coord_views import CoordViews, normalized_boxes
 from selfsup.heads import MLP2d, PixelPropagation
 from selfsup.losses.pixpro import bin_centres, pixel_consistency, pixpro_loss, positive_pixel_pairs
 from selfsup.methods import PixPro
@@ -316,5 +316,6 @@ def test_imagenet_recipe_parses_with_the_official_values(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     for line in ("class_path: selfsup.methods.PixPro", "backbone: resnet50", "optimizer: lars_pixpro", "lr: 1.0",
                  "weight_decay: 1.0e-05", "max_epochs: 400", "batch_size: 128", "devices: 8", "warmup_epochs: 5.0",
-                 "warmup_start_factor: 0.01", "proj_hidden_dim: 4096", "class_path: selfsup.data.views.CoordViews"):
+                 "warmup_start_factor: 0.01", "proj_hidden_dim: 4096",
+                 "class_path: selfsup.data.coord_views.CoordViews"):
         assert line in proc.stdout, line

@@ -10,8 +10,7 @@ import torch
 
 from clirun import REPO, selfsup
 from selfsup.backbones import build_backbone
-from selfsup.data.masking import MaskGenerator
-from selfsup.data.views import MaskedViews
+from selfsup.data.masking import MaskedViews, MaskGenerator
 from selfsup.errors import ConfigError
 from selfsup.heads import PixelShuffleDecoder
 from selfsup.losses import masked_l1_loss

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
+from selfsup.data.views import IMAGENET_MEAN, IMAGENET_STD, CropViews
 from selfsup.errors import ConfigError
 
 
@@ -58,3 +61,35 @@ class MaskGenerator:
     def __repr__(self) -> str:
         return (f"MaskGenerator(input_size={self.input_size}, mask_patch_size={self.mask_patch_size}, "
                 f"model_patch_size={self.model_patch_size}, mask_ratio={self.mask_ratio})")
+
+
+class MaskedViews(CropViews):
+    """SimMIM's view (METHODS.md section 4): one random resized crop (area 0.67-1, aspect 3/4-4/3), flip and
+    normalisation of each image, and a random mask from ``MaskGenerator``.
+
+    Output ``{"images": float (B, C, size, size), "mask": uint8 (B, h, w)}`` with (h, w) the model's patch grid
+    (size / model_patch_size), 1 = masked. ``model_patch_size`` must be the backbone's patch size (SimMIM
+    checks); ``mask_patch_size`` is independent of it but a multiple of it. For MNIST digits use ``flip_p: 0``
+    and MNIST's mean/std.
+    """
+
+    kind = "masked"
+    key = "images"
+
+    def __init__(
+        self,
+        size: int = 192,
+        mask_patch_size: int = 32,
+        model_patch_size: int = 4,
+        mask_ratio: float = 0.6,
+        scale: tuple[float, float] = (0.67, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_p: float = 0.5,
+        mean: Sequence[float] | None = IMAGENET_MEAN,
+        std: Sequence[float] | None = IMAGENET_STD,
+    ) -> None:
+        super().__init__(size, scale, ratio, flip_p, mean, std)
+        self.masks = MaskGenerator(size, mask_patch_size, model_patch_size, mask_ratio)
+
+    def batch(self, images: torch.Tensor) -> dict[str, Any]:
+        return {"images": self.crops(images), "mask": self.masks.batch(len(images))}

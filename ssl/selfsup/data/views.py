@@ -16,16 +16,15 @@ from torchvision.transforms import v2
 from selfsup.data.batch_augment import (
     colour_jitter,
     gaussian_blur,
-    hflip_where,
     normalize,
     random_crop_boxes,
     random_grayscale,
     random_hflip,
-    random_solarize,
     resized_crops,
 )
-from selfsup.data.masking import MaskGenerator
 from selfsup.errors import ConfigError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class ViewRecipe:
@@ -196,87 +195,6 @@ class MultiCropViews(ViewRecipe):
                           for crop, count in zip(self._crops, self.counts) for _ in range(count)]}
 
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def normalized_boxes(boxes: torch.Tensor, height: int, width: int, flipped: torch.Tensor) -> torch.Tensor:
-    """Pixel crop boxes (B, 4) as x0, y0, x1, y1 (end exclusive) -> PixPro's coordinates in the original image,
-    ``[x0/(W-1), y0/(H-1), (x1-1)/(W-1), (y1-1)/(H-1)]`` (first and last pixel centres, in [0, 1]); where the
-    view was mirrored (``flipped``, (B,) bool) x0 and x1 are swapped, so the bin width turns negative."""
-    scale = boxes.new_tensor([width - 1, height - 1, width - 1, height - 1]).clamp(min=1)
-    coords = (boxes - boxes.new_tensor([0, 0, 1, 1])) / scale
-    swapped = coords[:, [2, 1, 0, 3]]
-    return torch.where(flipped[:, None], swapped, coords)
-
-
-class CoordViews(ViewRecipe):
-    """PixPro's two views, each with its crop box in the original image (METHODS.md section 3).
-
-    Each view: random resized crop (area ``scale``, aspect ``ratio``) and flip that both track coordinates,
-    colour jitter (brightness, contrast, saturation, hue) = ``jitter`` with p ``jitter_p``, grayscale p
-    ``grayscale_p``; then the asymmetric part: Gaussian blur (sigma U(0.1, 2), kernel 10% of the side) with p
-    ``blur_p[i]`` (1.0 / 0.1) and solarize with p ``solarize_p[i]`` (0 / 0.2) for view i; then ``mean``/``std``
-    (None: none; evaluation images get the same). Output ``{"views": [v1, v2], "boxes": [b1, b2]}`` with
-    b_i (B, 4) = ``normalized_boxes``: [x0, y0, x1, y1] in [0, 1], x0 and x1 swapped where the view is mirrored.
-    """
-
-    kind = "coord"
-
-    def __init__(
-        self,
-        size: int = 224,
-        scale: tuple[float, float] = (0.08, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        flip_p: float = 0.5,
-        jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
-        jitter_p: float = 0.8,
-        grayscale_p: float = 0.2,
-        blur_p: tuple[float, float] = (1.0, 0.1),
-        solarize_p: tuple[float, float] = (0.0, 0.2),
-        mean: Sequence[float] | None = IMAGENET_MEAN,
-        std: Sequence[float] | None = IMAGENET_STD,
-    ) -> None:
-        if len(blur_p) != 2 or len(solarize_p) != 2 or len(jitter) != 4:
-            raise ConfigError(f"CoordViews needs two blur_p and two solarize_p (one per view) and four jitter "
-                              f"strengths; got blur_p={list(blur_p)}, solarize_p={list(solarize_p)}, "
-                              f"jitter={list(jitter)}")
-        if (mean is None) != (std is None):
-            raise ConfigError("CoordViews: set both mean and std, or neither")
-        self.size, self.scale, self.ratio, self.flip_p = size, tuple(scale), tuple(ratio), flip_p
-        self.jitter, self.jitter_p, self.grayscale_p = tuple(jitter), jitter_p, grayscale_p
-        self.blur_p, self.solarize_p = tuple(blur_p), tuple(solarize_p)
-        self.mean, self.std = (tuple(mean), tuple(std)) if mean is not None else (None, None)
-
-    @property
-    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        return (self.mean, self.std) if self.mean is not None else None
-
-    def __call__(self, image: torch.Tensor) -> dict[str, Any]:
-        out = self.batch(image[None])
-        return {key: [t[0] for t in value] for key, value in out.items()}
-
-    def batch(self, images: torch.Tensor) -> dict[str, Any]:
-        views, boxes = zip(*(self.view_batch(images, i) for i in range(2)))
-        return {"views": list(views), "boxes": list(boxes)}
-
-    def view_batch(self, images: torch.Tensor, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """View ``index`` (0 or 1) of each uint8 image of a batch (B, C, H, W) and its normalised box (B, 4)."""
-        b, _, h, w = images.shape
-        pixels = random_crop_boxes(b, h, w, self.scale, self.ratio)
-        x = resized_crops(images.float().div_(255), pixels, self.size).clamp_(0, 1)
-        flipped = torch.rand(b) < self.flip_p
-        x = hflip_where(x, flipped)
-        if self.jitter_p > 0 and any(self.jitter):
-            x = colour_jitter(x, torch.tensor(self.jitter[:3]), self.jitter_p, self.jitter[3])
-        x = random_grayscale(x, self.grayscale_p)
-        if self.blur_p[index] > 0:
-            x = gaussian_blur(x, _blur_kernel(self.size), (0.1, 2.0), self.blur_p[index])
-        x = random_solarize(x, self.solarize_p[index])
-        if self.mean is not None:
-            x = normalize(x, self.mean, self.std)
-        return x, normalized_boxes(pixels, h, w, flipped)
-
-
 def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """All four rotations of a batch of square images (B, C, S, S), for RotNet.
 
@@ -359,41 +277,6 @@ class RotationViews(CropViews):
         super().__init__(size, scale, ratio, flip_p)
 
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-class MaskedViews(CropViews):
-    """SimMIM's view (METHODS.md section 4): one random resized crop (area 0.67-1, aspect 3/4-4/3), flip and
-    normalisation of each image, and a random mask from ``MaskGenerator``.
-
-    Output ``{"images": float (B, C, size, size), "mask": uint8 (B, h, w)}`` with (h, w) the model's patch grid
-    (size / model_patch_size), 1 = masked. ``model_patch_size`` must be the backbone's patch size (SimMIM
-    checks); ``mask_patch_size`` is independent of it but a multiple of it. For MNIST digits use ``flip_p: 0``
-    and MNIST's mean/std.
-    """
-
-    kind = "masked"
-    key = "images"
-
-    def __init__(
-        self,
-        size: int = 192,
-        mask_patch_size: int = 32,
-        model_patch_size: int = 4,
-        mask_ratio: float = 0.6,
-        scale: tuple[float, float] = (0.67, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        flip_p: float = 0.5,
-        mean: Sequence[float] | None = IMAGENET_MEAN,
-        std: Sequence[float] | None = IMAGENET_STD,
-    ) -> None:
-        super().__init__(size, scale, ratio, flip_p, mean, std)
-        self.masks = MaskGenerator(size, mask_patch_size, model_patch_size, mask_ratio)
-
-    def batch(self, images: torch.Tensor) -> dict[str, Any]:
-        return {"images": self.crops(images), "mask": self.masks.batch(len(images))}
-
-
 class DecodedImages(ViewRecipe):
     """The decoded uint8 images as they are, ``{"decoded": (B, C, H, W)}``: what loader workers send when the
     method's views are made on the device (``SSLDataModule(augment_on="device")``), so decoding is their only
@@ -440,3 +323,4 @@ class EvalView(ViewRecipe):
         else:
             x = self._transform(image)
         return {"image": normalize(x, self.mean, self.std) if self.mean is not None else x}
+

@@ -16,11 +16,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from selfsup.errors import ConfigError
+from selfsup.eval.plot import save_figure
 from selfsup.losses.simmim import pixel_mask
 
 if TYPE_CHECKING:
     from selfsup.data import SSLDataModule
-    from selfsup.data.views import MaskedViews
+    from selfsup.data.masking import MaskedViews
 
 
 def _to_unit(x: torch.Tensor, norm: tuple[tuple[float, ...], tuple[float, ...]] | None) -> torch.Tensor:
@@ -64,17 +65,12 @@ def save_reconstruction_grid(rows: list[torch.Tensor], out: str | Path, title: s
         axes[r][0].set_ylabel(names[r] if r < len(names) else "", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def masked_views_of(data: SSLDataModule) -> MaskedViews:
     """The data's MaskedViews (their mask geometry and normalisation), or a ConfigError naming the fix."""
-    from selfsup.data.views import MaskedViews
+    from selfsup.data.masking import MaskedViews
 
     if not isinstance(data.views, MaskedViews):
         raise ConfigError(f"reconstructions need the SimMIM run's data.views (MaskedViews), but they are "

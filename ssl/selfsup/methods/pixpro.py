@@ -7,7 +7,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from selfsup.data.views import CoordViews, ViewRecipe
+from selfsup.data.coord_views import CoordViews
+from selfsup.data.views import ViewRecipe
 from selfsup.heads import MLP2d, PixelPropagation
 from selfsup.losses import instance_consistency, pixpro_loss
 from selfsup.methods.base import SSLMethod, StepOutput

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from selfsup.backbones import MaskedImageBackbone
-from selfsup.data.views import MaskedViews, ViewRecipe
+from selfsup.data.masking import MaskedViews
+from selfsup.data.views import ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.heads import PixelShuffleDecoder
 from selfsup.losses import masked_l1_loss
