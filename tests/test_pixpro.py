@@ -127,10 +127,32 @@ def test_propagation_transforms_and_2d_mlp():
     assert isinstance(PixelPropagation(4, 2).transform, MLP2d)
     with pytest.raises(ValueError):
         PixelPropagation(4, 3)
-    mlp = MLP2d([8, 32, 4])
-    assert [type(m) for m in mlp] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Conv2d]
-    assert mlp[0].kernel_size == (1, 1) and mlp[0].bias is not None
-    assert mlp(torch.rand(2, 8, 3, 3)).shape == (2, 4, 3, 3)
+    assert MLP2d([8, 32, 4])(torch.rand(2, 8, 3, 3)).shape == (2, 4, 3, 3)
+
+
+def conv_mlp2d(dims: list[int]) -> nn.Sequential:
+    """The official form of PixPro's 2-D MLP: 1x1 convs with bias, hidden ones followed by BN2d and ReLU."""
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Conv2d(d_in, d_out, kernel_size=1))
+        if i < len(dims) - 2:
+            layers += [nn.BatchNorm2d(d_out), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+def test_2d_mlp_equals_the_official_1x1_conv_stack_and_loads_its_checkpoints():
+    torch.manual_seed(0)
+    conv = conv_mlp2d([8, 32, 32, 4])
+    x = torch.randn(3, 8, 4, 5)
+    for _ in range(3):  # train mode: batch statistics, and running statistics that include the hidden biases
+        conv(x)
+    conv.eval()
+    mlp = MLP2d([8, 32, 32, 4])
+    mlp.load_state_dict(conv.state_dict())  # 4-D weights flattened, hidden biases folded into BN running means
+    mlp.eval()
+    assert torch.allclose(mlp(x), conv(x), atol=1e-5)
+    conv.train(), mlp.train()
+    assert torch.allclose(mlp(x), conv(x), atol=1e-5)
 
 
 # ---- views ----------------------------------------------------------------------------------------------------

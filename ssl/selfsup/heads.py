@@ -72,21 +72,36 @@ class Prototypes(nn.Linear):
         self.weight.copy_(F.normalize(self.weight, dim=1))
 
 
-class MLP2d(nn.Sequential):
-    """A per-pixel MLP of 1x1 convolutions ``dims[0] -> ... -> dims[-1]`` on (B, C, h, w) maps (PixPro's
-    projector and predictor): hidden layers conv (with bias) -> BN2d -> ReLU, the last a plain conv with bias.
-    PixPro: ``[2048, 4096, 256]``."""
+class MLP2d(MLP):
+    """The ``MLP`` applied to every pixel of (B, C, h, w) maps (PixPro's projector and predictor; official:
+    1x1 convs ``[2048, 4096, 256]``, hidden ones followed by BN2d and ReLU). BN over the B*h*w pixels is
+    BN2d's statistics, so this equals the 1x1-conv stack; as Linear layers over a (B*h*w, C) matrix it runs
+    faster than 1x1 convs on small maps. Checkpoints of the former conv form load (see ``_load_from_state_dict``).
+    """
 
     def __init__(self, dims: Sequence[int]) -> None:
         if len(dims) < 2:
             raise ValueError(f"an MLP2d needs at least an input and an output size, got {list(dims)}")
-        layers: list[nn.Module] = []
-        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
-            layers.append(nn.Conv2d(d_in, d_out, kernel_size=1))
-            if i < len(dims) - 2:
-                layers += [nn.BatchNorm2d(d_out), nn.ReLU(inplace=True)]
-        super().__init__(*layers)
-        self.dims = list(dims)
+        super().__init__(dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        pixels = super().forward(x.permute(0, 2, 3, 1).reshape(b * h * w, -1))
+        return pixels.view(b, h, w, -1).permute(0, 3, 1, 2)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """Converts the 1x1-conv form: (out, in, 1, 1) weights to (out, in), and a hidden conv's bias (which BN
+        cancels in training) folded into the next BN's running mean, so eval outputs are unchanged."""
+        for i, layer in enumerate(self):
+            if not isinstance(layer, nn.Linear):
+                continue
+            weight, bias = f"{prefix}{i}.weight", f"{prefix}{i}.bias"
+            if weight in state_dict and state_dict[weight].dim() == 4:
+                state_dict[weight] = state_dict[weight].flatten(1)
+            if layer.bias is None and bias in state_dict:
+                running_mean = f"{prefix}{i + 1}.running_mean"
+                state_dict[running_mean] = state_dict[running_mean] - state_dict.pop(bias)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class PixelPropagation(nn.Module):
