@@ -84,6 +84,11 @@ def test_sinkhorn_is_float32_and_finite_for_scores_that_overflow_fp16():
         assert sinkhorn(scores.bfloat16()).dtype == torch.float32
 
 
+def test_an_eps_whose_exponential_leaves_float32_is_refused_at_construction():
+    with pytest.raises(ConfigError, match="sinkhorn_eps 0.01 is too small"):
+        SwAV(backbone="resnet18", backbone_args={"width": 8}, sinkhorn_eps=0.01)
+
+
 # ---- the swapped prediction loss --------------------------------------------------------------------------
 def test_swapped_loss_matches_the_formula_crop_by_crop():
     torch.manual_seed(0)
