@@ -265,6 +265,21 @@ def test_step_updates_the_momentum_copies_first_and_sends_no_gradient_to_them(in
     assert ("train/instance_loss" in out.logs) == bool(instance_weight)
 
 
+def test_accumulated_micro_batches_of_one_optimizer_step_average_the_copies_once():
+    model = attach_fake_trainer(PixPro(**TINY), global_step=5)
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(0.05)
+    tau = cosine_momentum(5, 10)
+    once = [tau * t + (1 - tau) * o for t, o in zip(model.momentum_backbone.parameters(), model.backbone.parameters())]
+    for _ in range(3):  # three micro-batches, no optimizer step between them
+        model.ssl_step(fake_batch())
+    assert all(torch.allclose(t, w) for t, w in zip(model.momentum_backbone.parameters(), once))
+    model._trainer.global_step = 6  # the optimizer stepped: the next micro-batch averages again
+    model.ssl_step(fake_batch())
+    assert not torch.allclose(next(model.momentum_backbone.parameters()), once[0])
+
+
 def test_pixpro_lars_matches_a_hand_update_over_three_steps():
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(3, 4, dtype=torch.double))

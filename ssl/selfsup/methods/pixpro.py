@@ -63,6 +63,7 @@ class PixPro(SSLMethod):
         self.propagation = PixelPropagation(proj_dim, transform_layers, gamma)
         self.momentum_backbone = momentum_copy(self.backbone)
         self.momentum_projector = momentum_copy(self.projector)
+        self._ema_step: int | None = None  # the optimizer step of the last EMA (see update_momentum)
         self.instance_projector = self.predictor = self.momentum_instance_projector = None
         if instance_weight > 0:
             self.instance_projector = MLP2d([width, proj_hidden_dim, proj_dim])
@@ -90,9 +91,14 @@ class PixPro(SSLMethod):
 
     @torch.no_grad()
     def update_momentum(self) -> float:
+        """One EMA of the copies per optimizer step: under gradient accumulation the online weights change only
+        at the optimizer step, so later micro-batches of the same step leave the copies as they are."""
         tau = self.current_momentum()
-        for target, online in self.momentum_pairs():
-            ema_update_(target, online, tau)
+        step = self.global_step if self._trainer is not None else None
+        if step is None or step != self._ema_step:
+            for target, online in self.momentum_pairs():
+                ema_update_(target, online, tau)
+            self._ema_step = step
         return tau
 
     # ---- the step ------------------------------------------------------------------------------------
