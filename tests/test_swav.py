@@ -84,9 +84,12 @@ def test_sinkhorn_is_float32_and_finite_for_scores_that_overflow_fp16():
         assert sinkhorn(scores.bfloat16()).dtype == torch.float32
 
 
-def test_an_eps_whose_exponential_leaves_float32_is_refused_at_construction():
-    with pytest.raises(ConfigError, match="sinkhorn_eps 0.01 is too small"):
-        SwAV(backbone="resnet18", backbone_args={"width": 8}, sinkhorn_eps=0.01)
+def test_sinkhorn_stays_finite_and_exact_where_exp_of_scores_over_eps_leaves_float32():
+    scores = unit_scores(64, K, seed=2) + 0.8  # exp(1.1 / 0.005) overflows float32, exp(0.5 / 0.005) too
+    assert not torch.isfinite(torch.exp(scores / 0.005)).all()
+    codes = sinkhorn(scores, eps=0.005, iterations=3)
+    assert torch.isfinite(codes).all() and torch.allclose(codes.sum(1), torch.ones(64), atol=1e-5)
+    assert torch.allclose(codes.double(), reference_sinkhorn(scores, 0.005, 3), atol=1e-5)
 
 
 # ---- the swapped prediction loss --------------------------------------------------------------------------

@@ -51,8 +51,13 @@ def gather(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum ``x`` over ranks in place (no gradient); identity without a process group."""
-    if is_distributed():
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
+def all_reduce_logsumexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(sum over ranks of exp(x))`` element-wise, without overflow (each rank's x shifted by the global
+    maximum); identity without a process group. For log-domain sums: pass each rank's local logsumexp."""
+    if not is_distributed():
+        return x
+    peak = x.clone()
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    total = (x - peak).exp()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return peak + total.log()

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from selfsup.distributed import all_reduce_sum, world_size
+from selfsup.distributed import all_reduce_logsumexp, world_size
 
 
 @torch.no_grad()
 def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iterations: int = 3) -> torch.Tensor:
     """Soft assignments (codes) of B samples to K prototypes with equal prototype shares over ALL ranks.
 
-    ``scores`` (B_local, K) are sample-prototype similarities (queue rows first, if any). In float32 whatever the
-    input dtype or autocast (exp(scores / eps) overflows fp16), without gradient. With Q = exp(scores / eps).T
-    (K x B_local) and B = B_local x world size::
+    ``scores`` (B_local, K) are sample-prototype similarities (queue rows first, if any); B = B_local x world
+    size. The official algorithm, on Q = exp(scores / eps).T (K x B_local)::
 
         Q /= sum(Q)                                                    (all-reduced)
         repeat ``iterations`` times:
@@ -24,19 +24,19 @@ def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iterations: int = 3) -> to
             Q /= column sums (local)    ; Q /= B     -> each sample gets 1/B
         return (B x Q).T
 
-    Returned: (B_local, K), each row sums to 1; the column sums over all ranks approach B/K. Every rank must
-    call this with the same B_local (the row-sum all-reduce is a collective).
+    computed on log Q (every division a subtraction of a logsumexp), so that it stays finite for any eps: the
+    official exp(scores / eps) leaves float32 below eps ~0.0114 (and fp16 far earlier). In float32 whatever the
+    input dtype or autocast, without gradient. Returned: (B_local, K), each row sums to 1; the column sums over
+    all ranks approach B/K. Every rank must call this with the same B_local (the all-reduces are collectives).
     """
     with torch.autocast(scores.device.type, enabled=False):
-        q = torch.exp(scores.float() / eps).T
-        k, b = q.shape[0], q.shape[1] * world_size()
-        q /= all_reduce_sum(q.sum())
+        log_q = scores.float().T / eps
+        k, b = log_q.shape[0], log_q.shape[1] * world_size()
+        log_q -= all_reduce_logsumexp(torch.logsumexp(log_q.flatten(), dim=0))
         for _ in range(iterations):
-            q /= all_reduce_sum(q.sum(dim=1, keepdim=True))
-            q /= k
-            q /= q.sum(dim=0, keepdim=True)
-            q /= b
-        return (q * b).T
+            log_q -= all_reduce_logsumexp(torch.logsumexp(log_q, dim=1, keepdim=True)) + math.log(k)
+            log_q -= torch.logsumexp(log_q, dim=0, keepdim=True) + math.log(b)
+        return (log_q + math.log(b)).exp().T
 
 
 def swapped_prediction_loss(

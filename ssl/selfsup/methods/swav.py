@@ -17,9 +17,6 @@ from selfsup.losses import sinkhorn, swapped_prediction_loss
 from selfsup.methods.base import SSLMethod, StepOutput, host_scalar
 
 
-MIN_SINKHORN_EPS = 0.012  # exp(+-1 / eps) of cosine scores stays inside float32 (about e^+-88)
-
-
 class SwAV(SSLMethod):
     """Multi-crop -> backbone (one forward per crop size) -> projector -> unit-length z -> scores against K
     unit-length prototypes. Codes of the assigned (large) crops come from Sinkhorn-Knopp over all ranks (with
@@ -57,10 +54,6 @@ class SwAV(SSLMethod):
         freeze_prototypes_iters: int = 0,
         **kwargs: Any,
     ) -> None:
-        if sinkhorn_eps < MIN_SINKHORN_EPS:
-            raise ConfigError(f"SwAV: model.sinkhorn_eps {sinkhorn_eps} is too small: Sinkhorn takes exp(score / eps) "
-                              f"of cosine scores in float32, which overflows or underflows to NaN codes below "
-                              f"eps {MIN_SINKHORN_EPS}; use eps >= {MIN_SINKHORN_EPS} (the paper: 0.05, or 0.03)")
         super().__init__(**kwargs)
         self.projector = MLP([self.backbone.num_features, proj_hidden_dim, proj_dim])
         self.prototypes = Prototypes(proj_dim, num_prototypes)
