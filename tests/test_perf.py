@@ -275,6 +275,26 @@ def test_fit_with_every_gpu_switch_on_the_cpu(tmp_path, mnist5k):
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
 
 
+def test_a_mistake_found_in_a_loader_worker_is_one_line_without_the_worker_traceback(tmp_path):
+    """Mixed image sizes with views made on the device: the ConfigError is raised in a DataLoader worker."""
+    from PIL import Image
+
+    from clirun import REPO, TINY, selfsup
+
+    for i, side in enumerate([28, 32] * 4):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        Image.new("L", (side, side), color=i * 20).save(tmp_path / "images" / f"{i}.png")
+    proc = selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), *TINY, "--data.init_args.source",
+                   f"folder:{tmp_path / 'images'}", "--data.init_args.augment_on", "device",
+                   "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "1", "--trainer.max_steps", "1",
+                   "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    error = [line for line in proc.stderr.splitlines() if line.startswith("selfsup: error:")]
+    assert error == ["selfsup: error: data.augment_on: device needs decoded images of one size in every batch, and "
+                     "these differ; write shards of one image size, or set data.augment_on: workers"]
+    assert "Traceback" not in proc.stderr
+
+
 def csv_column(text: str, name: str) -> list[str]:
     import csv
     import io

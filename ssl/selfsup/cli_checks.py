@@ -70,7 +70,7 @@ def user_error(err: BaseException) -> ConfigError | None:
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, ConfigError):
-            return err
+            return _unwrapped_from_worker(err)
         if isinstance(err, pickle.UnpicklingError):
             found = re.search(r"GLOBAL [\w.]+", str(err))
             return ConfigError(
@@ -81,6 +81,18 @@ def user_error(err: BaseException) -> ConfigError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def _unwrapped_from_worker(err: ConfigError) -> ConfigError:
+    """A ConfigError raised in a DataLoader worker comes back re-raised with the worker's traceback in its message
+    ("Caught ConfigError in DataLoader worker process 0. Original Traceback ..."); keep only the original message."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return err
+    last_raise = None
+    for last_raise in re.finditer(r"^selfsup\.errors\.\w+: ", text, re.MULTILINE):
+        pass
+    return type(err)(text[last_raise.end():].strip()) if last_raise else err
 
 
 def check_writable(folders: list[Path]) -> None:
