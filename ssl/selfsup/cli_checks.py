@@ -89,10 +89,8 @@ def _unwrapped_from_worker(err: ConfigError) -> ConfigError:
     text = str(err)
     if "Original Traceback" not in text:
         return err
-    last_raise = None
-    for last_raise in re.finditer(r"^selfsup\.errors\.\w+: ", text, re.MULTILINE):
-        pass
-    return type(err)(text[last_raise.end():].strip()) if last_raise else err
+    raises = list(re.finditer(r"^selfsup\.errors\.\w+: ", text, re.MULTILINE))
+    return type(err)(text[raises[-1].end():].strip()) if raises else err
 
 
 def check_writable(folders: list[Path]) -> None:
