@@ -19,7 +19,6 @@ from selfsup.data.batch_augment import (
     grayscale_where,
     hflip_where,
     jitter_params,
-    normalize,
     random_crop_boxes,
     resized_crops,
     solarize_where,
@@ -93,17 +92,11 @@ class ClipViews(ViewRecipe):
                               f"blur_p={list(blur_p)}, solarize_p={list(solarize_p)}")
         if frames < 1 or stride < 1:
             raise ConfigError(f"ClipViews needs frames >= 1 and stride >= 1, got frames={frames}, stride={stride}")
-        if (mean is None) != (std is None):
-            raise ConfigError("ClipViews: set both mean and std, or neither")
+        self._set_normalization(mean, std)
         self.size, self.frames, self.stride = size, frames, stride
         self.scale, self.ratio, self.flip_p = tuple(scale), tuple(ratio), flip_p
         self.jitter_strength, self.jitter_p, self.grayscale_p = jitter_strength, jitter_p, grayscale_p
         self.blur_p, self.solarize_p = tuple(blur_p), tuple(solarize_p)
-        self.mean, self.std = (tuple(mean), tuple(std)) if mean is not None else (None, None)
-
-    @property
-    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        return (self.mean, self.std) if self.mean is not None else None
 
     def __call__(self, video: torch.Tensor) -> dict[str, Any]:
         return {"views": [clip[0] for clip in self.batch(video[None])["views"]]}
@@ -139,9 +132,7 @@ class ClipViews(ViewRecipe):
             sigma = per_frame(torch.empty(b).uniform_(0.1, 2.0))
             x = gaussian_blur_with(x, _blur_kernel(self.size), sigma, per_frame(torch.rand(b) < self.blur_p[index]))
         x = solarize_where(x, per_frame(torch.rand(b) < self.solarize_p[index]))
-        if self.mean is not None:
-            x = normalize(x, self.mean, self.std)
-        return x.reshape(b, t, c, self.size, self.size).transpose(1, 2)
+        return self._normalize(x).reshape(b, t, c, self.size, self.size).transpose(1, 2)
 
 
 class EvalClips(ViewRecipe):

@@ -11,7 +11,6 @@ from selfsup.data.batch_augment import (
     colour_jitter,
     gaussian_blur,
     hflip_where,
-    normalize,
     random_crop_boxes,
     random_grayscale,
     random_solarize,
@@ -62,16 +61,10 @@ class CoordViews(ViewRecipe):
             raise ConfigError(f"CoordViews needs two blur_p and two solarize_p (one per view) and four jitter "
                               f"strengths; got blur_p={list(blur_p)}, solarize_p={list(solarize_p)}, "
                               f"jitter={list(jitter)}")
-        if (mean is None) != (std is None):
-            raise ConfigError("CoordViews: set both mean and std, or neither")
+        self._set_normalization(mean, std)
         self.size, self.scale, self.ratio, self.flip_p = size, tuple(scale), tuple(ratio), flip_p
         self.jitter, self.jitter_p, self.grayscale_p = tuple(jitter), jitter_p, grayscale_p
         self.blur_p, self.solarize_p = tuple(blur_p), tuple(solarize_p)
-        self.mean, self.std = (tuple(mean), tuple(std)) if mean is not None else (None, None)
-
-    @property
-    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        return (self.mean, self.std) if self.mean is not None else None
 
     def __call__(self, image: torch.Tensor) -> dict[str, Any]:
         out = self.batch(image[None])
@@ -94,6 +87,4 @@ class CoordViews(ViewRecipe):
         if self.blur_p[index] > 0:
             x = gaussian_blur(x, _blur_kernel(self.size), (0.1, 2.0), self.blur_p[index])
         x = random_solarize(x, self.solarize_p[index])
-        if self.mean is not None:
-            x = normalize(x, self.mean, self.std)
-        return x, normalized_boxes(pixels, h, w, flipped)
+        return self._normalize(x), normalized_boxes(pixels, h, w, flipped)

@@ -32,11 +32,23 @@ class ViewRecipe:
 
     kind: ClassVar[str]
     media: ClassVar[str] = "image"  # what the recipe is made from: "image" or "video" (a whole decoded clip)
+    mean: tuple[float, ...] | None = None  # per-channel normalisation of the views (None: [0, 1] floats)
+    std: tuple[float, ...] | None = None
+
+    def _set_normalization(self, mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+        """Keep ``mean``/``std`` (both or neither) for ``_normalize`` and ``normalization``."""
+        if (mean is None) != (std is None):
+            raise ConfigError(f"{type(self).__name__}: set both mean and std, or neither")
+        self.mean, self.std = (tuple(mean), tuple(std)) if mean is not None else (None, None)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` normalised with the recipe's mean/std, or unchanged without them."""
+        return normalize(x, self.mean, self.std) if self.mean is not None else x
 
     @property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
         """(mean, std) the views are normalised with, which evaluation images then get too; None: [0, 1]."""
-        return None
+        return (self.mean, self.std) if self.mean is not None else None
 
     def __call__(self, image: torch.Tensor) -> dict[str, Any]:
         raise NotImplementedError
@@ -170,28 +182,19 @@ class MultiCropViews(ViewRecipe):
                 f"MultiCropViews needs one count (>= 1) and one scale per size and at least 2 crops; got "
                 f"sizes={list(sizes)}, counts={list(counts)}, scales={[list(s) for s in scales]}"
             )
-        if (mean is None) != (std is None):
-            raise ConfigError("MultiCropViews: set both mean and std, or neither")
+        self._set_normalization(mean, std)
         self.sizes, self.counts, self.scales = list(sizes), list(counts), [tuple(s) for s in scales]
-        self.mean, self.std = (tuple(mean), tuple(std)) if mean is not None else (None, None)
         self._crops = [
             SimCLRViews(size, scale, ratio, flip_p, jitter_strength, jitter_p, grayscale_p, blur_p, batched)
             for size, scale in zip(self.sizes, self.scales)
         ]
 
-    @property
-    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        return (self.mean, self.std) if self.mean is not None else None
-
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        return normalize(x, self.mean, self.std) if self.mean is not None else x
-
     def __call__(self, image: torch.Tensor) -> dict[str, Any]:
-        return {"views": [self._finish(crop.view(image))
+        return {"views": [self._normalize(crop.view(image))
                           for crop, count in zip(self._crops, self.counts) for _ in range(count)]}
 
     def batch(self, images: torch.Tensor) -> dict[str, Any]:
-        return {"views": [self._finish(crop.view_batch(images))
+        return {"views": [self._normalize(crop.view_batch(images))
                           for crop, count in zip(self._crops, self.counts) for _ in range(count)]}
 
 
@@ -235,19 +238,12 @@ class CropViews(ViewRecipe):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        if (mean is None) != (std is None):
-            raise ConfigError(f"{type(self).__name__}: set both mean and std, or neither")
+        self._set_normalization(mean, std)
         self.size, self.scale, self.ratio, self.flip_p = size, tuple(scale), tuple(ratio), flip_p
-        self.mean, self.std = (tuple(mean), tuple(std)) if mean is not None else (None, None)
-
-    @property
-    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        return (self.mean, self.std) if self.mean is not None else None
 
     def crops(self, images: torch.Tensor) -> torch.Tensor:
         """The cropped, flipped (and normalised) float batch of uint8 images (B, C, H, W)."""
-        x = crop_flip(images, self.size, self.scale, self.ratio, self.flip_p)
-        return normalize(x, self.mean, self.std) if self.mean is not None else x
+        return self._normalize(crop_flip(images, self.size, self.scale, self.ratio, self.flip_p))
 
     def __call__(self, image: torch.Tensor) -> dict[str, Any]:
         return {k: v[0] for k, v in self.batch(image[None]).items()}
@@ -306,21 +302,17 @@ class EvalView(ViewRecipe):
     def __init__(self, size: int = 224, resize: int | None = None,
                  normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
         self.size, self.resize = size, resize or size
-        self.mean, self.std = (tuple(normalization[0]), tuple(normalization[1])) if normalization else (None, None)
+        self._set_normalization(*(normalization or (None, None)))
         self._transform = v2.Compose([
             v2.Resize(self.resize, antialias=True),
             v2.CenterCrop(size),
             v2.ToDtype(torch.float32, scale=True),
         ])
 
-    @property
-    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        return (self.mean, self.std) if self.mean is not None else None
-
     def __call__(self, image: torch.Tensor) -> dict[str, Any]:
         if image.shape[-1] == image.shape[-2] == self.size == self.resize:
             x = image.to(torch.float32).div_(255)
         else:
             x = self._transform(image)
-        return {"image": normalize(x, self.mean, self.std) if self.mean is not None else x}
+        return {"image": self._normalize(x)}
 
