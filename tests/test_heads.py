@@ -1,4 +1,4 @@
-"""Projector shapes as METHODS.md describes SimCLR v1/v2."""
+"""Projector shapes as docs/methods/simclr.md describes SimCLR v1/v2."""
 
 import torch
 from torch import nn

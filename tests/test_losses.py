@@ -1,4 +1,4 @@
-"""NT-Xent against an independent, anchor-by-anchor computation of METHODS.md section 1."""
+"""NT-Xent against an independent, anchor-by-anchor computation of docs/methods/simclr.md."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""PixPro: the loss and its positive pairs against METHODS.md section 3, pixel propagation, coordinate-tracking
+"""PixPro: the loss and its positive pairs against docs/methods/pixpro.md, pixel propagation, coordinate-tracking
 views, the momentum schedule and update, PixPro's LARS, checkpoints, and the CLI."""
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def test_image_pair_without_overlap_contributes_zero_but_counts_in_the_mean():
 
 
 def reference_mask(bq: list[float], bk: list[float], s: int, threshold: float) -> torch.Tensor:
-    """METHODS.md's positive pairs, pixel by pixel in plain Python."""
+    """docs/methods/pixpro.md's positive pairs, pixel by pixel in plain Python."""
 
     def centres(bx):
         bw, bh = (bx[2] - bx[0]) / s, (bx[3] - bx[1]) / s

@@ -1,4 +1,4 @@
-"""SwAV: Sinkhorn-Knopp and the swapped loss against METHODS.md, 2 ranks against 1, multi-crop views, the queue
+"""SwAV: Sinkhorn-Knopp and the swapped loss against docs/methods/swav.md, 2 ranks against 1, multi-crop views, the queue
 (use, checkpoint, resume), prototype freezing, and the CLI."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def unit_scores(b: int, k: int, seed: int = 0) -> torch.Tensor:
 
 
 def reference_sinkhorn(scores: torch.Tensor, eps: float, iterations: int) -> torch.Tensor:
-    """METHODS.md's Sinkhorn-Knopp on one process, written as alternating marginal scalings in float64."""
+    """docs/methods/swav.md's Sinkhorn-Knopp on one process, written as alternating marginal scalings in float64."""
     p = torch.exp(scores.double() / eps)
     p = p / p.sum()
     b, k = p.shape

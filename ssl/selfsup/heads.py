@@ -105,7 +105,7 @@ class MLP2d(MLP):
 
 
 class PixelPropagation(nn.Module):
-    """PixPro's pixel propagation module on a (B, C, h, w) map x (METHODS.md section 3)::
+    """PixPro's pixel propagation module on a (B, C, h, w) map x (docs/methods/pixpro.md)::
 
         A_ij = max(0, cos(x_i, x_j)) ** gamma            (all pixel pairs of one image)
         y_i  = sum_j A_ij * normalize(g(x_j))             (no division by sum_j A_ij)

@@ -1,4 +1,4 @@
-"""3-D ResNets for clips (B, C, T, H, W): torchvision's video ResNets and CVRL's R3D-50 (METHODS.md section 6).
+"""3-D ResNets for clips (B, C, T, H, W): torchvision's video ResNets and CVRL's R3D-50 (docs/methods/cvrl.md).
 
 ``forward_features`` returns the dense map (B, C, t, h, w); ``forward`` (the base class) pools it over time and
 space.

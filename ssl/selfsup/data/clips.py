@@ -1,4 +1,4 @@
-"""CVRL's clips (METHODS.md section 6): temporal interval sampling and temporally consistent augmentation.
+"""CVRL's clips (docs/methods/cvrl.md): temporal interval sampling and temporally consistent augmentation.
 
 A decoded video is uint8 (T, C, H, W); a clip batch is float (B, C, frames, size, size), the layout of
 torchvision's video models.
@@ -59,7 +59,7 @@ def _python_rng() -> random.Random:
 
 class ClipViews(ViewRecipe):
     """CVRL's two clips of each video: temporal interval sampling, then the same random spatial parameters for
-    every frame of a clip (METHODS.md section 6).
+    every frame of a clip (docs/methods/cvrl.md).
 
     Per clip: random resized crop (area ``scale``, aspect ``ratio``) to ``size``, flip, colour jitter of
     strength ``jitter_strength`` (SimCLR's: brightness, contrast, saturation 0.8s, hue 0.2s, random order)

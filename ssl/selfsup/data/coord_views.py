@@ -31,7 +31,7 @@ def normalized_boxes(boxes: torch.Tensor, height: int, width: int, flipped: torc
 
 
 class CoordViews(ViewRecipe):
-    """PixPro's two views, each with its crop box in the original image (METHODS.md section 3).
+    """PixPro's two views, each with its crop box in the original image (docs/methods/pixpro.md).
 
     Each view: random resized crop (area ``scale``, aspect ``ratio``) and flip that both track coordinates,
     colour jitter (brightness, contrast, saturation, hue) = ``jitter`` with p ``jitter_p``, grayscale p

@@ -1,4 +1,4 @@
-"""SimMIM's random mask (METHODS.md section 4): whole mask patches, at model-patch resolution."""
+"""SimMIM's random mask (docs/methods/simmim.md): whole mask patches, at model-patch resolution."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class MaskGenerator:
 
 
 class MaskedViews(CropViews):
-    """SimMIM's view (METHODS.md section 4): one random resized crop (area 0.67-1, aspect 3/4-4/3), flip and
+    """SimMIM's view (docs/methods/simmim.md): one random resized crop (area 0.67-1, aspect 3/4-4/3), flip and
     normalisation of each image, and a random mask from ``MaskGenerator``.
 
     Output ``{"images": float (B, C, size, size), "mask": uint8 (B, h, w)}`` with (h, w) the model's patch grid

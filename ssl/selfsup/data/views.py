@@ -96,7 +96,7 @@ class SimCLRViews(ViewRecipe):
         self._augment = self._per_image_pipeline()
 
     def _per_image_pipeline(self) -> v2.Compose:
-        """SimCLR's augmentation of one view with torchvision (METHODS.md section 1), float in [0, 1].
+        """SimCLR's augmentation of one view with torchvision (docs/methods/simclr.md), float in [0, 1].
 
         Crop (bicubic) -> flip -> colour jitter (random order, strength s: brightness/contrast/saturation 0.8s,
         hue 0.2s) with p=jitter_p -> grayscale -> Gaussian blur (sigma U(0.1, 2), kernel 10% of the side).
@@ -151,8 +151,8 @@ SWAV_MEAN, SWAV_STD = (0.485, 0.456, 0.406), (0.228, 0.224, 0.225)
 
 
 class MultiCropViews(ViewRecipe):
-    """SwAV's multi-crop: ``counts[i]`` crops of side ``sizes[i]`` with area fraction in ``scales[i]`` (METHODS.md
-    section 2), each crop flipped, colour-jittered, grayed and blurred as a SimCLR view, then normalised.
+    """SwAV's multi-crop: ``counts[i]`` crops of side ``sizes[i]`` with area fraction in ``scales[i]`` (docs/methods/swav.md
+    ), each crop flipped, colour-jittered, grayed and blurred as a SimCLR view, then normalised.
 
     Output ``{"views": [V tensors]}``, crops of one size next to each other in the order of ``sizes`` (so the
     method can send each size through the backbone in one forward); the first group holds the large crops the

@@ -1,4 +1,4 @@
-"""PixPro's pixel-to-propagation consistency loss (METHODS.md section 3): positive pixel pairs from the two
+"""PixPro's pixel-to-propagation consistency loss (docs/methods/pixpro.md): positive pixel pairs from the two
 views' crop boxes, and -2 x the masked mean cosine of predictions and keys."""
 
 from __future__ import annotations

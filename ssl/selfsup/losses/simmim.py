@@ -1,4 +1,4 @@
-"""SimMIM's reconstruction loss (METHODS.md section 4)."""
+"""SimMIM's reconstruction loss (docs/methods/simmim.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SwAV's online clustering: Sinkhorn-Knopp codes and the swapped prediction loss (METHODS.md section 2)."""
+"""SwAV's online clustering: Sinkhorn-Knopp codes and the swapped prediction loss (docs/methods/swav.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CVRL (Qian et al. 2021), as in METHODS.md section 6: SimCLR's objective on two clips of each video."""
+"""CVRL (Qian et al. 2021), as in docs/methods/cvrl.md: SimCLR's objective on two clips of each video."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class CVRL(SimCLR):
     NT-Xent (``selfsup.losses.nt_xent``, negatives from every rank through the gradient-carrying gather).
 
     Defaults are CVRL's: tau 0.1, three hidden layers of 2048, output 128 with no norm, SGD (momentum 0.9) at an
-    absolute lr (no batch scaling), 5 warmup epochs, cosine, weight decay 1e-6 (**[unverified]**: METHODS.md
+    absolute lr (no batch scaling), 5 warmup epochs, cosine, weight decay 1e-6 (**[unverified]**: the paper
     does not give it; SimCLR's). ``default_views``: ``ClipViews`` (16 frames, stride 2).
     """
 

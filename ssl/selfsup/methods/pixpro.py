@@ -1,4 +1,4 @@
-"""PixPro (Xie et al. 2021), as in METHODS.md section 3."""
+"""PixPro (Xie et al. 2021), as in docs/methods/pixpro.md."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class PixPro(SSLMethod):
 
     PixContrast (the paper's contrastive variant) is not offered: the official code never released it and the
     paper leaves open which pixels serve as negatives (other images' pixels or only the other view's) and its
-    temperature (METHODS.md marks it unverified), so it cannot be specified cleanly.
+    temperature (docs/methods/pixpro.md), so it cannot be specified cleanly.
 
     Args:
         proj_dim: output width of the projector (256).

@@ -1,4 +1,4 @@
-"""RotNet (Gidaris et al. 2018), as in METHODS.md section 5."""
+"""RotNet (Gidaris et al. 2018), as in docs/methods/rotnet.md."""
 
 from __future__ import annotations
 

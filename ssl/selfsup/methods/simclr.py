@@ -1,4 +1,4 @@
-"""SimCLR v1/v2 (Chen et al. 2020), as in METHODS.md section 1."""
+"""SimCLR v1/v2 (Chen et al. 2020), as in docs/methods/simclr.md."""
 
 from __future__ import annotations
 

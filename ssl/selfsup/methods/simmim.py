@@ -1,4 +1,4 @@
-"""SimMIM (Xie et al. 2022), as in METHODS.md section 4."""
+"""SimMIM (Xie et al. 2022), as in docs/methods/simmim.md."""
 
 from __future__ import annotations
 

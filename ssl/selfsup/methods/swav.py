@@ -1,4 +1,4 @@
-"""SwAV (Caron et al. 2020), as in METHODS.md section 2."""
+"""SwAV (Caron et al. 2020), as in docs/methods/swav.md."""
 
 from __future__ import annotations
 
