@@ -1,4 +1,5 @@
-"""LARS and LARC against their formulas (docs/methods/simclr.md, swav.md, pixpro.md), computed independently; schedule and lr scaling values."""
+"""LARS and LARC against their formulas (docs/methods/simclr.md, swav.md, pixpro.md), computed independently;
+schedule and lr scaling values."""
 
 import math
 

@@ -1,5 +1,5 @@
-"""SwAV: Sinkhorn-Knopp and the swapped loss against docs/methods/swav.md, 2 ranks against 1, multi-crop views, the queue
-(use, checkpoint, resume), prototype freezing, and the CLI."""
+"""SwAV: Sinkhorn-Knopp and the swapped loss against docs/methods/swav.md, 2 ranks against 1, multi-crop views,
+the queue (use, checkpoint, resume), prototype freezing, and the CLI."""
 
 from __future__ import annotations
 

@@ -151,8 +151,8 @@ SWAV_MEAN, SWAV_STD = (0.485, 0.456, 0.406), (0.228, 0.224, 0.225)
 
 
 class MultiCropViews(ViewRecipe):
-    """SwAV's multi-crop: ``counts[i]`` crops of side ``sizes[i]`` with area fraction in ``scales[i]`` (docs/methods/swav.md
-    ), each crop flipped, colour-jittered, grayed and blurred as a SimCLR view, then normalised.
+    """SwAV's multi-crop: ``counts[i]`` crops of side ``sizes[i]`` with area fraction in ``scales[i]``
+    (docs/methods/swav.md), each crop flipped, colour-jittered, grayed and blurred as a SimCLR view, then normalised.
 
     Output ``{"views": [V tensors]}``, crops of one size next to each other in the order of ``sizes`` (so the
     method can send each size through the backbone in one forward); the first group holds the large crops the

@@ -1,0 +1,149 @@
+"""The README and docs/: every command in them runs here, in page order, through the real `selfsup` (or is marked
+as needing a GPU, a cluster or a data set that is not in the repository); the docs site builds strictly; no page
+or docstring points outside the repository."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clirun import REPO
+
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+MARKS = ("# [GPU]", "# [cluster]", "# [data]")  # a command that cannot run on a CPU-only machine with the repo alone
+# What the runner appends to every `selfsup fit`: a few steps of the documented command, not the whole schedule.
+SHORT_FIT = "--trainer.max_epochs 1 --trainer.limit_train_batches 2 --trainer.limit_val_batches 2"
+BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+
+
+def blocks(page: Path) -> list[tuple[str, str]]:
+    """The fenced code blocks of a page: (language, text), in order."""
+    return BLOCK.findall(page.read_text())
+
+
+def commands(code: str) -> list[str]:
+    """The commands of a bash block, continuation lines joined, comment-only and blank lines dropped."""
+    joined = re.sub(r"\\\n\s*", "", code)
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def marked(command: str) -> bool:
+    return command.endswith(MARKS)
+
+
+def page_commands(page: Path) -> list[str]:
+    return [c for lang, code in blocks(page) if lang == "bash" for c in commands(code)]
+
+
+def runnable(page: Path) -> bool:
+    return any(not marked(c) and not c.startswith("make ") for c in page_commands(page))
+
+
+def rel(page: Path) -> str:
+    return str(page.relative_to(REPO))
+
+
+def test_every_command_is_run_here_or_marked():
+    targets = set(re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), re.M))
+    for page in PAGES:
+        for command in page_commands(page):
+            if marked(command):
+                continue
+            program = command.split()[0]
+            if program == "make":  # CI runs `make docs` and `make test`; `make demo` is simclr.md's commands
+                assert command.split()[1] in targets, (rel(page), command)
+            else:  # run by test_page_commands_run, or refused here: mark it or make it runnable
+                assert program == "selfsup" or re.match(r"^[A-Z]+=\$\(ls ", command), (rel(page), command)
+            assert "torchrun" not in command and "sbatch" not in command, (rel(page), command)
+
+
+def test_the_site_quickstart_is_the_readme_quickstart():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Quickstart"):readme.index("## Which method?")]
+    in_readme = [c for lang, code in BLOCK.findall(section) if lang == "bash" for c in commands(code)]
+    assert in_readme and page_commands(REPO / "docs/quickstart.md") == in_readme
+    python = [code for lang, code in BLOCK.findall(section) if lang == "python"]
+    assert python == [code for lang, code in blocks(REPO / "docs/quickstart.md") if lang == "python"]
+
+
+def test_every_config_named_in_the_docs_exists():
+    for page in PAGES:
+        for name in re.findall(r"experiments/[\w/.-]+\.yaml", page.read_text()):
+            assert (REPO / name).is_file(), (rel(page), name)
+
+
+def test_nothing_points_outside_the_repository():
+    for root in ("ssl", "docs", "tests", "experiments", "slurm", "data"):
+        for path in (REPO / root).rglob("*"):
+            if path.suffix in (".py", ".md", ".yaml", ".sbatch", ".sh") and path.name != "test_docs.py":
+                assert "METHODS.md" not in path.read_text(), path
+    for page in PAGES:
+        assert "METHODS.md" not in page.read_text() and "/work/" not in page.read_text(), page
+
+
+def test_the_docs_site_builds_strictly(tmp_path):
+    mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent))
+    if mkdocs is None:
+        pytest.skip("mkdocs is not installed: make install (the docs extra)")
+    proc = subprocess.run([mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "WARNING" not in proc.stderr, proc.stderr[-3000:]
+    for page in ("index.html", "quickstart.html", "methods/swav.html", "api.html"):
+        assert (tmp_path / "site" / page).is_file(), page
+    assert "sinkhorn" in (tmp_path / "site/api.html").read_text()  # the reference is generated from docstrings
+
+
+def photos(root: Path) -> None:
+    """The quickstart's folder: 2 classes x 150 small RGB photos (noise tinted by class)."""
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("cats", "dogs")):
+        (root / name).mkdir(parents=True)
+        for i in range(150):
+            pixels = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+            pixels[..., 2 * label] = 255 - pixels[..., 2 * label] // 4
+            Image.fromarray(pixels).save(root / name / f"{i:03d}.png")
+
+
+def script(page: Path) -> tuple[str, str]:
+    """A page's commands and Python blocks as one bash script, in page order; marked commands and `make` left
+    out. `selfsup` runs this checkout's CLI; `fit` gets SHORT_FIT appended. Python blocks run with the page's
+    earlier Python blocks before them, as in one reader's session. Returned: the script, and the page's Python
+    blocks joined (importable as my_methods, which adding-a-method.md trains through the CLI)."""
+    lines = ["set -euo pipefail",
+             f'selfsup() {{ if [ "$1" = fit ]; then "$PY" -m selfsup.cli "$@" {SHORT_FIT}; '
+             'else "$PY" -m selfsup.cli "$@"; fi; }']
+    python: list[str] = []
+    for lang, code in blocks(page):
+        if lang == "bash":
+            lines += [c for c in commands(code) if not marked(c) and not c.startswith("make ")]
+        elif lang == "python":
+            python.append(code)
+            lines.append(f"\"$PY\" - <<'PYTHON'\n{''.join(python)}PYTHON")
+    return "\n".join(lines) + "\n", "".join(python)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("page", [p for p in PAGES if runnable(p) and p.name != "quickstart.md"], ids=rel)
+def test_page_commands_run(page, tmp_path, mnist5k):
+    """Each page's commands, in order, in a fresh folder that has the repository's experiments/ (and the
+    quickstart's photos/). docs/quickstart.md holds the README's commands (test above)."""
+    (tmp_path / "experiments").symlink_to(REPO / "experiments")
+    photos(tmp_path / "photos")
+    text, python = script(page)
+    (tmp_path / "my_methods.py").write_text(python)
+    env = {**os.environ, "PY": sys.executable, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "ssl"), str(tmp_path)])}
+    proc = subprocess.run(["bash", "-c", text], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, f"{rel(page)}:\n{text}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    if page.name == "README.md":
+        assert "pretrained backbone" in proc.stdout and (tmp_path / "backbone.pt").is_file()
