@@ -1,4 +1,5 @@
-"""The real `selfsup` entry point: every README path, and one clear message for each bad input."""
+"""The real `selfsup` entry point: its subcommands and options, and one clear message for each bad input (the
+documented commands themselves run in tests/test_docs.py)."""
 
 from __future__ import annotations
 
