@@ -146,4 +146,4 @@ def test_page_commands_run(page, tmp_path, mnist5k):
     proc = subprocess.run(["bash", "-c", text], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, f"{rel(page)}:\n{text}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     if page.name == "README.md":
-        assert "pretrained backbone" in proc.stdout and (tmp_path / "backbone.pt").is_file()
+        assert "pretrained backbone" in proc.stdout + proc.stderr and (tmp_path / "backbone.pt").is_file()
