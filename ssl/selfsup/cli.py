@@ -24,6 +24,7 @@ from selfsup.cli_checks import (
     summarize_parse_error,
     user_error,
 )
+from selfsup.collapse import CollapseMonitor
 from selfsup.data import SSLDataModule
 from selfsup.data.health import DataHealth
 from selfsup.eval import FeatureWriter
@@ -75,6 +76,7 @@ class SelfsupCLI(LightningCLI):
         parser.add_lightning_class_args(FeatureWriter, "predict_writer")  # acts only in `selfsup predict`
         parser.add_lightning_class_args(DataHealth, "data_health")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_lightning_class_args(CollapseMonitor, "collapse")  # logs health/*, warns once on collapse
         parser.add_lightning_class_args(SlurmRequeue, "slurm_requeue")  # acts only under srun (SLURM)
         parser.add_argument("--run_dir", type=str | None, default=None,
                             help="One folder for everything the run writes (loggers, checkpoints, requeue "
