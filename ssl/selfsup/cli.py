@@ -40,7 +40,8 @@ def _tool(module: str) -> Callable[[list[str]], int | None]:
 
 # Subcommands of our own (the rest go to LightningCLI): name -> main(argv) -> exit status (None: 0).
 TOOLS = {"bench": _tool("selfsup.bench"), "shards": _tool("selfsup.shards_cli"),
-         "reconstruct": _tool("selfsup.eval.reconstruction"), **EVAL_COMMANDS}
+         "reconstruct": _tool("selfsup.eval.reconstruction"), "results": _tool("selfsup.eval.results"),
+         **EVAL_COMMANDS}
 
 # Values the data decides and the model needs: (data attribute, model argument, when).
 LINKED_FROM_DATA = (
