@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_ARGS ?=  # e.g. BENCH_ARGS="--device cuda --precision bf16-mixed --channels-last" on a GPU
 
-.PHONY: install demo test test-fast bench lint docs clean
+.PHONY: install demo test test-fast bench results lint docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench: $(STAMP)  ## each method's step against its backbone floor; data pipeline
 	$(BIN)/selfsup bench $(BENCH_ARGS)
 	$(BIN)/selfsup bench data
 	$(BIN)/selfsup bench knn
+
+results: $(STAMP)  ## every method's CPU recipe + its evaluations vs random init and raw pixels -> docs/results.md (~40 min idle)
+	$(BIN)/selfsup results
 
 docs: $(STAMP)  ## the docs site in site/ (MkDocs + Material + mkdocstrings); broken links or missing pages fail
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

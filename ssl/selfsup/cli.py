@@ -24,6 +24,7 @@ from selfsup.cli_checks import (
     summarize_parse_error,
     user_error,
 )
+from selfsup.collapse import CollapseMonitor
 from selfsup.data import SSLDataModule
 from selfsup.data.health import DataHealth
 from selfsup.eval import FeatureWriter
@@ -39,7 +40,8 @@ def _tool(module: str) -> Callable[[list[str]], int | None]:
 
 # Subcommands of our own (the rest go to LightningCLI): name -> main(argv) -> exit status (None: 0).
 TOOLS = {"bench": _tool("selfsup.bench"), "shards": _tool("selfsup.shards_cli"),
-         "reconstruct": _tool("selfsup.eval.reconstruction"), **EVAL_COMMANDS}
+         "reconstruct": _tool("selfsup.eval.reconstruction"), "results": _tool("selfsup.eval.results"),
+         **EVAL_COMMANDS}
 
 # Values the data decides and the model needs: (data attribute, model argument, when).
 LINKED_FROM_DATA = (
@@ -75,6 +77,7 @@ class SelfsupCLI(LightningCLI):
         parser.add_lightning_class_args(FeatureWriter, "predict_writer")  # acts only in `selfsup predict`
         parser.add_lightning_class_args(DataHealth, "data_health")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_lightning_class_args(CollapseMonitor, "collapse")  # logs health/*, warns once on collapse
         parser.add_lightning_class_args(SlurmRequeue, "slurm_requeue")  # acts only under srun (SLURM)
         parser.add_argument("--run_dir", type=str | None, default=None,
                             help="One folder for everything the run writes (loggers, checkpoints, requeue "

@@ -35,11 +35,14 @@ def host_scalar(value: float) -> torch.Tensor:
 
 @dataclass
 class StepOutput:
-    """What a method's ``ssl_step`` returns: the loss, backbone features for the online probe, extra logs."""
+    """What a method's ``ssl_step`` returns: the loss, pooled backbone features of one view (for the online probe
+    and the collapse monitor), what the loss compares for that view (projector outputs, for the collapse
+    monitor; None where there is no projector) and extra logs."""
 
     loss: torch.Tensor
     features: torch.Tensor | None = None
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    embeddings: torch.Tensor | None = None
 
 
 class SSLMethod(L.LightningModule):
@@ -151,7 +154,8 @@ class SSLMethod(L.LightningModule):
                 f"{type(self.default_views(8)).__name__} (or drop data.views to get {name}'s default)"
             )
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """The loss, with the step's detached features and embeddings for callbacks (``CollapseMonitor``)."""
         out = self.ssl_step(batch)
         loss, logs = out.loss, {"train/loss": out.loss, **out.logs}
         if self.probe is not None and out.features is not None:
@@ -161,7 +165,8 @@ class SSLMethod(L.LightningModule):
         self.log_dict(logs, on_step=True, on_epoch=True, prog_bar=False, batch_size=len(batch["label"]))
         self.log("train/lr", host_scalar(self.trainer.optimizers[0].param_groups[0]["lr"]), on_step=True,
                  on_epoch=False)
-        return loss
+        detached = {k: getattr(out, k) for k in ("features", "embeddings") if getattr(out, k) is not None}
+        return {"loss": loss, **{k: v.detach() for k, v in detached.items()}}
 
     def _probe(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy and top-1 of the online probe over labelled rows (label -1: unlabelled)."""

@@ -105,7 +105,8 @@ class PixPro(SSLMethod):
     def ssl_step(self, batch: dict[str, Any]) -> StepOutput:
         views, boxes = batch["views"], batch["boxes"]
         maps = [self.backbone.forward_features(v) for v in views]
-        preds = [self.propagation(self.projector(m)) for m in maps]
+        projected = [self.projector(m) for m in maps]
+        preds = [self.propagation(p) for p in projected]
         tau = self.update_momentum()
         with torch.no_grad():
             key_maps = [self.momentum_backbone.forward_features(v) for v in views]
@@ -117,7 +118,8 @@ class PixPro(SSLMethod):
             instance = self._instance_loss(maps, key_maps)
             loss = loss + self.hparams.instance_weight * instance
             logs["train/instance_loss"] = instance.detach()
-        return StepOutput(loss=loss, features=maps[0].flatten(2).mean(2), logs=logs)
+        return StepOutput(loss=loss, features=maps[0].flatten(2).mean(2), logs=logs,
+                          embeddings=projected[0].flatten(2).mean(2))
 
     def _instance_loss(self, maps: list[torch.Tensor], key_maps: list[torch.Tensor]) -> torch.Tensor:
         """The instance branch: each view's pooled prediction against the other view's pooled momentum target."""

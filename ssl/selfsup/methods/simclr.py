@@ -49,4 +49,4 @@ class SimCLR(SSLMethod):
         view1, view2 = batch["views"]
         features = self.backbone(torch.cat([view1, view2]))  # BN statistics over both views, as the official code
         z1, z2 = self.projector(features).chunk(2)
-        return StepOutput(loss=nt_xent(z1, z2, self.temperature), features=features[: len(view1)])
+        return StepOutput(loss=nt_xent(z1, z2, self.temperature), features=features[: len(view1)], embeddings=z1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,8 +79,9 @@ class SwAV(SSLMethod):
             scores = self.prototypes(z).chunk(len(crops))
         codes = self._codes(z.detach().chunk(len(crops)), scores, n)
         loss = swapped_prediction_loss(scores, codes, hp.temperature)
-        logs = {"train/queue_in_use": host_scalar(self._queue_full()), **self._health(z.detach()[:n], codes)}
-        return StepOutput(loss=loss, features=features[:n], logs=logs)
+        logs = {"train/queue_in_use": host_scalar(self._queue_full()), **self._health(z.detach()[:n], codes),
+                **self._prototype_use(scores[0].detach(), loss.detach())}
+        return StepOutput(loss=loss, features=features[:n], logs=logs, embeddings=z[:n])
 
     @torch.no_grad()
     def _codes(self, z: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], n: int) -> dict[int, torch.Tensor]:
@@ -108,6 +110,13 @@ class SwAV(SSLMethod):
             a, c = (codes[i].argmax(dim=1) for i in self.crops_for_assign[:2])
             logs["train/code_agreement"] = (a == c).float().mean()
         return logs
+
+    def _prototype_use(self, scores: torch.Tensor, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        """How many prototypes are the nearest of at least one image of the batch (first crop), and the loss
+        minus ln K: 0 when every prediction is uniform over the K prototypes, the collapsed state."""
+        k = scores.shape[1]
+        used = torch.zeros(k, dtype=torch.bool, device=scores.device).index_fill_(0, scores.argmax(1), True)
+        return {"train/prototypes_used": used.sum().float(), "train/loss_minus_lnK": loss - math.log(k)}
 
     def _queue_full(self) -> bool:
         return self.queue is not None and self.queue_filled >= self.queue.shape[1]

@@ -1,0 +1,248 @@
+"""`selfsup results`: run every method's CPU recipe and the evaluations it is judged by, against its random
+init and the raw pixels, and write one table (``docs/results.md``) and a chart (``docs/results.png``).
+
+    selfsup results                         # every recipe of experiments/results.yaml (about 40 min on 2 cores)
+    selfsup results --only simclr swav      # some of them
+    selfsup results --quick                 # seconds-long smoke runs of the same steps (tests)
+
+Every step is the real command a user would type (`selfsup fit`, `selfsup knn`), run as a child process with its
+output in ``<work>/<recipe>/<step>.log``; a step that fails marks its cells with the reason and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selfsup.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[3]
+VARIANTS = ("pretrained", "random", "pixels")  # the backbones each evaluation runs on
+METRICS = {"linear": "val/top1", "finetune": "val/top1", "dense": "val/miou"}  # fit-based evaluations
+COLUMNS = ("knn", "linear", "finetune", "dense")
+
+
+@dataclass
+class Row:
+    """One recipe's outcome: pretraining wall time, scores[evaluation][variant], and failures by step."""
+
+    key: str
+    name: str
+    judged_by: str
+    backbone: str = ""
+    seconds: float | None = None
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def run_step(argv: list[str], log: Path) -> str | None:
+    """Run ``selfsup ARGV`` (this interpreter, this checkout) with its output in ``log``; None on success, else
+    the reason: the command's own one-line error, or its last line."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    paths = (str(REPO / "ssl"), os.environ.get("PYTHONPATH"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    with log.open("w") as out:
+        proc = subprocess.run([sys.executable, "-m", "selfsup.cli", *argv], cwd=REPO, stdout=out,
+                              stderr=subprocess.STDOUT, env=env, text=True)
+    if proc.returncode == 0:
+        return None
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("selfsup: error:")]
+    return (errors or lines or [f"exit code {proc.returncode}"])[-1][:300]
+
+
+def last_metric(run_dir: Path, name: str) -> float:
+    """The last logged value of ``name`` in the metrics.csv under ``run_dir``."""
+    values = [row[name] for path in sorted(run_dir.rglob("metrics.csv")) for row in csv.DictReader(path.open())
+              if row.get(name)]
+    if not values:
+        raise ConfigError(f"no {name} was logged under {run_dir}")
+    return float(values[-1])
+
+
+def baseline_checkpoints(trained: Path, pixels: dict[str, Any] | None, out: Path) -> dict[str, Path]:
+    """Checkpoints of the baselines beside ``trained``: the same architecture at a seeded random init, and (if
+    ``pixels`` gives its image size) the identity ``pixels`` backbone; both hold only the backbone and its spec,
+    which is all that `selfsup knn` and the probes' ``init_from`` read."""
+    import torch
+
+    from selfsup.eval.checkpoint import BackboneSpec, backbone_spec, load_checkpoint
+
+    spec = backbone_spec(load_checkpoint(trained), trained)
+    specs = {"random": spec}
+    if pixels:
+        specs["pixels"] = BackboneSpec("pixels", dict(pixels), spec.in_channels)
+    paths = {}
+    for variant, s in specs.items():
+        torch.manual_seed(0)
+        state = {f"backbone.{k}": v for k, v in s.build().state_dict().items()}
+        hparams = {"backbone": s.name, "backbone_args": s.args, "in_channels": s.in_channels}
+        paths[variant] = out / f"{variant}.ckpt"
+        torch.save({"state_dict": state, "hyper_parameters": hparams}, paths[variant])
+    return paths
+
+
+def architecture_args(ckpt: Path) -> list[str]:
+    """Overrides that make a probe config build ``ckpt``'s backbone."""
+    from selfsup.eval.checkpoint import backbone_spec, load_checkpoint
+
+    spec = backbone_spec(load_checkpoint(ckpt), ckpt)
+    return ["--model.init_args.backbone", spec.name, "--model.init_args.backbone_args", json.dumps(spec.args)]
+
+
+def evaluate(kind: str, config: str, ckpt: Path, work: Path, quick: list[str]) -> float:
+    """One evaluation of one checkpoint through the CLI; raises ConfigError with the reason if it fails."""
+    if kind == "knn":
+        out = work / f"{ckpt.stem}-knn.json"
+        reason = run_step(["knn", "--ckpt", str(ckpt), "-c", config, "--k", "20", "--out", str(out)],
+                          work / f"knn-{ckpt.stem}.log")
+        if reason is None:
+            return float(json.loads(out.read_text())["results"][0]["top1"])
+    else:
+        run_dir = work / f"{kind}-{ckpt.stem}"
+        reason = run_step(["fit", "-c", config, "--model.init_from", str(ckpt), *architecture_args(ckpt),
+                           "--run_dir", str(run_dir), *quick], work / f"{kind}-{ckpt.stem}.log")
+        if reason is None:
+            return last_metric(run_dir, METRICS[kind])
+    raise ConfigError(reason)
+
+
+def run_recipe(key: str, recipe: dict[str, Any], work: Path, quick: bool, quick_eval: list[str],
+               say: Any) -> Row:
+    """Pretrain one recipe, then evaluate it and its baselines; failures are recorded, never raised."""
+    from selfsup.eval.checkpoint import backbone_spec, load_checkpoint
+
+    row = Row(key, recipe.get("name", key), recipe.get("judged_by", "knn"))
+    work.mkdir(parents=True, exist_ok=True)
+    say(f"{row.name}: pretraining ({recipe['pretrain']}), log in {work / 'pretrain.log'}")
+    start = time.perf_counter()
+    pretrain_dir = work / "pretrain"
+    reason = run_step(["fit", "-c", recipe["pretrain"], "--run_dir", str(pretrain_dir),
+                       *(recipe.get("quick", []) if quick else [])], work / "pretrain.log")
+    row.seconds = time.perf_counter() - start
+    trained = max(pretrain_dir.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime, default=None)
+    if reason is not None or trained is None:
+        row.failures["pretrain"] = reason or f"no last.ckpt under {pretrain_dir}"
+        say(f"{row.name}: pretraining failed: {row.failures['pretrain']}")
+        return row
+    checkpoints = {"pretrained": trained, **baseline_checkpoints(trained, recipe.get("pixels"), work)}
+    row.backbone = str(backbone_spec(load_checkpoint(trained), trained))
+    for kind, config in recipe.get("evaluate", {}).items():
+        for variant, ckpt in checkpoints.items():
+            if variant == "pixels" and kind not in ("knn", "linear"):
+                continue
+            try:
+                score = evaluate(kind, config, ckpt, work, quick_eval if quick else [])
+            except ConfigError as err:
+                row.failures[f"{kind} ({variant})"] = str(err)
+                say(f"{row.name}: {kind} of the {variant} backbone failed: {err}")
+                continue
+            row.scores.setdefault(kind, {})[variant] = score
+            say(f"{row.name}: {kind} {variant} {score:.4f}")
+    return row
+
+
+def cell(row: Row, kind: str) -> str:
+    """'pretrained / random / pixels' of one evaluation ('-' for a failed one, no pixels where it does not apply)."""
+    scores = row.scores.get(kind)
+    if not scores:
+        return "failed" if any(k.startswith(kind) for k in row.failures) else ""
+    return " / ".join(f"{scores[v]:.3f}" if v in scores else "-" for v in VARIANTS if v in scores or v != "pixels")
+
+
+def markdown(rows: list[Row], total_seconds: float, machine: str) -> str:
+    """The results page: one table, the chart, failures with their reasons, and how it was made."""
+    lines = [
+        "# Results",
+        "",
+        "Every method's CPU recipe on the built-in data, and the evaluations it is judged by. Each cell is",
+        "**pretrained / random init / raw pixels** (the same evaluation of the same architecture before training, "
+        "and of the",
+        "image itself). kNN: top-1, k=20, T=0.07, bank = train; linear: frozen-backbone linear probe, val top-1;",
+        "fine-tune: val top-1; dense: dense-probe mIoU.",
+        "",
+        "| method | backbone | judged by | pretraining | kNN | linear | fine-tune | dense |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        minutes = f"{r.seconds / 60:.1f} min" if r.seconds is not None else ""
+        status = " (pretraining failed)" if "pretrain" in r.failures else ""
+        lines.append(f"| {r.name}{status} | {r.backbone} | {r.judged_by} | {minutes} | "
+                     + " | ".join(cell(r, k) for k in COLUMNS) + " |")
+    failures = [f"- {r.name}, {step}: {reason}" for r in rows for step, reason in r.failures.items()]
+    if failures:
+        lines += ["", "Failed steps:", "", *failures]
+    lines += ["", "![results](results.png)", "",
+              f"Made by `make results` (`selfsup results`) in {total_seconds / 60:.0f} min on {machine}."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[Row], out: Path) -> None:
+    """Grouped bars per method (pretrained, random init, raw pixels) for kNN and the linear probe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, kind in zip(axes, ("knn", "linear")):
+        for i, variant in enumerate(VARIANTS):
+            values = [r.scores.get(kind, {}).get(variant, 0.0) for r in rows]
+            ax.bar([x + (i - 1) * 0.27 for x in range(len(rows))], values, width=0.27, label=variant)
+        ax.set_xticks(range(len(rows)), [r.name for r in rows])
+        ax.set_title({"knn": "kNN top-1 (k=20)", "linear": "linear probe top-1"}[kind])
+        ax.set_ylim(0, 1)
+    axes[0].legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def machine_line() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{platform.machine()}, {os.cpu_count()} cores, load {load:.1f} at the end"
+
+
+def main(argv: list[str]) -> None:
+    """Run the CPU recipes and their evaluations; write the results table and chart."""
+    parser = argparse.ArgumentParser(prog="selfsup results", description=main.__doc__)
+    parser.add_argument("--recipes", type=Path, default=REPO / "experiments/results.yaml",
+                        help="the recipes and their evaluations (default: experiments/results.yaml)")
+    parser.add_argument("--only", nargs="+", default=None, help="recipe keys to run (default: all)")
+    parser.add_argument("--out", type=Path, default=REPO / "docs/results.md", help="the Markdown table")
+    parser.add_argument("--work", type=Path, default=None, help="where runs and logs go (default: runs/results/TIME)")
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke runs (the recipes' quick overrides)")
+    args = parser.parse_args(argv)
+    if not args.recipes.is_file():
+        raise ConfigError(f"recipes file {args.recipes} does not exist; give --recipes experiments/results.yaml")
+    spec = yaml.safe_load(args.recipes.read_text()) or {}
+    recipes = spec.get("recipes") or {}
+    unknown = sorted(set(args.only or ()) - set(recipes))
+    if unknown:
+        raise ConfigError(f"--only {' '.join(unknown)}: no such recipe in {args.recipes}; "
+                          f"choose from {', '.join(recipes)}")
+    keys = args.only or list(recipes)
+    work = args.work or REPO / "runs/results" / time.strftime("%Y%m%d-%H%M%S")
+    start = time.perf_counter()
+
+    def say(message: str) -> None:
+        print(f"[{time.perf_counter() - start:7.0f} s] {message}", flush=True)
+
+    rows = [run_recipe(k, recipes[k], work / k, args.quick, list(spec.get("quick_eval", [])), say) for k in keys]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    chart(rows, args.out.with_suffix(".png"))
+    args.out.write_text(markdown(rows, time.perf_counter() - start, machine_line()))
+    (work / "results.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1) + "\n")
+    print(args.out.read_text())
+    print(f"written: {args.out}, {args.out.with_suffix('.png')}, {work / 'results.json'}")

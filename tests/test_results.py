@@ -1,0 +1,44 @@
+"""`selfsup results`: the real recipes' steps end to end (quick overrides), baselines beside the pretrained
+backbone, and a failing recipe that is reported in its row while the others finish."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from clirun import REPO, selfsup
+from selfsup.backbones import build_backbone
+
+
+def test_the_pixels_backbone_is_the_flattened_image() -> None:
+    x = torch.rand(2, 1, 28, 28)
+    pixels = build_backbone("pixels", in_channels=1, image_size=28)
+    assert pixels.num_features == 784 and torch.equal(pixels(x), x.flatten(1))
+    assert list(pixels.state_dict()) == []
+
+
+@pytest.mark.slow
+def test_results_runs_the_recipes_and_marks_a_failing_one(tmp_path: Path) -> None:
+    recipes = yaml.safe_load((REPO / "experiments/results.yaml").read_text())
+    simclr = {**recipes["recipes"]["simclr"], "evaluate": {"knn": "experiments/eval/mnist5k.yaml"}}
+    broken = {"name": "Broken", "pretrain": "experiments/simclr/no-such-recipe.yaml", "evaluate": {}}
+    spec = tmp_path / "recipes.yaml"
+    spec.write_text(yaml.safe_dump({"quick_eval": recipes["quick_eval"],
+                                    "recipes": {"broken": broken, "simclr": simclr}}))
+    out = tmp_path / "docs/results.md"
+    proc = selfsup("results", "--recipes", str(spec), "--quick", "--out", str(out), "--work", str(tmp_path / "w"),
+                   cwd=tmp_path)
+    table = out.read_text()
+    assert "| Broken (pretraining failed) |" in table and "no-such-recipe.yaml" in table, table
+    simclr_row = next(line for line in table.splitlines() if line.startswith("| SimCLR |"))
+    knn = [float(v) for v in simclr_row.split("|")[5].split("/")]
+    assert len(knn) == 3 and all(0 < v <= 1 for v in knn)  # pretrained / random init / raw pixels
+    assert knn[2] > 0.9  # raw pixels on MNIST-5k: about 0.94
+    assert out.with_suffix(".png").stat().st_size > 1000
+    rows = json.loads((tmp_path / "w/results.json").read_text())
+    assert rows[1]["scores"]["knn"].keys() == {"pretrained", "random", "pixels"}
+    assert "written:" in proc.stdout
