@@ -30,9 +30,13 @@ def test_results_runs_the_recipes_and_marks_a_failing_one(tmp_path: Path) -> Non
     spec.write_text(yaml.safe_dump({"quick_eval": recipes["quick_eval"],
                                     "recipes": {"broken": broken, "simclr": simclr}}))
     out = tmp_path / "docs/results.md"
+    out.parent.mkdir()
+    out.write_text("# Results\n\nbefore\n<!-- results:start -->\nold table\n<!-- results:end -->\nafter\n")
     proc = selfsup("results", "--recipes", str(spec), "--quick", "--out", str(out), "--work", str(tmp_path / "w"),
                    cwd=tmp_path)
     table = out.read_text()
+    assert table.startswith("# Results\n\nbefore\n") and table.endswith("<!-- results:end -->\nafter\n")
+    assert "old table" not in table
     assert "| Broken (pretraining failed) |" in table and "no-such-recipe.yaml" in table, table
     simclr_row = next(line for line in table.splitlines() if line.startswith("| SimCLR |"))
     knn = [float(v) for v in simclr_row.split("|")[5].split("/")]

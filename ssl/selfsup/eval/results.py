@@ -164,13 +164,10 @@ def cell(row: Row, kind: str) -> str:
 def markdown(rows: list[Row], total_seconds: float, machine: str) -> str:
     """The results page: one table, the chart, failures with their reasons, and how it was made."""
     lines = [
-        "# Results",
-        "",
         "Every method's CPU recipe on the built-in data, and the evaluations it is judged by. Each cell is",
-        "**pretrained / random init / raw pixels** (the same evaluation of the same architecture before training, "
-        "and of the",
-        "image itself). kNN: top-1, k=20, T=0.07, bank = train; linear: frozen-backbone linear probe, val top-1;",
-        "fine-tune: val top-1; dense: dense-probe mIoU.",
+        "**pretrained / random init / raw pixels**: the same evaluation of the same architecture before training,",
+        "and of the image itself. kNN: top-1, k=20, T=0.07, bank = train; linear: frozen-backbone linear probe,",
+        "val top-1; fine-tune: val top-1; dense: dense-probe mIoU.",
         "",
         "| method | backbone | judged by | pretraining | kNN | linear | fine-tune | dense |",
         "|---|---|---|---|---|---|---|---|",
@@ -186,6 +183,19 @@ def markdown(rows: list[Row], total_seconds: float, machine: str) -> str:
     lines += ["", "![results](results.png)", "",
               f"Made by `make results` (`selfsup results`) in {total_seconds / 60:.0f} min on {machine}."]
     return "\n".join(lines) + "\n"
+
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def write_table(out: Path, table: str) -> None:
+    """Write ``table`` into ``out`` between the START and END markers when the page has them (the text around
+    them is the page's own), else as the whole file."""
+    page = out.read_text() if out.is_file() else ""
+    if not (START in page and END in page):
+        page = f"# Results\n\n{START}\n{END}\n"
+    head, rest = page.split(START, 1)
+    out.write_text(f"{head}{START}\n{table}{END}{rest.split(END, 1)[1]}")
 
 
 def chart(rows: list[Row], out: Path) -> None:
@@ -242,7 +252,7 @@ def main(argv: list[str]) -> None:
     rows = [run_recipe(k, recipes[k], work / k, args.quick, list(spec.get("quick_eval", [])), say) for k in keys]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     chart(rows, args.out.with_suffix(".png"))
-    args.out.write_text(markdown(rows, time.perf_counter() - start, machine_line()))
+    write_table(args.out, markdown(rows, time.perf_counter() - start, machine_line()))
     (work / "results.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1) + "\n")
     print(args.out.read_text())
     print(f"written: {args.out}, {args.out.with_suffix('.png')}, {work / 'results.json'}")
