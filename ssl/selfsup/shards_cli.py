@@ -8,7 +8,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import braceexpand
 from tqdm import tqdm
 
 from selfsup.data.builtin import get_builtin
@@ -26,6 +25,7 @@ from selfsup.data.members import (
 )
 from selfsup.data.parts import PartError, ShardPart
 from selfsup.data.shards import parse_size, write_shard_set
+from selfsup.data.sources import expand_pattern
 from selfsup.errors import ConfigError
 
 
@@ -74,6 +74,8 @@ def check_sample(sample: dict, manifest: Manifest | None, report: ShardReport) -
     key = sample["__key__"]
     report.refused += [f"{key}.{ext}" for ext in refused_members(sample)]
     try:
+        if "__error__" in sample:
+            raise BadSample(sample["__error__"])
         media = media_member(sample, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
         if media in IMAGE_EXTENSIONS:
             decode_image(sample[media], manifest.channels if manifest else 3)
@@ -87,6 +89,8 @@ def check_sample(sample: dict, manifest: Manifest | None, report: ShardReport) -
             json.loads(sample["json"])
         if "npy" in sample:
             load_npy(sample["npy"])
+    except RecursionError:
+        report.problems.append(f"{key}: json member nested too deeply to parse")
     except (BadSample, ValueError) as err:
         report.problems.append(f"{key}: {err}")
 
@@ -112,7 +116,7 @@ def shards_to_inspect(path: Path) -> tuple[Manifest | None, dict[str, list[Shard
             name: [ShardPart(str(path / s), n) for s, n in zip(split.shards, split.counts)]
             for name, split in manifest.splits.items()
         }
-    files = [Path(p) for p in braceexpand.braceexpand(str(path))]
+    files = [Path(p) for p in expand_pattern(str(path))]
     missing = [p for p in files if not p.is_file()]
     if missing:
         raise ConfigError(f"{missing[0]} does not exist; give a shard folder (with {MANIFEST}) or tar file(s)")

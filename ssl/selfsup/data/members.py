@@ -8,6 +8,7 @@ Shards come from other people, so nothing is ever unpickled: only images (Pillow
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -182,8 +183,17 @@ def decode_sample(sample: dict[str, Any], channels: int, num_classes: int = 0, m
 
 
 def load_npy(data: bytes) -> np.ndarray:
-    """A plain numpy array from ``.npy`` bytes; object arrays (which would need pickle) are refused."""
+    """A plain numpy array from ``.npy`` bytes; BadSample for object arrays (which would need pickle) and for a
+    header that declares more data than the member holds (numpy would allocate it all before reading)."""
+    buffer = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as err:
+        major, _ = np.lib.format.read_magic(buffer)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(buffer)
+        declared, held = math.prod(shape) * dtype.itemsize, len(data) - buffer.tell()
+        if declared <= held:
+            return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, TypeError, EOFError) as err:
         raise BadSample(f"refused .npy member: {err}") from err
+    raise BadSample(f"refused .npy member: its header declares {declared:,} bytes ({dtype} {shape}), the member "
+                    f"holds {held:,}")
