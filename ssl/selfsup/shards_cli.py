@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from tqdm import tqdm
 
 from selfsup.data.builtin import get_builtin
 from selfsup.data.folders import file_samples, list_folder
+from selfsup.data.limits import Limits
 from selfsup.data.manifest import MANIFEST, Manifest
 from selfsup.data.members import (
     IMAGE_EXTENSIONS,
@@ -30,30 +32,59 @@ from selfsup.errors import ConfigError
 
 
 def write(args: argparse.Namespace) -> None:
-    """Write the shards of a built-in data set or an image/video folder, with a manifest."""
+    """Write the shards of a built-in data set or an image/video folder, with a manifest; the files it passes
+    over (not images or videos, unreadable, images that do not decode) are listed at the end."""
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out} already exists and is not empty; remove it or choose another folder")
     limits = {"maxcount": args.maxcount or (100_000_000 if args.maxsize else 1000)}
     if args.maxsize:
         limits["maxsize"] = parse_size(args.maxsize)
     source = args.source.removeprefix("folder:")
+    passed_over: list[tuple[Path, str]] = []
     if source.startswith("builtin:"):
         builtin = get_builtin(source.removeprefix("builtin:"))
         manifest = write_shard_set(out, builtin.manifest(), builtin.samples(), progress=not args.quiet, **limits)
     else:
         listing = list_folder(source, val_fraction=args.val_fraction, seed=args.seed)
+        passed_over = listing.passed_over
         manifest = Manifest(name=args.name or out.name, channels=args.channels or listing.channels(),
                             classes=listing.classes, media=listing.media)
-        samples = {name: file_samples(files, listing.root) for name, files in listing.splits.items()}
+        samples = {name: checked_samples(files, listing.root, manifest, passed_over)
+                   for name, files in listing.splits.items()}
         totals = {name: len(files) for name, files in listing.splits.items()}
         manifest = write_shard_set(out, manifest, samples, totals=totals, progress=not args.quiet, **limits)
     size = sum(p.stat().st_size for p in out.glob("*.tar"))
     for name, split in manifest.splits.items():
         print(f"{name}: {split.num_samples} samples in {len(split.shards)} shards")
+    if passed_over:
+        print(f"passed over {len(passed_over)} file(s) or folder(s):")
+        for path, reason in passed_over:
+            print(f"  {path}: {reason}")
     labels = f"{manifest.num_classes} classes" if manifest.classes else "unlabeled"
     print(f"wrote {out} ({size / 1e6:.1f} MB, {manifest.media}s, {manifest.channels} channel(s), {labels}); "
           f"use it as   source: shards:{out}")
+
+
+def checked_samples(files: list[tuple[Path, int]], root: Path, manifest: Manifest,
+                    passed_over: list[tuple[Path, str]]) -> Iterator[dict]:
+    """The samples of ``files`` that can be read (within the member cap) and, for images, decode; the others
+    are appended to ``passed_over`` with the reason."""
+    limits = Limits.from_env()
+    for entry in files:
+        path = entry[0]
+        try:
+            if path.stat().st_size > limits.max_member_bytes:
+                raise BadSample(f"{path.stat().st_size:,} bytes is over {limits.describe('max_member_bytes')}")
+            sample = next(file_samples([entry], root))
+            if manifest.media == "image":
+                decode_image(sample[path.suffix[1:].lower()], manifest.channels, limits)
+        except OSError as err:
+            passed_over.append((path, f"cannot read it ({err.strerror or err})"))
+        except BadSample as err:
+            passed_over.append((path, str(err)))
+        else:
+            yield sample
 
 
 @dataclass
