@@ -32,11 +32,12 @@ class Part(Protocol):
 
 class HealthTally:
     """Samples read, skipped (unusable) and members refused since the last ``take()``, by part name; ``usable``
-    counts the decoded samples since the stream began (never reset)."""
+    counts the decoded samples and ``reported`` holds the parts whose skips were logged since the stream began
+    (never reset)."""
 
     def __init__(self) -> None:
         self.seen, self.skipped, self.refused = 0, Counter(), Counter()
-        self.usable = 0
+        self.usable, self.reported = 0, set()
 
     def take(self) -> dict[str, Any]:
         """The counts so far as a plain dict (carried in each batch under ``"health"``), then reset."""
@@ -147,8 +148,11 @@ class ShardStream(IterableDataset):
         tally.seen += 1
         try:
             decoded = decode_sample(raw, self.channels, self.num_classes, self.media)
-        except BadSample:
+        except BadSample as err:
             tally.skipped[raw["__part__"]] += 1
+            if raw["__part__"] not in tally.reported:  # the first reason per part, not one line per sample
+                tally.reported.add(raw["__part__"])
+                log.warning("skipping unusable samples of %s, the first: %s", raw["__part__"], err)
             return None
         tally.usable += 1
         return decoded
