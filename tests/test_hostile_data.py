@@ -210,6 +210,24 @@ def test_write_lists_what_it_passes_over(name, tmp_path, monkeypatch, capsys):
         assert fragment in out, out
 
 
+def test_write_lists_a_folder_it_cannot_list_even_as_root(tmp_path, monkeypatch, capsys):
+    """The unreadable-folder row above, for root too: listing the folder fails as it does without permission."""
+    root = photos(tmp_path / "pics")
+    (root / "dog/private").mkdir()
+    (root / "dog/private/0.png").write_bytes(png(99))
+    real = os.scandir
+
+    def scandir(path=".", *args):
+        if Path(path) == root / "dog/private":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    code, out = cli("shards", "write", "--from", str(root), "--out", str(tmp_path / "out"), "--quiet", capsys=capsys)
+    assert code == 0 and "train: 6 samples" in out, out
+    assert f"{root / 'dog/private'}: cannot read the folder (Permission denied)" in out, out
+
+
 # ---- shards write: where it writes (out maker, exit code, fragments) ------------------------------------------
 
 @pytest.fixture

@@ -188,14 +188,16 @@ def inspect(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfsup shards", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    w = commands.add_parser("write", help="turn a folder or built-in data set into shards + manifest.json")
+    w = commands.add_parser("write", help="turn a folder or built-in data set into shards + manifest.json; every "
+                            "image is decoded first, and files passed over (not images, unreadable) are listed")
     w.add_argument("--from", dest="source", required=True,
                    help="builtin:NAME, or an image/video folder (ROOT/train/CLASS/*, ROOT/CLASS/* or ROOT/*)")
     w.add_argument("--out", required=True, help="new folder for the shards, e.g. data/shards/NAME")
     limit = w.add_mutually_exclusive_group()
     limit.add_argument("--maxcount", type=int, help="samples per shard (default 1000)")
     limit.add_argument("--maxsize", help="bytes per shard instead, e.g. 1GB")
-    w.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of train as val")
+    w.add_argument("--val-fraction", type=float, default=0.0,
+                   help="hold out this fraction of each class of train as val")
     w.add_argument("--channels", type=int, choices=(1, 3), help="decoded channels (default: probed from images)")
     w.add_argument("--name", help="data set name in the manifest (default: the --out folder's name)")
     w.add_argument("--seed", type=int, default=0, help="seed of the file order shuffle")
