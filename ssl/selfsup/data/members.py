@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -56,9 +57,11 @@ def unreadable(kind: str) -> Iterator[None]:
 
 def open_image(data: bytes, limits: Limits | None = None) -> Image.Image:
     """The image in ``data`` opened from its header only (Pillow decodes on first use); BadSample if it is
-    unreadable or has more pixels than ``limits.max_pixels``. Close it (``with``) when done."""
+    unreadable or has more pixels than ``limits.max_pixels``. Close it (``with``) when done. Pillow's warning
+    for large images is silenced (this cap decides); its own error, at twice its warning size, still holds."""
     limits = limits or Limits.from_env()
-    with unreadable("image"):
+    with unreadable("image"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         image = Image.open(io.BytesIO(data))
     if image.width * image.height > limits.max_pixels:
         image.close()
