@@ -9,9 +9,12 @@ import io
 import json
 import lzma
 import os
+import signal
 import struct
 import subprocess
+import sys
 import tarfile
+import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -287,7 +290,8 @@ def test_write_is_readable_by_others_as_the_umask_allows(tmp_path, capsys):
 def test_write_removes_the_temporary_folder_of_a_killed_write(tmp_path, capsys, caplog):
     gone = subprocess.Popen(["true"])
     gone.wait()
-    temps = {"killed": tmp_path / ".out-0badc0de", "old": tmp_path / ".out-00000001", "live": tmp_path / ".out-1"}
+    temps = {name: tmp_path / f".out-{suffix}" for name, suffix in
+             (("killed", "0badc0de"), ("old", "00000001"), ("live", "1111aaaa"))}
     for path in temps.values():
         path.mkdir()
         (path / "train-000000.tar").write_bytes(b"half a shard")
@@ -455,3 +459,21 @@ def test_knn_on_a_split_with_no_usable_sample_is_one_line(tmp_path, trained):
                    check=False, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "the val data holds no usable sample" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_write_killed_midway_is_cleaned_up_by_the_next(tmp_path):
+    root = photos(tmp_path / "pics", per_class=400)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "ssl")}
+    writer = subprocess.Popen([sys.executable, "-m", "selfsup.cli", "shards", "write", "--from", str(root), "--out",
+                               str(tmp_path / "out"), "--maxcount", "100", "--quiet"], env=env)
+    while not list(tmp_path.glob(".out-*/train-*.tar")):
+        assert writer.poll() is None, "the write ended before it could be killed"
+        time.sleep(0.01)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    killed = list(tmp_path.glob(".out-*"))
+    assert len(killed) == 1 and not (tmp_path / "out").exists()
+    proc = selfsup("shards", "write", "--from", str(root), "--out", str(tmp_path / "out"), "--quiet", cwd=tmp_path)
+    assert f"removed {killed[0]}, the temporary folder of an interrupted write" in proc.stderr
+    assert not killed[0].exists() and "train: 800 samples" in proc.stdout

@@ -122,7 +122,7 @@ def remove_stale_temps(out: Path, max_age_s: float = 3600) -> list[Path]:
     """Remove the temporary folders of earlier writes of ``out`` that were killed: their writer was a process on
     this host that is gone (or, with no writer noted, they were untouched for ``max_age_s``). Says so."""
     removed = []
-    for tmp in out.parent.glob(f".{out.name}-*"):
+    for tmp in out.parent.glob(f".{out.name}-" + "?" * 8):  # ours (8 hex digits) and tempfile.mkdtemp's
         try:
             host, pid = (tmp / WRITER).read_text().split()
             stale = host == socket.gethostname() and not _alive(int(pid))
