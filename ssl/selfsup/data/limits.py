@@ -19,6 +19,7 @@ kilobytes of xz can inflate to gigabytes.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, fields
 
@@ -45,15 +46,23 @@ class Limits:
 
     @classmethod
     def from_env(cls) -> Limits:
-        values = {}
-        for f in fields(cls):
-            text = os.environ.get(cls.variable(f.name))
-            if text is None:
-                continue
-            try:
-                values[f.name] = int(float(text))
-            except ValueError:
-                raise ConfigError(f"{cls.variable(f.name)}={text!r} is not a number; write e.g. 1e8") from None
-            if values[f.name] < 1:
-                raise ConfigError(f"{cls.variable(f.name)} must be at least 1, got {text}")
-        return cls(**values)
+        return _from_env(tuple(map(os.environ.get, _VARIABLES)))
+
+
+_VARIABLES = tuple(Limits.variable(f.name) for f in fields(Limits))
+
+
+@functools.lru_cache(maxsize=8)
+def _from_env(texts: tuple[str | None, ...]) -> Limits:
+    """Limits from the variables' values (cached: every decoded sample asks)."""
+    values = {}
+    for f, text in zip(fields(Limits), texts):
+        if text is None:
+            continue
+        try:
+            values[f.name] = int(float(text))
+        except ValueError:
+            raise ConfigError(f"{Limits.variable(f.name)}={text!r} is not a number; write e.g. 1e8") from None
+        if values[f.name] < 1:
+            raise ConfigError(f"{Limits.variable(f.name)} must be at least 1, got {text}")
+    return Limits(**values)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -19,6 +17,9 @@ import torch
 from PIL import Image
 
 from selfsup.data.limits import Limits
+
+# The pixel cap decides which images are too large; Pillow's own error, at twice its warning size, still holds.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
 VIDEO_EXTENSIONS = ("mp4", "webm", "avi", "mkv", "mov")
@@ -43,26 +44,21 @@ def media_member(sample: dict[str, Any], extensions: tuple[str, ...] = IMAGE_EXT
     return ext
 
 
-@contextmanager
-def unreadable(kind: str) -> Iterator[None]:
-    """Turn whatever a decoder raises into BadSample("unreadable KIND (...)"); BadSample passes through."""
-    try:
-        yield
-    except BadSample:
-        raise
-    except Exception as err:  # decoders raise many types for broken files (OSError, SyntaxError, ValueError ...)
-        reason = str(err).split(" <")[0]  # drop Pillow's "<_io.BytesIO object at 0x...>"
-        raise BadSample(f"unreadable {kind} ({type(err).__name__}: {reason})") from err
+def unreadable(kind: str, err: Exception) -> BadSample:
+    """The BadSample for whatever a decoder raised (decoders raise many types for broken files: OSError,
+    SyntaxError, ValueError ...)."""
+    reason = str(err).split(" <")[0]  # drop Pillow's "<_io.BytesIO object at 0x...>"
+    return BadSample(f"unreadable {kind} ({type(err).__name__}: {reason})")
 
 
 def open_image(data: bytes, limits: Limits | None = None) -> Image.Image:
     """The image in ``data`` opened from its header only (Pillow decodes on first use); BadSample if it is
-    unreadable or has more pixels than ``limits.max_pixels``. Close it (``with``) when done. Pillow's warning
-    for large images is silenced (this cap decides); its own error, at twice its warning size, still holds."""
+    unreadable or has more pixels than ``limits.max_pixels``. Close it (``with``) when done."""
     limits = limits or Limits.from_env()
-    with unreadable("image"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    try:
         image = Image.open(io.BytesIO(data))
+    except Exception as err:
+        raise unreadable("image", err) from err
     if image.width * image.height > limits.max_pixels:
         image.close()
         raise BadSample(f"image of {image.width}x{image.height} = {image.width * image.height:,} pixels is over "
@@ -78,11 +74,13 @@ def image_pixels(image: Image.Image, channels: int) -> np.ndarray:
     not decode. 16-bit and 32-bit images are scaled to 8 bits, not clipped: integers in 0..65535 by 255/65535
     (the full 16-bit range), floats in 0..1 by 255; anything else is stretched from its minimum to its maximum
     (non-finite floats become 0)."""
-    with unreadable("image"):
+    try:
         if image.mode in HIGH_DEPTH_MODES:
             pixels = _to_8bit(np.asarray(image))[:, :, None]
             return pixels if channels == 1 else np.repeat(pixels, 3, axis=2)
         pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    except Exception as err:
+        raise unreadable("image", err) from err
     return pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
 
 
@@ -122,21 +120,26 @@ def decode_video(data: bytes, channels: int, max_frames: int | None = None, limi
         raise ImportError("reading videos needs PyAV: pip install 'selfsup[video]'") from err
     limits = limits or Limits.from_env()
     frames, pixels = [], 0
-    with unreadable("video"), av.open(io.BytesIO(data), mode="r") as container:
-        stream = container.streams.video[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
-        planned = min(stream.frames, max_frames or stream.frames) * width * height  # frames: 0 when unknown
-        if planned > limits.max_video_pixels:
-            raise BadSample(f"video of {stream.frames} frames of {width}x{height} is over "
-                            f"{limits.describe('max_video_pixels')}")
-        for frame in container.decode(stream):
-            pixels += frame.width * frame.height
-            if pixels > limits.max_video_pixels:
-                raise BadSample(f"video decoded past {len(frames)} frames of {frame.width}x{frame.height}, over "
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            planned = min(stream.frames, max_frames or stream.frames) * width * height  # frames: 0 when unknown
+            if planned > limits.max_video_pixels:
+                raise BadSample(f"video of {stream.frames} frames of {width}x{height} is over "
                                 f"{limits.describe('max_video_pixels')}")
-            frames.append(_frame_pixels(frame, channels))
-            if max_frames is not None and len(frames) >= max_frames:
-                break
+            for frame in container.decode(stream):
+                pixels += frame.width * frame.height
+                if pixels > limits.max_video_pixels:
+                    raise BadSample(f"video decoded past {len(frames)} frames of {frame.width}x{frame.height}, "
+                                    f"over {limits.describe('max_video_pixels')}")
+                frames.append(_frame_pixels(frame, channels))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except BadSample:
+        raise
+    except Exception as err:
+        raise unreadable("video", err) from err
     if not frames:
         raise BadSample("video has no frames")
     pixels = np.stack(frames)
@@ -169,7 +172,8 @@ def decode_label(sample: dict[str, Any], num_classes: int) -> int:
     return label
 
 
-def decode_sample(sample: dict[str, Any], channels: int, num_classes: int = 0, media: str = "image") -> dict[str, Any]:
+def decode_sample(sample: dict[str, Any], channels: int, num_classes: int = 0, media: str = "image",
+                  limits: Limits | None = None) -> dict[str, Any]:
     """Decode one raw sample to ``{"image": uint8 (C, H, W), "label": int}`` (``media="video"``: the image is the
     whole clip, uint8 (T, C, H, W)); BadSample if unusable.
 
@@ -179,9 +183,9 @@ def decode_sample(sample: dict[str, Any], channels: int, num_classes: int = 0, m
     if "__error__" in sample:
         raise BadSample(f"sample {sample.get('__key__')}: {sample['__error__']}")
     if media == "video":
-        image = decode_video(sample[media_member(sample, VIDEO_EXTENSIONS)], channels)
+        image = decode_video(sample[media_member(sample, VIDEO_EXTENSIONS)], channels, limits=limits)
     else:
-        image = decode_image(sample[media_member(sample)], channels)
+        image = decode_image(sample[media_member(sample)], channels, limits)
     return {"image": image, "label": decode_label(sample, num_classes)}
 
 

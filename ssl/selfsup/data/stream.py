@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
+from selfsup.data.limits import Limits
 from selfsup.data.members import BadSample, decode_sample, refused_members
 from selfsup.data.parts import PartError
 from selfsup.data.views import ViewRecipe
@@ -86,6 +87,7 @@ class ShardStream(IterableDataset):
         self.parts, self.transform, self.batch_size, self.channels = list(parts), transform, batch_size, channels
         self.repeat, self.num_classes, self.shuffle_buffer, self.seed = repeat, num_classes, shuffle_buffer, seed
         self.rank, self.world_size = rank, world_size
+        self.limits = Limits.from_env()  # the caps on pixels and member sizes (see selfsup.data.limits)
         self._epoch = multiprocessing.Value("q", 0, lock=False)  # shared memory: persistent workers see updates
 
     def set_epoch(self, epoch: int) -> None:
@@ -147,7 +149,7 @@ class ShardStream(IterableDataset):
             tally.refused[raw["__part__"]] += len(refused)
         tally.seen += 1
         try:
-            decoded = decode_sample(raw, self.channels, self.num_classes, self.media)
+            decoded = decode_sample(raw, self.channels, self.num_classes, self.media, self.limits)
         except BadSample as err:
             tally.skipped[raw["__part__"]] += 1
             if raw["__part__"] not in tally.reported:  # the first reason per part, not one line per sample
