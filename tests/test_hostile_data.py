@@ -27,6 +27,7 @@ from PIL import Image
 
 from clirun import selfsup
 from selfsup.data.manifest import MANIFEST, Manifest
+from selfsup.data.members import BadSample, decode_video
 from selfsup.data.shards import encode_png, encode_video, write_shard_set
 from selfsup.data.sources import Source
 from selfsup.data.stream import ShardStream
@@ -347,17 +348,35 @@ def test_16_bit_and_float_images_are_scaled_not_clipped(tmp_path, capsys):
         assert torch.equal(image.flatten().sort().values, torch.arange(256, dtype=torch.uint8))
 
 
+def mkv(frames: int, side: int = 16) -> bytes:
+    """A Matroska video: its metadata holds no frame count, so only decoding can tell its length."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="matroska") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = side, side, "yuvj420p"
+        for _ in range(frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((side, side), np.uint8), format="gray")))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
 def test_a_video_over_the_pixel_cap_is_skipped_and_counted(tmp_path, monkeypatch, caplog):
-    def samples():
-        for i, frames in enumerate((2, 20, 2)):  # 16x16 frames: 512, 5120 and 512 pixels
+    def samples():  # 16x16 frames: 512, 5120, (unknown until decoded) 5120 and 512 pixels
+        for i, frames in enumerate((2, 20, 2)):
+            if i == 2:
+                yield {"__key__": "long-mkv", "mkv": mkv(20)}
             yield {"__key__": f"v{i}", "mp4": encode_video(torch.zeros(frames, 1, 16, 16, dtype=torch.uint8))}
 
     write_shard_set(tmp_path / "v", Manifest("v", 1, media="video"), {"train": samples()}, progress=False)
     monkeypatch.setenv("SELFSUP_MAX_VIDEO_PIXELS", "2000")
     videos, health = read_all(f"shards:{tmp_path / 'v'}")
-    assert [v.shape[0] for v in videos] == [2, 2] and health["skipped"] == {"train-000000.tar": 1}
+    assert [v.shape[0] for v in videos] == [2, 2] and health["skipped"] == {"train-000000.tar": 2}
     assert "video of 20 frames of 16x16 is over the cap of 2,000 (raise it with SELFSUP_MAX_VIDEO_PIXELS)" in (
-        caplog.text)
+        caplog.text)  # from the metadata, before decoding
+    with pytest.raises(BadSample, match="video decoded past 7 frames of 16x16, over the cap of 2,000"):
+        decode_video(mkv(20), 1)  # no frame count: decoding stops at the cap
 
 
 # ---- reading: parts that end early (D8) or yield nothing (H1) -----------------------------------------------
