@@ -232,6 +232,15 @@ def test_write_lists_a_folder_it_cannot_list_even_as_root(tmp_path, monkeypatch,
     assert f"{root / 'dog/private'}: cannot read the folder (Permission denied)" in out, out
 
 
+def test_write_of_a_folder_with_no_usable_image_writes_nothing(tmp_path, capsys):
+    (tmp_path / "pics/cat").mkdir(parents=True)
+    (tmp_path / "pics/cat/0.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    code, out = cli("shards", "write", "--from", str(tmp_path / "pics"), "--out", str(tmp_path / "out"), "--quiet",
+                    capsys=capsys)
+    assert code == 2 and "0.jpg: unreadable image" in out, out
+    assert "no usable sample for the train split" in out.splitlines()[-1] and not (tmp_path / "out").exists()
+
+
 # ---- shards write: where it writes (out maker, exit code, fragments) ------------------------------------------
 
 @pytest.fixture

@@ -53,14 +53,16 @@ def write(args: argparse.Namespace) -> None:
         samples = {name: checked_samples(files, listing.root, manifest, passed_over)
                    for name, files in listing.splits.items()}
         totals = {name: len(files) for name, files in listing.splits.items()}
-        manifest = write_shard_set(out, manifest, samples, totals=totals, progress=not args.quiet, **limits)
+        try:
+            manifest = write_shard_set(out, manifest, samples, totals=totals, progress=not args.quiet, **limits)
+        finally:
+            if passed_over:
+                print(f"passed over {len(passed_over)} file(s) or folder(s):")
+                for path, reason in passed_over:
+                    print(f"  {path}: {reason}")
     size = sum(p.stat().st_size for p in out.glob("*.tar"))
     for name, split in manifest.splits.items():
         print(f"{name}: {split.num_samples} samples in {len(split.shards)} shards")
-    if passed_over:
-        print(f"passed over {len(passed_over)} file(s) or folder(s):")
-        for path, reason in passed_over:
-            print(f"  {path}: {reason}")
     labels = f"{manifest.num_classes} classes" if manifest.classes else "unlabeled"
     print(f"wrote {out} ({size / 1e6:.1f} MB, {manifest.media}s, {manifest.channels} channel(s), {labels}); "
           f"use it as   source: shards:{out}")

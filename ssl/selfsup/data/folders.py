@@ -91,11 +91,17 @@ def _labeled(folder: Path, classes: list[str], passed_over: list[tuple[Path, str
 
 
 def _hold_out(files: list[tuple[Path, int]], fraction: float) -> tuple[list, list]:
-    """(train, val) of shuffled files, with round(fraction x n) of each class's n files in val."""
+    """(train, val) of shuffled files: round(fraction x n) of the n files in val, shared between the classes in
+    proportion to their sizes (largest remainders get the leftover files)."""
     by_class: dict[int, list[Path]] = {}
     for path, label in files:
         by_class.setdefault(label, []).append(path)
-    held = {path for paths in by_class.values() for path in paths[: int(round(len(paths) * fraction))]}
+    shares = {label: len(paths) * fraction for label, paths in by_class.items()}
+    counts = {label: int(share) for label, share in shares.items()}
+    leftover = int(round(len(files) * fraction)) - sum(counts.values())
+    for label in sorted(shares, key=lambda c: shares[c] - counts[c], reverse=True)[:max(leftover, 0)]:
+        counts[label] += 1
+    held = {path for label, paths in by_class.items() for path in paths[: counts[label]]}
     return [f for f in files if f[0] not in held], [f for f in files if f[0] in held]
 
 

@@ -86,7 +86,8 @@ def write_shard_set(
     """Write every split's samples as shards plus ``manifest.json`` into a temporary folder beside ``out``,
     then move it to ``out`` in one rename: a reader never sees half a shard set, and a failed write leaves
     nothing behind (a killed one leaves its temporary folder, which the next write beside it removes). The set
-    is readable as the umask allows, like any file. A full disk or a read-only folder is a ConfigError.
+    is readable as the umask allows, like any file. A split without samples, a full disk or a read-only folder
+    is a ConfigError.
     ``limits``: ``maxcount`` and/or ``maxsize`` per shard."""
     out = Path(out)
     fix = "choose another folder (--out; SELFSUP_CACHE for the built-in data sets)"
@@ -102,6 +103,9 @@ def write_shard_set(
         for split, samples in splits.items():
             total = (totals or {}).get(split)
             manifest.splits[split] = write_split(samples, tmp, split, progress=progress, total=total, **limits)
+            if not manifest.splits[split].shards:
+                raise ConfigError(f"no usable sample for the {split} split of {out}, so nothing was written; "
+                                  "check the files listed as passed over")
         manifest.save(tmp)
         (tmp / WRITER).unlink()
         publish(tmp, out)
