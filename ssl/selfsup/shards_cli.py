@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import braceexpand
 from tqdm import tqdm
 
 from selfsup.data.builtin import get_builtin
 from selfsup.data.folders import file_samples, list_folder
+from selfsup.data.limits import Limits
 from selfsup.data.manifest import MANIFEST, Manifest
 from selfsup.data.members import (
     IMAGE_EXTENSIONS,
@@ -26,34 +27,66 @@ from selfsup.data.members import (
 )
 from selfsup.data.parts import PartError, ShardPart
 from selfsup.data.shards import parse_size, write_shard_set
+from selfsup.data.sources import expand_pattern
 from selfsup.errors import ConfigError
 
 
 def write(args: argparse.Namespace) -> None:
-    """Write the shards of a built-in data set or an image/video folder, with a manifest."""
+    """Write the shards of a built-in data set or an image/video folder, with a manifest; the files it passes
+    over (not images or videos, unreadable, images that do not decode) are listed at the end."""
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out} already exists and is not empty; remove it or choose another folder")
     limits = {"maxcount": args.maxcount or (100_000_000 if args.maxsize else 1000)}
     if args.maxsize:
         limits["maxsize"] = parse_size(args.maxsize)
     source = args.source.removeprefix("folder:")
+    passed_over: list[tuple[Path, str]] = []
     if source.startswith("builtin:"):
         builtin = get_builtin(source.removeprefix("builtin:"))
         manifest = write_shard_set(out, builtin.manifest(), builtin.samples(), progress=not args.quiet, **limits)
     else:
         listing = list_folder(source, val_fraction=args.val_fraction, seed=args.seed)
+        passed_over = listing.passed_over
         manifest = Manifest(name=args.name or out.name, channels=args.channels or listing.channels(),
                             classes=listing.classes, media=listing.media)
-        samples = {name: file_samples(files, listing.root) for name, files in listing.splits.items()}
+        samples = {name: checked_samples(files, listing.root, manifest, passed_over)
+                   for name, files in listing.splits.items()}
         totals = {name: len(files) for name, files in listing.splits.items()}
-        manifest = write_shard_set(out, manifest, samples, totals=totals, progress=not args.quiet, **limits)
+        try:
+            manifest = write_shard_set(out, manifest, samples, totals=totals, progress=not args.quiet, **limits)
+        finally:
+            if passed_over:
+                print(f"passed over {len(passed_over)} file(s) or folder(s):")
+                for path, reason in passed_over:
+                    print(f"  {path}: {reason}")
     size = sum(p.stat().st_size for p in out.glob("*.tar"))
     for name, split in manifest.splits.items():
         print(f"{name}: {split.num_samples} samples in {len(split.shards)} shards")
     labels = f"{manifest.num_classes} classes" if manifest.classes else "unlabeled"
     print(f"wrote {out} ({size / 1e6:.1f} MB, {manifest.media}s, {manifest.channels} channel(s), {labels}); "
           f"use it as   source: shards:{out}")
+
+
+def checked_samples(files: list[tuple[Path, int]], root: Path, manifest: Manifest,
+                    passed_over: list[tuple[Path, str]]) -> Iterator[dict]:
+    """The samples of ``files`` that can be read (within the member cap) and, for images, decode; the others
+    are appended to ``passed_over`` with the reason."""
+    limits = Limits.from_env()
+    for entry in files:
+        path = entry[0]
+        try:
+            if path.stat().st_size > limits.max_member_bytes:
+                raise BadSample(f"{path.stat().st_size:,} bytes is over {limits.describe('max_member_bytes')}")
+            sample = next(file_samples([entry], root))
+            if manifest.media == "image":
+                decode_image(sample[path.suffix[1:].lower()], manifest.channels, limits)
+        except OSError as err:
+            passed_over.append((path, f"cannot read it ({err.strerror or err})"))
+        except BadSample as err:
+            passed_over.append((path, str(err)))
+        else:
+            yield sample
 
 
 @dataclass
@@ -74,6 +107,8 @@ def check_sample(sample: dict, manifest: Manifest | None, report: ShardReport) -
     key = sample["__key__"]
     report.refused += [f"{key}.{ext}" for ext in refused_members(sample)]
     try:
+        if "__error__" in sample:
+            raise BadSample(sample["__error__"])
         media = media_member(sample, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
         if media in IMAGE_EXTENSIONS:
             decode_image(sample[media], manifest.channels if manifest else 3)
@@ -87,6 +122,8 @@ def check_sample(sample: dict, manifest: Manifest | None, report: ShardReport) -
             json.loads(sample["json"])
         if "npy" in sample:
             load_npy(sample["npy"])
+    except RecursionError:
+        report.problems.append(f"{key}: json member nested too deeply to parse")
     except (BadSample, ValueError) as err:
         report.problems.append(f"{key}: {err}")
 
@@ -112,7 +149,7 @@ def shards_to_inspect(path: Path) -> tuple[Manifest | None, dict[str, list[Shard
             name: [ShardPart(str(path / s), n) for s, n in zip(split.shards, split.counts)]
             for name, split in manifest.splits.items()
         }
-    files = [Path(p) for p in braceexpand.braceexpand(str(path))]
+    files = [Path(p) for p in expand_pattern(str(path))]
     missing = [p for p in files if not p.is_file()]
     if missing:
         raise ConfigError(f"{missing[0]} does not exist; give a shard folder (with {MANIFEST}) or tar file(s)")
@@ -153,14 +190,16 @@ def inspect(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfsup shards", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    w = commands.add_parser("write", help="turn a folder or built-in data set into shards + manifest.json")
+    w = commands.add_parser("write", help="turn a folder or built-in data set into shards + manifest.json; every "
+                            "image is decoded first, and files passed over (not images, unreadable) are listed")
     w.add_argument("--from", dest="source", required=True,
                    help="builtin:NAME, or an image/video folder (ROOT/train/CLASS/*, ROOT/CLASS/* or ROOT/*)")
     w.add_argument("--out", required=True, help="new folder for the shards, e.g. data/shards/NAME")
     limit = w.add_mutually_exclusive_group()
     limit.add_argument("--maxcount", type=int, help="samples per shard (default 1000)")
     limit.add_argument("--maxsize", help="bytes per shard instead, e.g. 1GB")
-    w.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of train as val")
+    w.add_argument("--val-fraction", type=float, default=0.0,
+                   help="hold out this fraction of each class of train as val")
     w.add_argument("--channels", type=int, choices=(1, 3), help="decoded channels (default: probed from images)")
     w.add_argument("--name", help="data set name in the manifest (default: the --out folder's name)")
     w.add_argument("--seed", type=int, default=0, help="seed of the file order shuffle")

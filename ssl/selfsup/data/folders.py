@@ -8,20 +8,21 @@ Layouts (``ROOT`` is the folder given):
 - ``ROOT/*``: one ``train`` split, unlabeled.
 
 Files are listed in sorted order and shuffled with a fixed seed, so that shards (and a folder source's parts)
-mix classes; a random fraction can be held out as ``val``.
+mix classes; a random fraction of each class can be held out as ``val``.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from selfsup.data.members import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from selfsup.data.members import HIGH_DEPTH_MODES, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from selfsup.errors import ConfigError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -29,12 +30,15 @@ SPLIT_NAMES = ("train", "val", "test")
 
 @dataclass
 class FolderListing:
-    """The files of a folder by split, their labels (-1: unlabeled), the class names and the media kind."""
+    """The files of a folder by split, their labels (-1: unlabeled), the class names and the media kind;
+    ``passed_over``: (path, reason) of every file that is not an image or video and every folder that could not
+    be read."""
 
     root: Path
     splits: dict[str, list[tuple[Path, int]]]
     classes: list[str]
     media: str  # "image" or "video"
+    passed_over: list[tuple[Path, str]] = field(default_factory=list)
 
     def channels(self, probe: int = 32) -> int:
         """1 if the first ``probe`` images of the train split are all grayscale, else 3 (videos: 3)."""
@@ -43,25 +47,42 @@ class FolderListing:
         for path, _ in self.splits["train"][:probe]:
             try:
                 with Image.open(path) as image:
-                    if image.mode not in ("1", "L", "I", "I;16", "F", "LA"):
+                    if image.mode not in ("1", "L", "LA", *HIGH_DEPTH_MODES):
                         return 3
             except OSError:
                 continue  # a broken file is the reader's to count, not a reason to fail the listing
         return 1
 
 
-def _media_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix[1:].lower() in (
-        *IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS))
+MEDIA_EXTENSIONS = (*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS)
 
 
-def _labeled(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
+def _media_files(folder: Path, passed_over: list[tuple[Path, str]]) -> list[Path]:
+    """Image and video files under ``folder``, sorted; the other files and unreadable folders go to
+    ``passed_over``."""
+    found = []
+
+    def unreadable(err: OSError) -> None:
+        passed_over.append((Path(err.filename), f"cannot read the folder ({err.strerror or err})"))
+
+    for top, _, names in os.walk(folder, onerror=unreadable):
+        for path in (Path(top, name) for name in names):
+            if not path.is_file():
+                continue
+            if path.suffix[1:].lower() in MEDIA_EXTENSIONS:
+                found.append(path)
+            else:
+                passed_over.append((path, "not an image or video (by its extension)"))
+    return sorted(found)
+
+
+def _labeled(folder: Path, classes: list[str], passed_over: list[tuple[Path, str]]) -> list[tuple[Path, int]]:
     """Files under ``folder``; labeled by their class sub-folder when ``classes`` is not empty."""
     if not classes:
-        return [(p, -1) for p in _media_files(folder)]
+        return [(p, -1) for p in _media_files(folder, passed_over)]
     index = {name: i for i, name in enumerate(classes)}
     files = []
-    for path in _media_files(folder):
+    for path in _media_files(folder, passed_over):
         top = path.relative_to(folder).parts[0]
         if top not in index:
             raise ConfigError(f"{path}: class folder {top!r} is not among the train split's classes")
@@ -69,32 +90,52 @@ def _labeled(folder: Path, classes: list[str]) -> list[tuple[Path, int]]:
     return files
 
 
+def _hold_out(files: list[tuple[Path, int]], fraction: float) -> tuple[list, list]:
+    """(train, val) of shuffled files: round(fraction x n) of the n files in val, shared between the classes in
+    proportion to their sizes (largest remainders get the leftover files)."""
+    by_class: dict[int, list[Path]] = {}
+    for path, label in files:
+        by_class.setdefault(label, []).append(path)
+    shares = {label: len(paths) * fraction for label, paths in by_class.items()}
+    counts = {label: int(share) for label, share in shares.items()}
+    leftover = int(round(len(files) * fraction)) - sum(counts.values())
+    for label in sorted(shares, key=lambda c: shares[c] - counts[c], reverse=True)[:max(leftover, 0)]:
+        counts[label] += 1
+    held = {path for label, paths in by_class.items() for path in paths[: counts[label]]}
+    return [f for f in files if f[0] not in held], [f for f in files if f[0] in held]
+
+
 def list_folder(root: str | Path, val_fraction: float = 0.0, seed: int = 0) -> FolderListing:
-    """List an image or video folder (see the module docstring for the layouts); ConfigError if unusable."""
+    """List an image or video folder (see the module docstring for the layouts); ConfigError if unusable.
+    ``val_fraction``: hold out that fraction of each class of the train split as val (stratified)."""
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"folder {root} does not exist (or is not a folder)")
-    split_dirs = {name: root / name for name in SPLIT_NAMES if (root / name).is_dir()}
-    if split_dirs and "train" not in split_dirs:
-        raise ConfigError(f"{root} has {', '.join(split_dirs)} but no train/ sub-folder")
-    train_dir = split_dirs.get("train", root)
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    splits = {name: _labeled(folder, classes) for name, folder in (split_dirs or {"train": root}).items()}
+    try:
+        split_dirs = {name: root / name for name in SPLIT_NAMES if (root / name).is_dir()}
+        if split_dirs and "train" not in split_dirs:
+            raise ConfigError(f"{root} has {', '.join(split_dirs)} but no train/ sub-folder")
+        train_dir = split_dirs.get("train", root)
+        classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as err:
+        raise ConfigError(f"cannot read the folder {err.filename or root} ({err.strerror or err}); check its "
+                          "permissions") from None
+    passed_over: list[tuple[Path, str]] = []
+    splits = {name: _labeled(folder, classes, passed_over) for name, folder in (split_dirs or {"train": root}).items()}
     if not splits["train"]:
         raise ConfigError(
-            f"no image or video files under {train_dir} (looked for {', '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})"
+            f"no image or video files under {train_dir} (looked for {', '.join(MEDIA_EXTENSIONS)})"
         )
     for files in splits.values():
         random.Random(seed).shuffle(files)
     if val_fraction > 0:
         if "val" in splits:
             raise ConfigError(f"{root} already has a val/ split; drop --val-fraction")
-        held = int(round(len(splits["train"]) * val_fraction))
-        splits["val"], splits["train"] = splits["train"][:held], splits["train"][held:]
+        splits["train"], splits["val"] = _hold_out(splits["train"], val_fraction)
     kinds = {"video" if p.suffix[1:].lower() in VIDEO_EXTENSIONS else "image" for f in splits.values() for p, _ in f}
     if len(kinds) > 1:
         raise ConfigError(f"{root} mixes images and videos; put them in separate folders")
-    return FolderListing(root, splits, classes, kinds.pop())
+    return FolderListing(root, splits, classes, kinds.pop(), passed_over)
 
 
 def file_samples(files: list[tuple[Path, int]], root: Path) -> Iterator[dict[str, Any]]:

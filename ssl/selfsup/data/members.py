@@ -8,11 +8,18 @@ Shards come from other people, so nothing is ever unpickled: only images (Pillow
 from __future__ import annotations
 
 import io
+import math
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+from selfsup.data.limits import Limits
+
+# The pixel cap decides which images are too large; Pillow's own error, at twice its warning size, still holds.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
 VIDEO_EXTENSIONS = ("mp4", "webm", "avi", "mkv", "mov")
@@ -37,37 +44,102 @@ def media_member(sample: dict[str, Any], extensions: tuple[str, ...] = IMAGE_EXT
     return ext
 
 
-def decode_image(data: bytes, channels: int) -> torch.Tensor:
-    """uint8 (C, H, W) pixels of encoded image bytes, converted to 1 (grayscale) or 3 (RGB) channels."""
+def unreadable(kind: str, err: Exception) -> BadSample:
+    """The BadSample for whatever a decoder raised (decoders raise many types for broken files: OSError,
+    SyntaxError, ValueError ...)."""
+    reason = str(err).split(" <")[0]  # drop Pillow's "<_io.BytesIO object at 0x...>"
+    return BadSample(f"unreadable {kind} ({type(err).__name__}: {reason})")
+
+
+def open_image(data: bytes, limits: Limits | None = None) -> Image.Image:
+    """The image in ``data`` opened from its header only (Pillow decodes on first use); BadSample if it is
+    unreadable or has more pixels than ``limits.max_pixels``. Close it (``with``) when done."""
+    limits = limits or Limits.from_env()
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
-    except Exception as err:  # Pillow raises many types for broken files (OSError, SyntaxError, ValueError ...)
-        reason = str(err).split(" <")[0]  # drop Pillow's "<_io.BytesIO object at 0x...>"
-        raise BadSample(f"unreadable image ({type(err).__name__}: {reason})") from err
-    return torch.from_numpy(pixels.copy()).reshape(pixels.shape[0], pixels.shape[1], -1).permute(2, 0, 1)
+        image = Image.open(io.BytesIO(data))
+    except Exception as err:
+        raise unreadable("image", err) from err
+    if image.width * image.height > limits.max_pixels:
+        image.close()
+        raise BadSample(f"image of {image.width}x{image.height} = {image.width * image.height:,} pixels is over "
+                        f"{limits.describe('max_pixels')}")
+    return image
 
 
-def decode_video(data: bytes, channels: int, max_frames: int | None = None) -> torch.Tensor:
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def image_pixels(image: Image.Image, channels: int) -> np.ndarray:
+    """uint8 (H, W, C) pixels of an opened image with 1 (grayscale) or 3 (RGB) channels; BadSample if it does
+    not decode. 16-bit and 32-bit images are scaled to 8 bits, not clipped: integers in 0..65535 by 255/65535
+    (the full 16-bit range), floats in 0..1 by 255; anything else is stretched from its minimum to its maximum
+    (non-finite floats become 0)."""
+    try:
+        if image.mode in HIGH_DEPTH_MODES:
+            pixels = _to_8bit(np.asarray(image))[:, :, None]
+            return pixels if channels == 1 else np.repeat(pixels, 3, axis=2)
+        pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    except Exception as err:
+        raise unreadable("image", err) from err
+    return pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
+
+
+def _to_8bit(values: np.ndarray) -> np.ndarray:
+    is_float = values.dtype.kind == "f"
+    values = values.astype(np.float64)
+    values[~np.isfinite(values)] = 0
+    low, high = values.min(), values.max()
+    if is_float and 0 <= low and high <= 1:
+        values = values * 255
+    elif not is_float and 0 <= low and high <= 65535:
+        values = values / 257
+    else:
+        values = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def decode_image(data: bytes, channels: int, limits: Limits | None = None) -> torch.Tensor:
+    """uint8 (C, H, W) pixels of encoded image bytes, converted to 1 (grayscale) or 3 (RGB) channels; BadSample
+    if they do not decode or are over the pixel cap (see `open_image` and `image_pixels`)."""
+    with open_image(data, limits) as image:
+        pixels = image_pixels(image, channels)
+    return torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy()).permute(2, 0, 1)
+
+
+def decode_video(data: bytes, channels: int, max_frames: int | None = None, limits: Limits | None = None
+                 ) -> torch.Tensor:
     """uint8 (T, C, H, W) frames of encoded video bytes (mp4, webm ...), 1 (luma) or 3 (RGB) channels, with PyAV.
 
     Frames are decoded in order and decoding stops after ``max_frames`` (None: all), so a clip from the start
-    of a long video does not pay for the rest of it.
+    of a long video does not pay for the rest of it. BadSample if the stream's metadata says, or its decoded
+    frames show, more than ``limits.max_video_pixels`` pixels (frames x width x height).
     """
     try:
         import av
     except ImportError as err:
         raise ImportError("reading videos needs PyAV: pip install 'selfsup[video]'") from err
-    frames = []
+    limits = limits or Limits.from_env()
+    frames, pixels = [], 0
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            planned = min(stream.frames, max_frames or stream.frames) * width * height  # frames: 0 when unknown
+            if planned > limits.max_video_pixels:
+                raise BadSample(f"video of {stream.frames} frames of {width}x{height} is over "
+                                f"{limits.describe('max_video_pixels')}")
             for frame in container.decode(stream):
+                pixels += frame.width * frame.height
+                if pixels > limits.max_video_pixels:
+                    raise BadSample(f"video decoded past {len(frames)} frames of {frame.width}x{frame.height}, "
+                                    f"over {limits.describe('max_video_pixels')}")
                 frames.append(_frame_pixels(frame, channels))
                 if max_frames is not None and len(frames) >= max_frames:
                     break
-    except (av.FFmpegError, IndexError, ValueError) as err:
-        raise BadSample(f"unreadable video ({type(err).__name__}: {err})") from err
+    except BadSample:
+        raise
+    except Exception as err:
+        raise unreadable("video", err) from err
     if not frames:
         raise BadSample("video has no frames")
     pixels = np.stack(frames)
@@ -100,22 +172,35 @@ def decode_label(sample: dict[str, Any], num_classes: int) -> int:
     return label
 
 
-def decode_sample(sample: dict[str, Any], channels: int, num_classes: int = 0, media: str = "image") -> dict[str, Any]:
+def decode_sample(sample: dict[str, Any], channels: int, num_classes: int = 0, media: str = "image",
+                  limits: Limits | None = None) -> dict[str, Any]:
     """Decode one raw sample to ``{"image": uint8 (C, H, W), "label": int}`` (``media="video"``: the image is the
     whole clip, uint8 (T, C, H, W)); BadSample if unusable.
 
-    Only the image (or video) member and the label are parsed; refused members are never touched.
+    Only the image (or video) member and the label are parsed; refused members are never touched. A sample the
+    reader marked ``__error__`` (a file it could not read, a member over a cap) is BadSample with that reason.
     """
+    if "__error__" in sample:
+        raise BadSample(f"sample {sample.get('__key__')}: {sample['__error__']}")
     if media == "video":
-        image = decode_video(sample[media_member(sample, VIDEO_EXTENSIONS)], channels)
+        image = decode_video(sample[media_member(sample, VIDEO_EXTENSIONS)], channels, limits=limits)
     else:
-        image = decode_image(sample[media_member(sample)], channels)
+        image = decode_image(sample[media_member(sample)], channels, limits)
     return {"image": image, "label": decode_label(sample, num_classes)}
 
 
 def load_npy(data: bytes) -> np.ndarray:
-    """A plain numpy array from ``.npy`` bytes; object arrays (which would need pickle) are refused."""
+    """A plain numpy array from ``.npy`` bytes; BadSample for object arrays (which would need pickle) and for a
+    header that declares more data than the member holds (numpy would allocate it all before reading)."""
+    buffer = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as err:
+        major, _ = np.lib.format.read_magic(buffer)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(buffer)
+        declared, held = math.prod(shape) * dtype.itemsize, len(data) - buffer.tell()
+        if declared <= held:
+            return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, TypeError, EOFError) as err:
         raise BadSample(f"refused .npy member: {err}") from err
+    raise BadSample(f"refused .npy member: its header declares {declared:,} bytes ({dtype} {shape}), the member "
+                    f"holds {held:,}")

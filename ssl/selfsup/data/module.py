@@ -35,6 +35,10 @@ class SSLDataModule(L.LightningDataModule):
             nearly free next to its step, when workers cannot keep up; on a CPU it takes time from the step.
         eval_clips: video sources: clips per video that evaluation averages features over (frames and stride
             as the training views' clips; with ``views`` an ``EvalClips``, that recipe is used as it is).
+
+    Unusable samples are skipped and counted (`selfsup.data.health.DataHealth`), among them those over the caps
+    on pixels per image, pixels per video and bytes per tar member (`selfsup.data.limits`: ``SELFSUP_MAX_*``
+    environment variables); compressed shards are refused.
     """
 
     def __init__(

@@ -3,23 +3,68 @@ both yield the same raw webdataset samples (``__key__`` plus encoded members).""
 
 from __future__ import annotations
 
+import re
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import webdataset as wds
-
 from selfsup.data.folders import file_samples
+from selfsup.data.limits import Limits
 
 
 class PartError(RuntimeError):
-    """A whole part (or its rest) could not be read: a missing, truncated or unreadable shard."""
+    """A whole part (or its rest) could not be read: a missing, truncated, compressed or unreadable shard."""
 
 
-def _raise(err: Exception) -> bool:
-    """webdataset error handler: stop reading this part (webdataset appends `` @ <stream>`` to messages)."""
-    raise PartError(str(err.args[0]).split(" @ ")[0] if err.args else repr(err)) from err
+# Magic bytes of the compressions tarfile would undo on the fly (and a bomb would inflate without bound).
+COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+_NAME = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's rule: key = path up to the first dot of the name
+
+
+def tar_samples(path: str, limits: Limits | None = None) -> Iterator[dict[str, Any]]:
+    """Raw webdataset samples of a plain tar file, in tar order: ``__key__`` plus each member's bytes under its
+    lower-cased extension (members with the same key in a row form one sample).
+
+    PartError if the file cannot be opened, is compressed (refused: see `selfsup.data.limits`) or breaks off.
+    A member over ``limits.max_member_bytes`` is never read: its sample carries ``__error__`` (and is skipped).
+    """
+    limits = limits or Limits.from_env()
+    try:
+        file = open(path, "rb")  # closed by the `with` below
+    except OSError as err:
+        raise PartError(f"cannot open it ({err.strerror or err})") from err
+    with file:
+        head = file.peek(6)[:6]
+        kind = next((name for magic, name in COMPRESSED.items() if head.startswith(magic)), None)
+        if kind:
+            raise PartError(f"it is {kind}-compressed; selfsup reads only plain .tar shards (compressed ones can "
+                            "inflate without bound): decompress it, or write the set again with `selfsup shards write`")
+        sample: dict[str, Any] = {}
+        try:
+            with tarfile.open(fileobj=file, mode="r|") as tar:
+                for info in tar:
+                    match = _NAME.match(info.name)
+                    if not info.isreg() or not match or match.group(1).rsplit("/", 1)[-1].startswith("__"):
+                        continue
+                    key, ext = match.group(1), match.group(2).lower()
+                    if key != sample.get("__key__"):
+                        if sample:
+                            yield sample
+                        sample = {"__key__": key}
+                    if info.size > limits.max_member_bytes:
+                        sample["__error__"] = (f"member {info.name} of {info.size:,} bytes is over "
+                                               f"{limits.describe('max_member_bytes')}")
+                    elif ext in sample:
+                        sample["__error__"] = f"member {info.name} appears twice"
+                    else:
+                        sample[ext] = tar.extractfile(info).read()
+                    tar.members = []  # streaming: keep no history
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise PartError(str(err) or type(err).__name__) from err
+        if sample:
+            yield sample
 
 
 @dataclass(frozen=True)
@@ -34,8 +79,8 @@ class ShardPart:
         return Path(self.path).name
 
     def samples(self) -> Iterator[dict[str, Any]]:
-        """Raw samples in tar order; PartError where the file is missing or breaks off."""
-        yield from wds.tarfile_samples([{"url": self.path}], handler=_raise)
+        """Raw samples in tar order; PartError where the file is missing, compressed or breaks off."""
+        yield from tar_samples(self.path)
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import logging
+import os
 import re
+import secrets
 import shutil
-import tempfile
+import socket
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -16,6 +21,8 @@ from PIL import Image
 
 from selfsup.data.manifest import Manifest, Split
 from selfsup.errors import ConfigError
+
+log = logging.getLogger("selfsup.data")
 
 SHARD_MTIME = 1_704_067_200  # 2024-01-01, the time stamp of every member
 _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12}
@@ -78,20 +85,68 @@ def write_shard_set(
 ) -> Manifest:
     """Write every split's samples as shards plus ``manifest.json`` into a temporary folder beside ``out``,
     then move it to ``out`` in one rename: a reader never sees half a shard set, and a failed write leaves
-    nothing behind. ``limits``: ``maxcount`` and/or ``maxsize`` per shard."""
+    nothing behind (a killed one leaves its temporary folder, which the next write beside it removes). The set
+    is readable as the umask allows, like any file. A split without samples, a full disk or a read-only folder
+    is a ConfigError.
+    ``limits``: ``maxcount`` and/or ``maxsize`` per shard."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    fix = "choose another folder (--out; SELFSUP_CACHE for the built-in data sets)"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)
+        tmp = out.parent / f".{out.name}-{secrets.token_hex(4)}"
+        tmp.mkdir(mode=0o777)  # less the umask; tempfile.mkdtemp would make it owner-only
+        (tmp / WRITER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    except OSError as err:
+        raise ConfigError(f"cannot write a shard set to {out} ({err.strerror or err}); {fix}") from None
     try:
         for split, samples in splits.items():
             total = (totals or {}).get(split)
             manifest.splits[split] = write_split(samples, tmp, split, progress=progress, total=total, **limits)
+            if not manifest.splits[split].shards:
+                raise ConfigError(f"no usable sample for the {split} split of {out}, so nothing was written; "
+                                  "check the files listed as passed over")
         manifest.save(tmp)
+        (tmp / WRITER).unlink()
         publish(tmp, out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and err.errno in WRITE_FAILURES:
+            raise ConfigError(f"writing the shard set {out} failed ({err.strerror or err}); nothing was kept: free "
+                              f"disk space (it needs about the size of the data) or {fix}") from None
         raise
     return manifest
+
+
+WRITER = ".writer"  # in a temporary shard folder: "HOST PID" of the process writing it
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def remove_stale_temps(out: Path, max_age_s: float = 3600) -> list[Path]:
+    """Remove the temporary folders of earlier writes of ``out`` that were killed: their writer was a process on
+    this host that is gone (or, with no writer noted, they were untouched for ``max_age_s``). Says so."""
+    removed = []
+    for tmp in out.parent.glob(f".{out.name}-" + "?" * 8):  # ours (8 hex digits) and tempfile.mkdtemp's
+        try:
+            host, pid = (tmp / WRITER).read_text().split()
+            stale = host == socket.gethostname() and not _alive(int(pid))
+        except (OSError, ValueError):
+            stale = tmp.is_dir() and time.time() - tmp.stat().st_mtime > max_age_s
+        if stale:
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+            log.warning("removed %s, the temporary folder of an interrupted write of %s", tmp, out)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def publish(tmp: Path, final: Path) -> None:

@@ -10,6 +10,7 @@ import braceexpand
 
 from selfsup.data.builtin import Builtin, get_builtin
 from selfsup.data.folders import FolderListing, list_folder
+from selfsup.data.limits import Limits
 from selfsup.data.manifest import Manifest
 from selfsup.data.parts import ShardPart, file_parts
 from selfsup.data.stream import Part
@@ -18,6 +19,54 @@ from selfsup.errors import ConfigError
 SCHEMES = ("builtin", "shards", "folder")
 USAGE = ("use builtin:NAME (e.g. builtin:mnist5k), shards:FOLDER (a folder with manifest.json), "
          "shards:FOLDER/train-{000000..000007}.tar, or folder:PATH (an image folder)")
+
+
+def expand_pattern(pattern: str, limits: Limits | None = None) -> list[str]:
+    """The names a brace pattern (``train-{000000..000007}.tar``) stands for; ConfigError when it is malformed or
+    names more than ``limits.max_pattern_names`` (counted before expanding, so a typo cannot fill the memory)."""
+    limits = limits or Limits.from_env()
+    count = pattern_size(pattern)
+    if count > limits.max_pattern_names:
+        raise ConfigError(f"the pattern {pattern!r} names {count:,} files, over {limits.describe('max_pattern_names')}"
+                          "; check its braces")
+    try:
+        return list(braceexpand.braceexpand(pattern))
+    except braceexpand.UnbalancedBracesError as err:
+        raise ConfigError(f"the pattern {pattern!r} is malformed ({err}); write e.g. train-{{000000..000007}}.tar"
+                          ) from None
+
+
+def pattern_size(pattern: str) -> int:
+    """How many names braceexpand makes of ``pattern``, without making them."""
+    total, depth, start, pos = 1, 0, 0, 0
+    while pos < len(pattern):
+        char = pattern[pos]
+        if char == "\\":
+            pos += 1
+        elif char == "{":
+            start, depth = (pos, 1) if depth == 0 else (start, depth + 1)
+        elif char == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                total *= _expression_size(pattern[start + 1 : pos])
+        pos += 1
+    return total
+
+
+def _expression_size(expr: str) -> int:
+    """Names made by one top-level ``{expr}``: an integer or letter range, a comma list, or a nested pattern."""
+    for regex, index in ((braceexpand.int_range_re, int), (braceexpand.char_range_re, braceexpand.alphabet.index)):
+        match = regex.match(expr)
+        if match:
+            start, end, step = match.groups()
+            return abs(index(end) - index(start)) // (int(step or 1) or 1) + 1
+    items, depth, start = [], 0, 0
+    for pos, char in enumerate(expr):
+        depth += (char == "{") - (char == "}")
+        if char == "," and depth == 0:
+            items.append(expr[start:pos])
+            start = pos + 1
+    return sum(pattern_size(item) for item in [*items, expr[start:]]) if items else pattern_size(expr)
 
 
 @dataclass
@@ -98,7 +147,7 @@ class Source:
         for split in self._manifest.splits.values():
             counts.update(zip(split.shards, split.counts))
         if self.pattern is not None and name == "train":
-            names = list(braceexpand.braceexpand(self.pattern))
+            names = expand_pattern(self.pattern)
             missing = [n for n in names if n not in counts or not (self.folder / n).is_file()]
             if missing:
                 raise ConfigError(f"data source {self.spec!r}: {len(missing)} shard(s) not found, e.g. {missing[0]}")

@@ -13,9 +13,11 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
+from selfsup.data.limits import Limits
 from selfsup.data.members import BadSample, decode_sample, refused_members
 from selfsup.data.parts import PartError
 from selfsup.data.views import ViewRecipe
+from selfsup.errors import DataError
 
 log = logging.getLogger("selfsup.data")
 
@@ -30,15 +32,18 @@ class Part(Protocol):
 
 
 class HealthTally:
-    """Samples read, skipped (unusable) and members refused since the last ``take()``, by part name."""
+    """Samples read, skipped (unusable) and members refused since the last ``take()``, by part name; ``usable``
+    counts the decoded samples and ``reported`` holds the parts whose skips were logged since the stream began
+    (never reset)."""
 
     def __init__(self) -> None:
         self.seen, self.skipped, self.refused = 0, Counter(), Counter()
+        self.usable, self.reported = 0, set()
 
     def take(self) -> dict[str, Any]:
         """The counts so far as a plain dict (carried in each batch under ``"health"``), then reset."""
         out = {"seen": self.seen, "skipped": dict(self.skipped), "refused": dict(self.refused)}
-        self.__init__()
+        self.seen, self.skipped, self.refused = 0, Counter(), Counter()
         return out
 
 
@@ -55,8 +60,11 @@ class ShardStream(IterableDataset):
 
     ``media="video"``: samples are videos, decoded to uint8 (T, C, H, W), and the transform gets a batch
     (B, T, C, H, W) when the videos share a shape. Unusable samples (undecodable image or video, bad label) are
-    skipped; a part that breaks off (truncated or missing shard) is skipped with a warning and its unread samples
-    count as skipped. Each batch carries the counts under ``"health"`` (see `selfsup.data.health.DataHealth`).
+    skipped; a part that breaks off (truncated or missing shard) or ends before the sample count of its manifest
+    (cut at a member boundary, zero-filled) is skipped with a warning and its missing samples count as skipped.
+    Training (``repeat=True``) stops with a DataError when a whole pass over a worker's parts yields no usable
+    sample, rather than looping forever. Each batch carries the counts under ``"health"`` (see
+    `selfsup.data.health.DataHealth`).
     """
 
     def __init__(
@@ -79,6 +87,7 @@ class ShardStream(IterableDataset):
         self.parts, self.transform, self.batch_size, self.channels = list(parts), transform, batch_size, channels
         self.repeat, self.num_classes, self.shuffle_buffer, self.seed = repeat, num_classes, shuffle_buffer, seed
         self.rank, self.world_size = rank, world_size
+        self.limits = Limits.from_env()  # the caps on pixels and member sizes (see selfsup.data.limits)
         self._epoch = multiprocessing.Value("q", 0, lock=False)  # shared memory: persistent workers see updates
 
     def set_epoch(self, epoch: int) -> None:
@@ -93,17 +102,21 @@ class ShardStream(IterableDataset):
         return parts[self.rank if rank is None else rank :: self.world_size][worker::num_workers]
 
     def _read(self, part: Part, tally: HealthTally) -> Iterator[dict[str, Any]]:
-        read = 0
+        """The part's samples; the samples it lacks (it breaks off, or ends early: cut at a member boundary,
+        zero-filled, empty) count as read and skipped, with a warning."""
+        read, problem = 0, "it ends early"
         try:
             for sample in part.samples():
                 read += 1
                 sample["__part__"] = part.name
                 yield sample
         except PartError as err:
-            lost = max(part.count - read, 0)
+            problem = str(err)
+        lost = part.count - read
+        if lost > 0:
             tally.skipped[part.name] += lost
             tally.seen += lost
-            log.warning("skipping the rest of %s after %d of %d samples: %s", part.name, read, part.count, err)
+            log.warning("skipping the rest of %s after %d of %d samples: %s", part.name, read, part.count, problem)
 
     def _samples(self, pass_index: int, worker: int, num_workers: int, tally: HealthTally) -> Iterator[dict]:
         while True:
@@ -113,6 +126,7 @@ class ShardStream(IterableDataset):
                     f"rank {self.rank} worker {worker} has no part of {len(self.parts)}: use fewer workers/ranks "
                     "or write more, smaller shards"
                 )
+            usable = tally.usable
             stream = (sample for part in parts for sample in self._read(part, tally))
             if self.shuffle_buffer > 1:
                 rng = random.Random(hash((self.seed, pass_index, self.rank, worker)))
@@ -120,6 +134,13 @@ class ShardStream(IterableDataset):
             yield from stream
             if not self.repeat:
                 return
+            if tally.usable == usable:  # another pass would find nothing either: stop instead of looping forever
+                names = ", ".join(part.name for part in parts[:3]) + (", ..." if len(parts) > 3 else "")
+                raise DataError(
+                    f"none of the {len(parts)} training part(s) read by rank {self.rank} loader worker {worker} "
+                    f"({names}) holds a usable sample: they are empty, cut short, missing or unreadable; check "
+                    "them with `selfsup shards inspect`, then write them again or remove them from the manifest"
+                )
             pass_index += 1000  # later passes of this iterator: fresh permutations, distinct from next epoch's
 
     def _decoded(self, raw: dict[str, Any], tally: HealthTally) -> dict[str, Any] | None:
@@ -128,10 +149,15 @@ class ShardStream(IterableDataset):
             tally.refused[raw["__part__"]] += len(refused)
         tally.seen += 1
         try:
-            return decode_sample(raw, self.channels, self.num_classes, self.media)
-        except BadSample:
+            decoded = decode_sample(raw, self.channels, self.num_classes, self.media, self.limits)
+        except BadSample as err:
             tally.skipped[raw["__part__"]] += 1
+            if raw["__part__"] not in tally.reported:  # the first reason per part, not one line per sample
+                tally.reported.add(raw["__part__"])
+                log.warning("skipping unusable samples of %s, the first: %s", raw["__part__"], err)
             return None
+        tally.usable += 1
+        return decoded
 
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()

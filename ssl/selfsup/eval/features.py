@@ -10,6 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from selfsup.backbones import pooled_features
+from selfsup.errors import ConfigError
 
 if TYPE_CHECKING:
     from selfsup.data import SSLDataModule
@@ -34,6 +35,9 @@ def extract_features(
             labels.append(batch["label"])
     finally:
         backbone.train(was_training)
+    if not feats:
+        raise ConfigError(f"the {desc} data holds no usable sample (it is empty, or none of its samples decodes); "
+                          "check it with `selfsup shards inspect`, or give data with that split")
     return torch.cat(feats), torch.cat(labels)
 
 
