@@ -105,12 +105,14 @@ def knn_main(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON file (default: RUN/eval/knn-TIME/knn.json, or beside a checkpoint outside a run)")
     args = parser.parse_args(argv)
+    from selfsup.eval.checkpoint import existing_checkpoint
     from selfsup.eval.features import split_features
     from selfsup.eval.knn import knn_evaluate
 
     if args.k and min(args.k) < 1:
         raise ConfigError(f"--k must be at least 1, got {min(args.k)}")
     device = _device(args.device)
+    existing_checkpoint(args.ckpt)
     data = load_data(args.config, need_labels=True, what="kNN")
     backbone, spec = _backbone_for(args.ckpt, data)
     bank, bank_labels = split_features(backbone.to(device), data, "train", device, progress=True)
@@ -147,10 +149,12 @@ def plot_main(argv: list[str]) -> None:
     _common(parser)
     parser.add_argument("--out", type=Path, default=Path("embedding.png"))
     args = parser.parse_args(argv)
+    from selfsup.eval.checkpoint import existing_checkpoint
     from selfsup.eval.features import split_features
     from selfsup.eval.plot import save_embedding_plot
 
     device = _device(args.device)
+    existing_checkpoint(args.ckpt)
     data = load_data(args.config, need_labels=False, what="plot")
     backbone, spec = _backbone_for(args.ckpt, data)
     features, labels = split_features(backbone.to(device), data, "val", device, progress=True)

@@ -34,8 +34,8 @@ class BackboneSpec:
         return f"{self.name}({args}{', ' if args else ''}in_channels={self.in_channels})"
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint at ``path`` as a dict, read with ``weights_only=True`` onto the CPU."""
+def existing_checkpoint(path: str | Path) -> Path:
+    """``path`` if it is a file; a ConfigError that says what to give instead (a folder names a checkpoint in it)."""
     path = Path(path)
     if path.is_dir():
         found = sorted(path.glob("**/checkpoints/last.ckpt")) or sorted(path.glob("**/*.ckpt"))
@@ -43,6 +43,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is a folder; give a checkpoint file written by `selfsup fit`{hint}")
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist; give the path of a .ckpt written by `selfsup fit`")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint at ``path`` as a dict, read with ``weights_only=True`` onto the CPU."""
+    path = existing_checkpoint(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
