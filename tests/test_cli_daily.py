@@ -233,8 +233,8 @@ def test_knn_monitor_says_once_why_it_cannot_run(tmp_path):
     proc = selfsup("fit", "-c", DEMO, *TINY, "--data.init_args.source", f"folder:{tmp_path / 'photos'}",
                    "--data.init_args.views.init_args.size", "16", "--data.init_args.batch_size", "8",
                    "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", cwd=tmp_path)
-    said = [x for x in proc.stderr.splitlines() if "KNNMonitor does nothing in this run" in x]
-    assert len(said) == 1 and "has no val split" in said[0]
+    said = [x for x in proc.stderr.splitlines() if "KNNMonitor does nothing in this run: data source" in x]
+    assert len(said) == 1 and "has no val split; write one (selfsup shards write --val-fraction 0.1)" in said[0]
 
 
 # 8. one line and exit 2 instead of tracebacks ------------------------------------------------------------------
