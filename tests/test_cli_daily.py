@@ -69,7 +69,7 @@ def test_the_readme_sequence_on_one_run_leaves_its_files_as_they_were(mnist5k, t
     knn = selfsup("knn", "--ckpt", str(ckpt), "-c", config, "--k", "20", cwd=tmp_path)
     assert {k: v for k, v in snapshot(run).items() if not k.startswith("eval/")} == before
     assert sorted(p.name.split("-")[0] for p in (run / "eval").iterdir()) == ["knn", "predict", "test", "validate"]
-    assert f"written: {run.relative_to(tmp_path)}/eval/knn-" in knn.stdout
+    assert f"written: {run}/eval/knn-" in knn.stdout
     metrics = (run / "metrics.csv").read_text()
     selfsup("fit", "-c", config, "--ckpt_path", "last", "--trainer.max_epochs", "2", cwd=tmp_path)
     assert step_of(ckpt) == 6 and not (run.parent / "version_1").exists()

@@ -109,14 +109,13 @@ class SelfsupCLI(LightningCLI):
         check_accelerator(config.trainer.get("accelerator"))
         name_run(config)
         run_dir = config.get("run_dir")
-        if run_dir:
-            if config.get("ckpt_path") == "last":
-                config.ckpt_path = str(resolve_last([Path(run_dir)]))
-            use_run_dir(config, Path(run_dir), self.subcommand)
-        elif config.get("ckpt_path") == "last":
-            config.ckpt_path = str(resolve_last(resume_folders(config)))
+        continued = None  # the run folder `--ckpt_path last` found, which fit then continues in
+        if config.get("ckpt_path") == "last":
+            config.ckpt_path = str(resolve_last([Path(run_dir)] if run_dir else resume_folders(config)))
+            continued = run_folder_of(config.ckpt_path)
             say_later(f"resuming from {config.ckpt_path}")
-        continued = run_folder_of(config.ckpt_path) if config.get("ckpt_path") else None
+        if run_dir:
+            use_run_dir(config, Path(run_dir), self.subcommand)
         version = continued.name if continued is not None and self.subcommand == "fit" else None
         share_logger_version(config.trainer.logger, resume=bool(run_dir), version=version)
         if self.subcommand in EVAL_STAGES:
