@@ -67,7 +67,7 @@ class PortableConfig(SaveConfigCallback):
         config = config.clone()
         for key in SUBCOMMAND_ONLY:
             if key in config:
-                config[key] = parser.get_default(key)
+                del config[key]
         for logger in config.trainer.logger if isinstance(config.trainer.logger, list) else []:
             if getattr(logger, "init_args", None) is not None and "version" in logger.init_args:
                 logger.init_args.version = None
