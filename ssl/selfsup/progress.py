@@ -70,9 +70,14 @@ class ProgressLines(Callback):
         self._start = self._last_time = 0.0
         self._start_step = self._last_step = 0
         self._images = 0
+        self._paused = self._paused_since = 0.0
         self.validated_at: int | None = None
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._paused_since = time.perf_counter()
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._paused += time.perf_counter() - self._paused_since  # images/s counts training time only
         if not trainer.sanity_checking:
             self.validated_at = trainer.global_step
 
@@ -81,7 +86,7 @@ class ProgressLines(Callback):
         say(trainer, summary(trainer, pl_module))
         self._start = self._last_time = time.perf_counter()
         self._start_step = self._last_step = trainer.global_step
-        self._images = 0
+        self._images, self._paused = 0, 0.0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -99,13 +104,13 @@ class ProgressLines(Callback):
         wait = _metric(metrics, "train/data_wait_step", "train/data_wait")
         parts += [f"loss {loss:.4f}"] if loss is not None else []
         parts += [f"lr {lr:.3g}"] if lr is not None else []
-        parts.append(f"{self._images / max(now - self._last_time, 1e-9):.0f} images/s")
-        parts += [f"data_wait {wait:.0%}"] if wait is not None else []
+        parts.append(f"{self._images / max(now - self._last_time - self._paused, 1e-9):.0f} images/s")
+        parts += [f"data_wait {wait:.3g}"] if wait is not None else []  # as train/data_wait logs it
         if total:
             done = step - self._start_step
             parts.append(f"ETA {duration((now - self._start) / max(done, 1) * (total - step))}")
         say(trainer, "  ".join(parts))
-        self._last_time, self._last_step, self._images = now, step, 0
+        self._last_time, self._last_step, self._images, self._paused = now, step, 0, 0.0
 
 
 def results_line(module: L.LightningModule, metrics: dict[str, Any], prefix: str = "val/") -> str | None:
