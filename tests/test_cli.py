@@ -35,7 +35,7 @@ def test_evaluation_subcommands_from_a_checkpoint(trained, subcommand, tmp_path)
     if subcommand != "predict":
         assert "probe_top1" in proc.stdout
     else:
-        written = torch.load(next(tmp_path.glob("runs/*/version_*/features.pt")), weights_only=True)
+        written = torch.load(sorted(run.glob("eval/predict-*/features.pt"))[-1], weights_only=True)
         assert written["features"].shape == (1000, 32) and written["label"].shape == (1000,)
 
 

@@ -96,7 +96,8 @@ def test_export_of_the_tiny_checkpoint_says_what_torchvision_cannot_take(trained
 
 
 BAD_INPUTS = [
-    (["fit", "-c", "{linear}", "--model.init_from", "{ckpt}", "--trainer.fast_dev_run", "1"],
+    (["fit", "-c", "{linear}", "--model.init_from", "{ckpt}", "--model.init_args.backbone_args", "{{width: 16}}",
+      "--trainer.fast_dev_run", "1"],
      "holds a resnet18(cifar_stem=True, width=4, in_channels=1) backbone, but the config asks for "
      "resnet18(width=16, in_channels=1)"),
     (["knn", "--ckpt", "{ckpt}", "-c", DATA, "--k", "5000"], "k=5000 is larger than the kNN bank of 4000"),

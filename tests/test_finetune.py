@@ -51,8 +51,8 @@ def test_an_architecture_mismatch_and_layer_decay_on_a_resnet_are_refused(tmp_pa
     ckpt = tmp_path / "other.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"backbone": "vit_tiny", "backbone_args": {"num_layers": 2},
                                                        "in_channels": 1}}, ckpt)
-    with pytest.raises(ConfigError, match="holds a vit_tiny"):
-        FineTune(init_from=str(ckpt), **VIT)
+    with pytest.raises(ConfigError, match="holds a vit_tiny"):  # backbone_args given: must be the checkpoint's
+        FineTune(init_from=str(ckpt), backbone_args={}, **VIT)
     with pytest.raises(ConfigError, match="set model.layer_decay: 1.0"):
         FineTune(backbone="resnet18", backbone_args={"width": 4}, num_classes=10, layer_decay=0.75)
     FineTune(backbone="resnet18", backbone_args={"width": 4}, num_classes=10, layer_decay=1.0).parameter_groups()

@@ -1,3 +1,26 @@
 """selfsup: self-supervised pretraining for vision on Lightning, webdataset and FAISS."""
 
+from __future__ import annotations
+
+from os import PathLike
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torchvision.transforms import v2
+
 __version__ = "0.1.0"
+
+
+def load_backbone(path: str | PathLike) -> tuple[nn.Module, v2.Compose]:
+    """``(backbone, transform)`` of an export of `selfsup export` (``backbone.pt`` + ``backbone.json``) or of a
+    ``.ckpt``: the ``nn.Module`` in eval mode (pooled features ``(B, D)``) and the transform of its evaluation
+    images (a PIL image or uint8 tensor -> the float tensor ``(C, size, size)`` it expects, normalised as in
+    training)::
+
+        backbone, transform = selfsup.load_backbone("backbone.pt")
+        features = backbone(transform(PIL.Image.open("photo.jpg")).unsqueeze(0))
+    """
+    from selfsup.eval.export import load_exported
+
+    return load_exported(path)

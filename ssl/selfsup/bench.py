@@ -24,13 +24,10 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
+from selfsup.bench_cli import CONFIGS
 from selfsup.bench_step import BackboneCalls, floor_step, median_seconds, peak_memory_mib, synchronize
 from selfsup.errors import ConfigError
-
-CONFIGS = {"SimCLR": "experiments/simclr/mnist5k.yaml", "RotNet": "experiments/rotnet/mnist5k.yaml",
-           "CVRL": "experiments/cvrl/moving-mnist.yaml",
-           "SwAV": "experiments/swav/mnist5k.yaml", "PixPro": "experiments/pixpro/mnist5k.yaml",
-           "SimMIM": "experiments/simmim/mnist5k-vit-tiny.yaml"}
+from selfsup.recipes import recipe_path
 
 
 def _build(config: Path, batch_size: int, switches: Switches):
@@ -138,17 +135,9 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
-def knn_main(argv: list[str]) -> None:
-    """``selfsup bench knn [--train N ...] [--dims D ...] [--queries Q] [--k K]``: FAISS against torch."""
-    parser = argparse.ArgumentParser(prog="selfsup bench knn", description=knn_main.__doc__)
-    parser.add_argument("--train", type=int, nargs="+", default=[50_000, 200_000], help="bank sizes")
-    parser.add_argument("--dims", type=int, nargs="+", default=[512, 2048], help="feature widths")
-    parser.add_argument("--queries", type=int, default=10_000)
-    parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench-knn.json"))
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
+def run_knn(args: argparse.Namespace) -> None:
+    """``selfsup bench knn``: FAISS against torch on each bank size and width (arguments: ``selfsup.bench_cli``)."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     print(f"device: {device}, torch threads: {torch.get_num_threads()}, {args.queries} queries, k={args.k}, "
           "one timed run each")
     print(f"{'N train':>8} {'dim':>5} {'faiss s':>8} {'torch s':>8} {'torch/faiss':>11} {'same neighbours':>15}")
@@ -164,35 +153,16 @@ def knn_main(argv: list[str]) -> None:
     print(f"written: {args.out}")
 
 
-def main(argv: list[str]) -> None:
-    """``selfsup bench [--methods ...] [--batch-size N] [--device cpu|cuda] [--precision P] [--channels-last]
-    [--compile] [--out FILE]``: print a table.
-    ``selfsup bench data ...``: the data pipeline (`selfsup.bench_data`); ``selfsup bench knn ...``: FAISS vs torch."""
-    if argv[:1] == ["data"]:
-        from selfsup.bench_data import main as bench_data
-
-        return bench_data(argv[1:])
-    if argv[:1] == ["knn"]:
-        return knn_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="selfsup bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=list(CONFIGS), help=f"of: {', '.join(CONFIGS)}")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"],
-                        help="as trainer.precision: bf16-mixed autocasts the step to bfloat16")
-    parser.add_argument("--channels-last", action="store_true", help="model.channels_last: NHWC convolutions")
-    parser.add_argument("--compile", action="store_true", help="model.compile_backbone: torch.compile")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench.json"))
-    parser.add_argument("--repo", type=Path, default=Path("."), help="where experiments/ is")
-    args = parser.parse_args(argv)
+def run_methods(args: argparse.Namespace) -> None:
+    """``selfsup bench``: each method's step against its floor, a table and a JSON file (arguments:
+    ``selfsup.bench_cli``)."""
     unknown = [m for m in args.methods if m not in CONFIGS]
     if unknown:
         raise ConfigError(f"no bench config for {', '.join(unknown)}; choose from: {', '.join(CONFIGS)}")
-    device = torch.device(args.device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     switches = Switches(args.precision, args.channels_last, args.compile)
-    rows = [bench_method(m, args.repo / CONFIGS[m], args.batch_size, device, args.warmup, args.repeats, switches)
+    configs = {m: args.repo / CONFIGS[m] if args.repo else recipe_path(CONFIGS[m]) for m in args.methods}
+    rows = [bench_method(m, configs[m], args.batch_size, device, args.warmup, args.repeats, switches)
             for m in args.methods]
     memory = "CUDA max_memory_allocated" if device.type == "cuda" else "torch CPU allocations (profiler)"
     print(f"device: {device}, torch threads: {torch.get_num_threads()}, batch: {args.batch_size} images, "

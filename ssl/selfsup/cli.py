@@ -1,47 +1,35 @@
-"""The ``selfsup`` command: LightningCLI (fit/validate/test/predict) over every method, probe and data module,
-plus ``bench``, ``knn``, ``export``, ``plot`` and ``reconstruct``."""
+"""``selfsup fit/validate/test/predict``: LightningCLI over every method, probe and data module (the ``selfsup``
+command itself, with the other subcommands, is ``selfsup.console``)."""
 
 from __future__ import annotations
 
-import importlib
 import re
 import sys
-from argparse import ArgumentError
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 import selfsup.eval  # noqa: F401  (KNNMonitor, LinearProbe and friends resolve by short name in configs)
 import selfsup.methods  # noqa: F401  (SimCLR, RotNet, ... resolve by short name)
 from selfsup.cli_checks import (
+    check_accelerator,
     check_writable,
     reject_linked_overrides,
     reject_unknown_method,
-    summarize_parse_error,
-    user_error,
 )
 from selfsup.collapse import CollapseMonitor
 from selfsup.data import SSLDataModule
 from selfsup.data.health import DataHealth
 from selfsup.eval import FeatureWriter
-from selfsup.eval.commands import COMMANDS as EVAL_COMMANDS
+from selfsup.eval.transform import RecordEvalTransform
 from selfsup.nonfinite import NonFiniteGuard
+from selfsup.progress import ProgressLines, results_line, say
+from selfsup.resume import resolve_last
+from selfsup.runs import eval_folder, run_folder_of
 from selfsup.slurm import SlurmRequeue, use_run_dir
-
-
-def _tool(module: str) -> Callable[[list[str]], int | None]:
-    """A subcommand whose module is imported only when it runs."""
-    return lambda argv: importlib.import_module(module).main(argv)
-
-
-# Subcommands of our own (the rest go to LightningCLI): name -> main(argv) -> exit status (None: 0).
-TOOLS = {"bench": _tool("selfsup.bench"), "shards": _tool("selfsup.shards_cli"),
-         "reconstruct": _tool("selfsup.eval.reconstruction"), "results": _tool("selfsup.eval.results"),
-         **EVAL_COMMANDS}
 
 # Values the data decides and the model needs: (data attribute, model argument, when).
 LINKED_FROM_DATA = (
@@ -56,11 +44,35 @@ LINKED_FROM_DATA = (
 INT_OR_FRACTION = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
                    "overfit_batches", "val_check_interval")
 
+# A config without loggers logs here, its run named METHOD-DATA (see run_name).
+DEFAULT_NAME = "default"
 DEFAULT_LOGGERS = [
-    {"class_path": "selfsup.loggers.ResumableCSVLogger", "init_args": {"save_dir": "runs", "name": "default"}},
+    {"class_path": "selfsup.loggers.ResumableCSVLogger", "init_args": {"save_dir": "runs", "name": DEFAULT_NAME}},
     {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-     "init_args": {"save_dir": "runs", "name": "default"}},
+     "init_args": {"save_dir": "runs", "name": DEFAULT_NAME}},
 ]
+
+# Evaluation subcommands: they write into RUN/eval/STAGE-TIME/, never into the run itself.
+EVAL_STAGES = ("validate", "test", "predict")
+
+# Options of one subcommand only; left out of a saved config.yaml so that it works with every subcommand.
+SUBCOMMAND_ONLY = ("ckpt_path", "verbose", "return_predictions")
+
+
+class PortableConfig(SaveConfigCallback):
+    """Saves the run's config.yaml without the options of one subcommand (``verbose``, ``return_predictions``,
+    ``ckpt_path``), so ``fit``, ``validate``, ``test`` and ``predict`` all take it, and without the loggers'
+    ``version_N``, so ``fit -c RUN/config.yaml`` starts a new version (``--ckpt_path last`` continues this one)."""
+
+    def __init__(self, parser: LightningArgumentParser, config: Any, *args: Any, **kwargs: Any) -> None:
+        config = config.clone()
+        for key in SUBCOMMAND_ONLY:
+            if key in config:
+                del config[key]
+        for logger in config.trainer.logger if isinstance(config.trainer.logger, list) else []:
+            if getattr(logger, "init_args", None) is not None and "version" in logger.init_args:
+                logger.init_args.version = None
+        super().__init__(parser, config, *args, **kwargs)
 
 
 class SelfsupCLI(LightningCLI):
@@ -79,6 +91,9 @@ class SelfsupCLI(LightningCLI):
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_lightning_class_args(CollapseMonitor, "collapse")  # logs health/*, warns once on collapse
         parser.add_lightning_class_args(SlurmRequeue, "slurm_requeue")  # acts only under srun (SLURM)
+        parser.add_argument("--name", type=str | None, default=None,
+                            help="Name of the run (folder runs/NAME/version_N of every logger and the checkpoints; "
+                                 "default: the config's, or METHOD-DATA)")
         parser.add_argument("--run_dir", type=str | None, default=None,
                             help="One folder for everything the run writes (loggers, checkpoints, requeue "
                                  "checkpoints); fit resumes from the newest checkpoint in it. The SLURM templates "
@@ -93,21 +108,112 @@ class SelfsupCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        check_accelerator(config.trainer.get("accelerator"))
+        name_run(config)
         run_dir = config.get("run_dir")
-        resume = config.get("ckpt_path") == "last" or bool(run_dir)  # a run folder is always continued in place
+        continued = None  # the run folder `--ckpt_path last` found, which fit then continues in
+        if config.get("ckpt_path") == "last":
+            config.ckpt_path = str(resolve_last([Path(run_dir)] if run_dir else resume_folders(config)))
+            continued = run_folder_of(config.ckpt_path)
+            say_later(f"resuming from {config.ckpt_path}")
         if run_dir:
             use_run_dir(config, Path(run_dir), self.subcommand)
-        share_logger_version(config.trainer.logger, resume=resume)
+        version = continued.name if continued is not None and self.subcommand == "fit" else None
+        share_logger_version(config.trainer.logger, resume=bool(run_dir), version=version)
+        if self.subcommand in EVAL_STAGES:
+            write_beside_the_run(config, self.subcommand)
+        if not sys.stdout.isatty():  # a log file (CI, SLURM): plain lines only, no progress-bar fragments
+            config.trainer.enable_progress_bar = False
         if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
             check_writable(output_folders(config))
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> L.Trainer:
+        return super()._instantiate_trainer(config, [*callbacks, ProgressLines(), RecordEvalTransform()])
 
-def share_logger_version(loggers: object, resume: bool = False) -> None:
+    def after_fit(self) -> None:
+        """Evaluate a probe or fine-tune on val if its last epoch did not, then print the results and where the
+        run is (a shortened run never ends without its result)."""
+        trainer, module = self.trainer, self.model
+        if trainer.interrupted:
+            return
+        lines = next((c for c in trainer.callbacks if isinstance(c, ProgressLines)), None)
+        validated = lines is None or lines.validated_at == trainer.global_step
+        if getattr(module, "evaluate_at_end", False) and not validated:
+            trainer.validate(module, datamodule=self.datamodule, verbose=False)
+        line = results_line(module, trainer.callback_metrics)
+        if line:
+            say(trainer, line)
+        last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        say(trainer, f"done: run folder {trainer.log_dir}" + (f", checkpoint {last}" if last else ""))
+
+    def _evaluated(self) -> None:
+        say(self.trainer, f"{self.subcommand} results written to {self.trainer.log_dir}")
+
+    after_validate = after_test = after_predict = _evaluated
+
+
+def say_later(line: str) -> None:
+    """A line for the console before the trainer exists."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def data_name(source: str) -> str:
+    """A short name of a data source: ``builtin:mnist5k`` -> mnist5k, ``shards:/data/photos`` -> photos."""
+    rest = source.partition(":")[2].rstrip("/")
+    path = Path(rest)
+    return (path.parent.name if path.suffix == ".tar" else path.name) or "data"
+
+
+def name_run(config: Any) -> None:
+    """``--name`` for every logger (and so for the checkpoints, which go into the first logger's folder); without
+    it a logger left at the default name is named METHOD-DATA (e.g. simclr-photos)."""
+    loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else []
+    for logger in loggers:
+        args = getattr(logger, "init_args", None)
+        if args is None or "name" not in args:
+            continue
+        if config.get("name"):
+            args.name = config.name
+        elif args.name == DEFAULT_NAME:
+            method = str(config.model.get("class_path", "run")).rsplit(".", 1)[-1].lower()
+            source = config.data.get("init_args", {}).get("source") or "data"
+            args.name = f"{method}-{data_name(str(source))}"
+
+
+def logger_folders(config: Any) -> list[Path]:
+    """Each logger's ``save_dir/name``: the folder of its ``version_N`` runs."""
+    loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else []
+    return [Path(lg.init_args.save_dir) / (lg.init_args.get("name") or "") for lg in loggers
+            if getattr(lg, "init_args", None) is not None and "save_dir" in lg.init_args]
+
+
+def resume_folders(config: Any) -> list[Path]:
+    """Where ``--ckpt_path last`` looks: the loggers' run folders and a set checkpoint folder, else the trainer's
+    ``default_root_dir`` (where Lightning checkpoints without a logger)."""
+    folders = logger_folders(config)
+    if config.get("checkpoint") and config.checkpoint.get("dirpath"):
+        folders.append(Path(config.checkpoint.dirpath))
+    return folders or [Path(config.trainer.get("default_root_dir") or ".")]
+
+
+def write_beside_the_run(config: Any, stage: str) -> None:
+    """Point every logger (and so the saved config.yaml and predict's features) at ``RUN/eval/STAGE-TIME/`` of
+    the checkpoint's run, so an evaluation never rewrites the run's config.yaml, metrics.csv or TensorBoard
+    files."""
+    folder = eval_folder(config.ckpt_path, stage) if config.get("ckpt_path") else None
+    for logger in config.trainer.logger if folder and isinstance(config.trainer.logger, list) else []:
+        args = getattr(logger, "init_args", None)
+        if args is not None and "save_dir" in args:
+            args.save_dir, args.name, args.version = str(folder.parent), "", folder.name
+
+
+def share_logger_version(loggers: object, resume: bool = False, version: str | None = None) -> None:
     """Give loggers that write under the same ``save_dir/name`` one version, so CSV and TensorBoard files of a
     run share one folder (each would otherwise take the next free ``version_N`` after the other's).
 
     ``resume`` (``--ckpt_path last``): the newest existing version instead of a new one, so the run continues
-    in its own folder and Lightning finds its ``checkpoints/last.ckpt`` there."""
+    in its own folder and Lightning finds its ``checkpoints/last.ckpt`` there. ``version``: that folder (the one
+    of the checkpoint a run resumes from)."""
     if not isinstance(loggers, list):
         return
     chosen: dict[Path, str] = {}
@@ -120,15 +226,13 @@ def share_logger_version(loggers: object, resume: bool = False) -> None:
             found = (re.fullmatch(r"version_(\d+)", p.name) for p in folder.glob("version_*"))
             taken = [int(m.group(1)) for m in found if m]
             newest = max(taken, default=-1)
-            chosen[folder] = f"version_{newest if resume and newest >= 0 else newest + 1}"
+            chosen[folder] = version or f"version_{newest if resume and newest >= 0 else newest + 1}"
         args.version = chosen[folder]
 
 
 def output_folders(config: Any) -> list[Path]:
     """Where a run will write: each logger's ``save_dir/name`` and the checkpoint folder if set."""
-    loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else []
-    folders = [Path(lg.init_args.save_dir) / (lg.init_args.get("name") or "") for lg in loggers
-               if getattr(lg, "init_args", None) is not None and "save_dir" in lg.init_args]
+    folders = logger_folders(config)
     if config.get("checkpoint") and config.checkpoint.get("dirpath"):
         folders.append(Path(config.checkpoint.dirpath))
     return folders
@@ -144,6 +248,7 @@ def run_lightning(args: list[str] | None) -> None:
         SSLDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=PortableConfig,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
         args=args,
@@ -153,24 +258,10 @@ def run_lightning(args: list[str] | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``selfsup`` console script."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if args[:1] and args[0] in TOOLS:
-            status = TOOLS[args[0]](args[1:])
-            if status:
-                sys.exit(status)
-            return None
-        run_lightning(argv)
-    except ArgumentError as err:
-        print(f"selfsup: error: {summarize_parse_error(str(err))} (see selfsup fit --help)", file=sys.stderr)
-        sys.exit(2)
-    except Exception as err:
-        problem = user_error(err)
-        if problem is None:
-            raise
-        print(f"selfsup: error: {problem}", file=sys.stderr)
-        sys.exit(2)
+    """The ``selfsup`` command (``python -m selfsup.cli`` as before): see ``selfsup.console``."""
+    from selfsup.console import main as console_main
+
+    console_main(argv)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,6 @@ from pathlib import Path
 import yaml
 
 from selfsup.errors import ConfigError
-from selfsup.eval.finetune import FineTune
-from selfsup.eval.probe import FrozenProbe
-from selfsup.methods import SSLMethod
 
 # Model arguments the CLI links from the data, and where their value comes from.
 LINK_ORIGIN = {"num_classes": "the data's classes", "in_channels": "the data's image channels",
@@ -39,6 +36,10 @@ def reject_linked_overrides(args: list[str]) -> None:
 def method_names() -> list[str]:
     """Short names of every model `selfsup fit` takes: the methods (subclasses of SSLMethod), the probes and
     FineTune."""
+    from selfsup.eval.finetune import FineTune
+    from selfsup.eval.probe import FrozenProbe
+    from selfsup.methods import SSLMethod
+
     found, todo = [], [*SSLMethod.__subclasses__(), *FrozenProbe.__subclasses__(), FineTune]
     while todo:
         cls = todo.pop()
@@ -106,3 +107,15 @@ def check_writable(folders: list[Path]) -> None:
                 "--trainer.logger.init_args.save_dir (or the loggers' save_dir in the config) and "
                 "--checkpoint.dirpath"
             ) from None
+
+
+def check_accelerator(accelerator: object) -> None:
+    """``trainer.accelerator`` gpu/cuda needs a CUDA device (Lightning's own refusal is a traceback)."""
+    import torch
+
+    if str(accelerator).lower() in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator is {accelerator}, but no CUDA GPU is visible here (torch {torch.__version__}, "
+            f"built for CUDA {torch.version.cuda or 'none'}); use --trainer.accelerator auto (or cpu), or run on a "
+            "node with a GPU"
+        )

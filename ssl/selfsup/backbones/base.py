@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -14,6 +15,7 @@ class Backbone(nn.Module):
     """A feature extractor with a dense map (``forward_features``) and a pooled vector (``forward``)."""
 
     num_features: int
+    media: ClassVar[str] = "image"  # what it reads: "image" (B, C, H, W) or "video" (B, C, T, H, W)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The dense feature map before pooling: (B, C, h, w) for images, (B, C, t, h, w) for video."""

@@ -17,6 +17,8 @@ class TorchvisionVideoResNet(Backbone):
     """torchvision's ``r3d_18`` / ``r2plus1d_18`` / ``mc3_18`` without ``fc`` (parameter names as torchvision's);
     ``in_channels`` other than 3 replaces the stem's first convolution."""
 
+    media = "video"
+
     def __init__(self, name: str = "r3d_18", in_channels: int = 3) -> None:
         super().__init__()
         model = getattr(tv_video, name)()
@@ -73,6 +75,8 @@ class ResNet3d(Backbone):
     spatial stride 2, spatial 3x3/2 max-pool, four stages of ``Block3d`` with temporal kernels
     ``temporal_kernels`` (CVRL's R3D-50: 5/2 stem, (1, 1, 3, 3)); stage widths width x (1, 2, 4, 8) (x4 for
     bottlenecks), so R3D-50 gives 2048 features."""
+
+    media = "video"
 
     def __init__(
         self,

@@ -104,7 +104,13 @@ class SSLDataModule(L.LightningDataModule):
 
     def _eval_size(self) -> int:
         if self.image_size is None:
-            raise ConfigError(f"data.image_size must be set for source {self.source.spec!r}")
+            size = getattr(self.views, "size", None)
+            if isinstance(size, int):  # the training views' side, as evaluation images
+                return size
+            raise ConfigError(
+                f"data.image_size must be set for source {self.source.spec!r}: evaluation images (val, kNN, probes) "
+                "and the method's default views are resized to it, and only built-in data sets know their own; set "
+                "data.image_size: 224 for photos (ImageNet's; 96 or 64 train faster), or the side of your images")
         return self.image_size
 
     def _world(self) -> tuple[int, int]:

@@ -34,11 +34,21 @@ class BackboneSpec:
         return f"{self.name}({args}{', ' if args else ''}in_channels={self.in_channels})"
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint at ``path`` as a dict, read with ``weights_only=True`` onto the CPU."""
+def existing_checkpoint(path: str | Path) -> Path:
+    """``path`` if it is a file; a ConfigError that says what to give instead (a folder names a checkpoint in it)."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("**/checkpoints/last.ckpt")) or sorted(path.glob("**/*.ckpt"))
+        hint = f", e.g. {found[-1]}" if found else " (this one holds none)"
+        raise ConfigError(f"{path} is a folder; give a checkpoint file written by `selfsup fit`{hint}")
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist; give the path of a .ckpt written by `selfsup fit`")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint at ``path`` as a dict, read with ``weights_only=True`` onto the CPU."""
+    path = existing_checkpoint(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -75,25 +85,34 @@ def load_backbone(path: str | Path) -> tuple[Backbone, BackboneSpec]:
     return backbone.eval(), spec
 
 
-def backbone_from(spec: BackboneSpec, init_from: str | Path | None, who: str) -> Backbone:
-    """``spec``'s backbone with the weights of checkpoint ``init_from`` (its architecture must be ``spec``);
-    without ``init_from``, randomly initialised, with a warning naming ``who`` uses it."""
+def backbone_from(name: str | None, args: dict[str, Any] | None, in_channels: int, init_from: str | Path | None,
+                  who: str) -> tuple[Backbone, BackboneSpec]:
+    """The backbone of ``who`` (a probe, a fine-tune) and its spec: the architecture of checkpoint ``init_from``
+    with its weights, unless ``name``/``args`` (None: the checkpoint's) ask for another one, which is refused.
+    Without ``init_from``, ``name`` randomly initialised, with a warning."""
     from lightning.pytorch.utilities import rank_zero_warn
 
-    backbone = spec.build()
-    if init_from:
-        ckpt = load_checkpoint(init_from)
-        check_same_architecture(backbone_spec(ckpt, init_from), spec, init_from)
-        backbone.load_state_dict(backbone_state(ckpt))
-    else:
+    if not init_from:
+        if name is None:
+            raise ConfigError(f"{who}: set model.init_from (a checkpoint of `selfsup fit`; the backbone is read from "
+                              "it) or model.backbone (a randomly initialised baseline)")
         rank_zero_warn(f"{who}: no model.init_from, so this starts from a randomly initialised backbone")
-    return backbone
+        spec = BackboneSpec(name, dict(args or {}), in_channels)
+        return spec.build(), spec
+    ckpt = load_checkpoint(init_from)
+    found = backbone_spec(ckpt, init_from)
+    spec = BackboneSpec(name or found.name, dict(found.args if args is None else args), in_channels)
+    check_same_architecture(found, spec, init_from)
+    backbone = spec.build()
+    backbone.load_state_dict(backbone_state(ckpt))
+    return backbone, spec
 
 
 def check_same_architecture(spec: BackboneSpec, expected: BackboneSpec, path: str | Path) -> None:
     """Refuse a checkpoint whose backbone is not the one a config asks for, naming both."""
     if spec != expected:
         raise ConfigError(
-            f"checkpoint {path} holds a {spec} backbone, but the config asks for {expected}; set "
-            f"model.backbone/backbone_args to the checkpoint's (and use data with {spec.in_channels} channel(s))"
+            f"checkpoint {path} holds a {spec} backbone, but the config asks for {expected}; drop "
+            "model.backbone/backbone_args from the config (they are read from the checkpoint) or set them to the "
+            f"checkpoint's, and use data with {spec.in_channels} channel(s)"
         )

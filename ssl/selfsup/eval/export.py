@@ -13,8 +13,11 @@ from pathlib import Path
 
 import torch
 import torchvision
+from torchvision.transforms import v2
 
+from selfsup.errors import ConfigError
 from selfsup.eval.checkpoint import BackboneSpec, backbone_spec, backbone_state, load_checkpoint
+from selfsup.eval.transform import KEY, build_transform
 
 # Keys of a torchvision classification model that a backbone does not have (the classifier).
 HEAD_PREFIXES = ("fc.", "classifier.", "head.", "heads.")
@@ -61,7 +64,8 @@ def export_backbone(ckpt_path: str | Path, out: str | Path) -> ExportReport:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, out)
     out.with_suffix(".json").write_text(json.dumps(
-        {"backbone": spec.name, "backbone_args": spec.args, "in_channels": spec.in_channels}, indent=1) + "\n")
+        {"backbone": spec.name, "backbone_args": spec.args, "in_channels": spec.in_channels,
+         "eval_transform": ckpt.get(KEY)}, indent=1) + "\n")
     expected = torchvision_state_shapes(spec.name)
     report = ExportReport(spec, len(state), spec.name if expected is not None else None)
     if expected is not None:
@@ -71,12 +75,36 @@ def export_backbone(ckpt_path: str | Path, out: str | Path) -> ExportReport:
     return report
 
 
+def load_exported(path: str | Path) -> tuple[torch.nn.Module, v2.Compose]:
+    """The backbone of an export (``backbone.pt`` with its ``backbone.json``) or of a checkpoint (``.ckpt``), in
+    eval mode, and the transform of its evaluation images (PIL image or uint8 tensor -> input tensor)."""
+    path = Path(path)
+    if path.suffix == ".ckpt" or path.is_dir():
+        from selfsup.eval.checkpoint import load_backbone as from_checkpoint
+
+        backbone, _ = from_checkpoint(path)
+        return backbone, build_transform(load_checkpoint(path).get(KEY), str(path))
+    described = path.with_suffix(".json")
+    if not path.is_file() or not described.is_file():
+        raise ConfigError(f"{path if not path.is_file() else described} does not exist; give the .pt file "
+                          "`selfsup export --out` wrote (its .json beside it) or a .ckpt")
+    try:
+        info = json.loads(described.read_text())
+        spec = BackboneSpec(info["backbone"], dict(info.get("backbone_args") or {}), int(info["in_channels"]))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{described} is not a backbone description written by `selfsup export` ({err})") from None
+    backbone = spec.build()
+    backbone.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return backbone.eval(), build_transform(info.get(KEY), str(described))
+
+
 def describe(report: ExportReport, out: str | Path) -> str:
     """A few lines for the user: what was written and how to load it."""
     lines = [f"wrote {report.keys} tensors of backbone {report.spec} to {out} (spec: {Path(out).with_suffix('.json')})"]
     if report.loads_into_torchvision:
         lines.append(f"loads into torchvision.models.{report.torchvision_model}() with "
                      "load_state_dict(state, strict=False): only the classifier (fc) is left out")
+        lines.append(f"or: backbone, transform = selfsup.load_backbone({str(out)!r})")
         return "\n".join(lines)
     if report.torchvision_model is None:
         lines.append(f"torchvision has no model named {report.spec.name!r}: no key could be mapped to torchvision")
@@ -86,6 +114,7 @@ def describe(report: ExportReport, out: str | Path) -> str:
         if keys:
             shown = ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
             lines.append(f"cannot map to torchvision.models.{report.spec.name}: {what}: {shown}")
-    lines.append(f"load it with selfsup.backbones.build_backbone({report.spec.name!r}, "
+    lines.append(f"load it with: backbone, transform = selfsup.load_backbone({str(out)!r})")
+    lines.append(f"or build it with selfsup.backbones.build_backbone({report.spec.name!r}, "
                  f"in_channels={report.spec.in_channels}, **{report.spec.args})")
     return "\n".join(lines)

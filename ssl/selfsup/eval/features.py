@@ -30,7 +30,7 @@ def extract_features(
     backbone.eval()
     feats, labels = [], []
     try:
-        for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        for batch in tqdm(loader, desc=desc, leave=False, disable=None if progress else True):  # None: tty only
             feats.append(pooled_features(backbone, batch["image"].to(device, non_blocking=True)).float().cpu())
             labels.append(batch["label"])
     finally:

@@ -10,11 +10,10 @@ from typing import Any
 
 import lightning as L
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
 
 from selfsup.data.views import CropViews, ViewRecipe
 from selfsup.errors import ConfigError
-from selfsup.eval.checkpoint import BackboneSpec, backbone_from
+from selfsup.eval.checkpoint import backbone_from
 from selfsup.eval.knn import topk_accuracy
 from selfsup.heads import LinearClassifier
 from selfsup.optim import (
@@ -39,7 +38,7 @@ class FineTune(L.LightningModule):
 
     Args:
         init_from: a selfsup checkpoint (any method's); its backbone architecture must be ``backbone``.
-        backbone, backbone_args: the architecture.
+        backbone, backbone_args: the architecture; None: the checkpoint's (a value that differs is refused).
         in_channels, num_classes, batch_size: linked from the data by the CLI.
         optimizer, lr, lr_scaling, weight_decay, momentum, betas: lr is scaled by the global batch
             (``linear512``: x BS/512, SimMIM's rule); no weight decay for norms, biases, tokens, position tables.
@@ -48,10 +47,12 @@ class FineTune(L.LightningModule):
         warmup_epochs, warmup_start_factor, final_lr_factor: warmup + cosine schedule.
     """
 
+    evaluate_at_end = True  # the CLI validates after fit if the last epoch did not
+
     def __init__(
         self,
         init_from: str | None = None,
-        backbone: str = "vit_b_16",
+        backbone: str | None = None,
         backbone_args: dict[str, Any] | None = None,
         in_channels: int = 3,
         num_classes: int = 0,
@@ -73,11 +74,11 @@ class FineTune(L.LightningModule):
             raise ConfigError("FineTune needs labels, but the data has no classes: give a labelled source "
                               "(one whose manifest.json lists classes, e.g. builtin:mnist5k)")
         self.save_hyperparameters()
-        spec = BackboneSpec(backbone, dict(backbone_args or {}), in_channels)
-        self.backbone = backbone_from(spec, init_from, "FineTune")
+        self.backbone, spec = backbone_from(backbone, backbone_args, in_channels, init_from, "FineTune")
+        self.hparams.update(backbone=spec.name, backbone_args=spec.args)  # what a checkpoint of this records
         if layer_decay != 1.0 and not hasattr(self.backbone, "layer_id"):
             raise ConfigError(f"model.layer_decay {layer_decay} needs a backbone with transformer blocks (vit_*, "
-                              f"swin_*), but {backbone} has none; set model.layer_decay: 1.0")
+                              f"swin_*), but {spec.name} has none; set model.layer_decay: 1.0")
         self.head = LinearClassifier(self.backbone.num_features, num_classes)
 
     def default_views(self, size: int) -> ViewRecipe:
@@ -139,9 +140,3 @@ class FineTune(L.LightningModule):
         schedule = warmup_cosine_scheduler(opt, self.trainer, hp.warmup_epochs, hp.warmup_start_factor,
                                            hp.final_lr_factor)
         return {"optimizer": opt, "lr_scheduler": schedule}
-
-    def on_fit_end(self) -> None:
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
-        if metrics:
-            shown = "  ".join(f"{k.removeprefix('val/')} {v:.4f}" for k, v in sorted(metrics.items()))
-            rank_zero_info(f"FineTune on val: {shown}")

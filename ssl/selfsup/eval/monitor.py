@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from selfsup.eval.features import split_features
 from selfsup.eval.knn import knn_accuracy
@@ -19,12 +19,30 @@ class KNNMonitor(L.Callback):
     def __init__(self, every_n_epochs: int = 1, k: int = 20, temperature: float = 0.07, baseline: bool = True):
         self.every_n_epochs, self.k, self.temperature, self.baseline = every_n_epochs, k, temperature, baseline
         self.results: dict[str, dict[str, float]] = {}
+        self._said = False  # the reason it cannot measure is given once
+
+    def _unable(self, trainer: L.Trainer) -> str | None:
+        """Why the monitor cannot measure on this run's data (None: it can)."""
+        data = trainer.datamodule
+        if not hasattr(data, "eval_dataloader"):
+            return f"the data module {type(data).__name__} has no un-augmented evaluation images"
+        if getattr(data, "num_classes", 0) == 0:
+            return (f"data source {data.source.spec!r} has no classes; give a labelled source (class folders) or "
+                    "drop the KNNMonitor callback")
+        if not data.source.has_split("val"):
+            return (f"data source {data.source.spec!r} has no val split; write one (selfsup shards write "
+                    "--val-fraction 0.1) or drop the KNNMonitor callback")
+        return None
 
     def _measure(self, trainer: L.Trainer, module: L.LightningModule) -> dict[str, float] | None:
         data = trainer.datamodule
-        if trainer.fast_dev_run or not hasattr(data, "eval_dataloader") or getattr(data, "num_classes", 0) == 0:
+        if trainer.fast_dev_run:
             return None
-        if not data.source.has_split("val"):
+        unable = self._unable(trainer)
+        if unable is not None:
+            if not self._said:
+                rank_zero_warn(f"KNNMonitor does nothing in this run: {unable}")
+                self._said = True
             return None
         bank, bank_labels = split_features(module.backbone, data, "train", module.device)
         queries, query_labels = split_features(module.backbone, data, "val", module.device)

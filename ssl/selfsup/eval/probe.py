@@ -20,7 +20,7 @@ from selfsup.backbones import pooled_features
 from selfsup.data.clips import EvalClips
 from selfsup.data.views import EvalView, ViewRecipe
 from selfsup.errors import ConfigError
-from selfsup.eval.checkpoint import BackboneSpec, backbone_from
+from selfsup.eval.checkpoint import backbone_from
 from selfsup.eval.features import split_features
 from selfsup.eval.knn import topk_accuracy
 from selfsup.heads import LinearClassifier
@@ -41,16 +41,18 @@ class FrozenProbe(L.LightningModule):
 
     Args:
         init_from: a selfsup checkpoint (`selfsup fit` of any method or probe); None probes the random init.
-        backbone, backbone_args: the architecture; must match the checkpoint's.
+        backbone, backbone_args: the architecture; None: the checkpoint's (a value that differs is refused).
         in_channels, num_classes, batch_size: linked from the data by the CLI.
         optimizer, lr, lr_scaling, weight_decay, momentum, nesterov, warmup_epochs: the head's optimizer;
             lr is scaled by the global batch (``linear``: x BS/256).
     """
 
+    evaluate_at_end = True  # the CLI validates after fit if the last epoch did not
+
     def __init__(
         self,
         init_from: str | None = None,
-        backbone: str = "resnet50",
+        backbone: str | None = None,
         backbone_args: dict[str, Any] | None = None,
         in_channels: int = 3,
         num_classes: int = 0,
@@ -70,8 +72,8 @@ class FrozenProbe(L.LightningModule):
                 "(one whose manifest.json lists classes, e.g. builtin:mnist5k)"
             )
         self.save_hyperparameters()
-        spec = BackboneSpec(backbone, dict(backbone_args or {}), in_channels)
-        self.backbone = backbone_from(spec, init_from, type(self).__name__)
+        self.backbone, spec = backbone_from(backbone, backbone_args, in_channels, init_from, type(self).__name__)
+        self.hparams.update(backbone=spec.name, backbone_args=spec.args)  # what a checkpoint of this records
         self.backbone.requires_grad_(False)
         self.backbone.eval()
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
@@ -98,12 +100,6 @@ class FrozenProbe(L.LightningModule):
         groups = split_decay(self.head.named_parameters(), hp.weight_decay)
         opt = build_optimizer(hp.optimizer, groups, lr, hp.momentum, hp.weight_decay, nesterov=hp.nesterov)
         return {"optimizer": opt, "lr_scheduler": warmup_cosine_scheduler(opt, self.trainer, hp.warmup_epochs)}
-
-    def on_fit_end(self) -> None:
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
-        if metrics:
-            shown = "  ".join(f"{k.removeprefix('val/')} {v:.4f}" for k, v in sorted(metrics.items()))
-            rank_zero_info(f"{type(self).__name__} on val: {shown}")
 
 
 class _FeatureBatches(IterableDataset):

@@ -7,7 +7,6 @@ The ``ReconstructionGrid`` callback writes the same grid into the run folder dur
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,20 +128,3 @@ def load_simmim(path: str | Path) -> torch.nn.Module:
     model = SimMIM(**{k: v for k, v in hp.items() if not k.startswith("_")})
     model.load_state_dict(ckpt["state_dict"])
     return model
-
-
-def main(argv: list[str]) -> None:
-    """`selfsup reconstruct`: original / masked / reconstruction of a few val images of a SimMIM checkpoint."""
-    from selfsup.eval.commands import _common, _device, load_data
-
-    parser = argparse.ArgumentParser(prog="selfsup reconstruct", description=main.__doc__.split(": ", 1)[1])
-    _common(parser)
-    parser.add_argument("--out", type=Path, default=Path("reconstruction.png"))
-    parser.add_argument("--num-images", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the masks")
-    args = parser.parse_args(argv)
-    model = load_simmim(args.ckpt)
-    data = load_data(args.config, need_labels=False, what="reconstruct")
-    device = _device(args.device)
-    rows = reconstruction_rows(model.to(device), data, args.num_images, args.seed, device)
-    print(f"written: {save_reconstruction_grid(rows, args.out, f'SimMIM reconstructions ({args.ckpt.name})')}")

@@ -6,6 +6,7 @@ from typing import Any
 
 from selfsup.data.clips import ClipViews
 from selfsup.data.views import ViewRecipe
+from selfsup.errors import ConfigError
 from selfsup.heads import LastNorm
 from selfsup.methods.simclr import SimCLR
 from selfsup.optim import LRScaling, OptimizerName
@@ -39,6 +40,9 @@ class CVRL(SimCLR):
     ) -> None:
         super().__init__(temperature, proj_layers, proj_dim, proj_hidden_dim, proj_last_norm, backbone=backbone,
                          optimizer=optimizer, lr=lr, lr_scaling=lr_scaling, warmup_epochs=warmup_epochs, **kwargs)
+        if self.backbone.media != "video":
+            raise ConfigError(f"CVRL needs a 3-D (video) backbone, but model.backbone {backbone!r} reads single "
+                              "images; use r3d_tiny, r3d_18 or r3d_50")
 
     def default_views(self, size: int) -> ViewRecipe:
         return ClipViews(size)

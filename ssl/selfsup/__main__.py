@@ -1,0 +1,5 @@
+"""``python -m selfsup``: the ``selfsup`` command."""
+
+from selfsup.console import main
+
+main()

@@ -1,0 +1,65 @@
+"""The arguments of ``selfsup bench``, ``selfsup bench data`` and ``selfsup bench knn``; torch is imported
+only once they are parsed (``selfsup.bench`` and ``selfsup.bench_data`` do the work)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+# Each method's recipe (found with selfsup.recipes, so bench runs from any folder).
+CONFIGS = {"SimCLR": "experiments/simclr/mnist5k.yaml", "RotNet": "experiments/rotnet/mnist5k.yaml",
+           "CVRL": "experiments/cvrl/moving-mnist.yaml",
+           "SwAV": "experiments/swav/mnist5k.yaml", "PixPro": "experiments/pixpro/mnist5k.yaml",
+           "SimMIM": "experiments/simmim/mnist5k-vit-tiny.yaml"}
+SUBCOMMANDS = """subcommands:
+  selfsup bench data   images/s of the data pipeline: shards against PIL files, views in workers or on the device
+  selfsup bench knn    FAISS kNN search against brute-force torch on the same features
+(each with --help)"""
+
+
+def methods_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfsup bench", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SUBCOMMANDS,
+        description="Each method's training step against its floor (the backbone passes it cannot avoid).")
+    parser.add_argument("--methods", nargs="+", default=list(CONFIGS), help=f"of: {', '.join(CONFIGS)}")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"],
+                        help="as trainer.precision: bf16-mixed autocasts the step to bfloat16")
+    parser.add_argument("--channels-last", action="store_true", help="model.channels_last: NHWC convolutions")
+    parser.add_argument("--compile", action="store_true", help="model.compile_backbone: torch.compile")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench.json"))
+    parser.add_argument("--repo", type=Path, default=None,
+                        help="a folder with your own experiments/ (default: the recipes that ship with selfsup)")
+    return parser
+
+
+def knn_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfsup bench knn",
+                                     description="FAISS kNN search against brute-force torch on the same features.")
+    parser.add_argument("--train", type=int, nargs="+", default=[50_000, 200_000], help="bank sizes")
+    parser.add_argument("--dims", type=int, nargs="+", default=[512, 2048], help="feature widths")
+    parser.add_argument("--queries", type=int, default=10_000)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-knn.json"))
+    return parser
+
+
+def main(argv: list[str]) -> int | None:
+    """``selfsup bench [data|knn] ...``."""
+    if argv[:1] == ["data"]:
+        from selfsup.bench_data import main as bench_data
+
+        return bench_data(argv[1:])
+    if argv[:1] == ["knn"]:
+        args = knn_parser().parse_args(argv[1:])
+        from selfsup.bench import run_knn
+
+        return run_knn(args)
+    args = methods_parser().parse_args(argv)
+    from selfsup.bench import run_methods
+
+    return run_methods(args)

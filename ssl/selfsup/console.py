@@ -1,0 +1,109 @@
+"""The ``selfsup`` command: dispatch to a subcommand, ``--help`` and ``--version``, errors as one line.
+
+Imports only the standard library: torch and Lightning load when a subcommand that needs them runs, so
+``selfsup --help`` and the help of the tools answer at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from argparse import ArgumentError
+from collections.abc import Callable
+
+# Subcommands of our own (the rest go to LightningCLI): name -> (module with main(argv) -> status, one line).
+TOOLS = {
+    "knn": ("selfsup.eval_commands:knn_main", "weighted kNN top-1/top-5 of a checkpoint's backbone (val vs train)"),
+    "plot": ("selfsup.eval_commands:plot_main", "t-SNE of a checkpoint's val features, as a PNG"),
+    "export": ("selfsup.eval_commands:export_main", "a checkpoint's backbone as a plain state dict + backbone.json"),
+    "reconstruct": ("selfsup.eval_commands:reconstruct_main", "SimMIM: original / masked / reconstructed images"),
+    "shards": ("selfsup.shards_cli:main", "shards write (a folder or built-in set -> shards), shards inspect"),
+    "results": ("selfsup.results:main", "every CPU recipe and its evaluations vs random init and raw pixels"),
+    "bench": ("selfsup.bench_cli:main", "speed: bench (each method's step), bench data (pipeline), bench knn (FAISS)"),
+}
+LIGHTNING = {
+    "fit": "train a method, a probe or a fine-tune from a config (-c experiments/...yaml)",
+    "validate": "evaluate a checkpoint on the val split (results go to RUN/eval/, the run is left as it was)",
+    "test": "evaluate a checkpoint on the test split (results go to RUN/eval/)",
+    "predict": "write a checkpoint's features of the predict split (to RUN/eval/)",
+}
+
+
+def usage() -> str:
+    """The top-level help: every subcommand with one line."""
+    rows = [("training (LightningCLI: -c CONFIG, --print_config, --help)", LIGHTNING),
+            ("evaluation, data and speed", {name: line for name, (_, line) in TOOLS.items()})]
+    lines = ["usage: selfsup COMMAND [options]   (selfsup COMMAND --help: the options of one command)", "",
+             "Self-supervised pretraining for vision: SimCLR, SwAV, PixPro, SimMIM, RotNet, CVRL.", ""]
+    for title, commands in rows:
+        lines.append(f"{title}:")
+        lines += [f"  {name:<12} {line}" for name, line in commands.items()]
+        lines.append("")
+    lines += ["options:", "  -h, --help   this list", "  --version    selfsup's version (and torch's, Lightning's)",
+              "", "example: selfsup fit -c experiments/simclr/mnist5k.yaml"]
+    return "\n".join(lines)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    from selfsup import __version__
+
+    found = []
+    for package in ("torch", "lightning"):
+        try:
+            found.append(f"{package} {installed(package)}")
+        except PackageNotFoundError:
+            pass
+    return f"selfsup {__version__} ({', '.join(found)})"
+
+
+def tool(name: str) -> Callable[[list[str]], int | None]:
+    """The ``main(argv)`` of one of our subcommands, its module imported now."""
+    module, function = TOOLS[name][0].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def run(args: list[str]) -> int | None:
+    """Run the command line ``args``; the exit status (None: 0)."""
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return None if args else 2
+    if args[0] == "--version":
+        print(version())
+        return None
+    from selfsup.recipes import with_recipes
+
+    args = with_recipes(args)
+    if args[0] in TOOLS:
+        return tool(args[0])(args[1:])
+    from selfsup.cli import run_lightning
+
+    return run_lightning(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``selfsup`` console script."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        status = run(args)
+    except ArgumentError as err:
+        from selfsup.cli_checks import summarize_parse_error
+
+        print(f"selfsup: error: {summarize_parse_error(str(err))} (see selfsup fit --help)", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:
+        from selfsup.cli_checks import user_error
+
+        problem = user_error(err)
+        if problem is None:
+            raise
+        print(f"selfsup: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    if status:
+        sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""`selfsup knn`, `selfsup export` and `selfsup plot`: evaluation commands on a checkpoint.
+
+    selfsup knn --ckpt runs/.../last.ckpt -c experiments/eval/mnist5k.yaml [--k 10 20 100 200] [--temperature 0.07]
+    selfsup export --ckpt runs/.../last.ckpt --out backbone.pt
+    selfsup plot --ckpt runs/.../last.ckpt -c experiments/eval/mnist5k.yaml --out emb.png
+    selfsup reconstruct --ckpt runs/.../last.ckpt -c experiments/simmim/mnist5k-vit-tiny.yaml --out recon.png
+
+``-c`` takes a YAML file with a ``data:`` section as in `selfsup fit -c` configs (any fit config works).
+torch and the data pipeline are imported once the arguments are parsed, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from selfsup.errors import ConfigError
+from selfsup.runs import eval_folder
+
+if TYPE_CHECKING:
+    import torch
+
+    from selfsup.data import SSLDataModule
+    from selfsup.eval.checkpoint import BackboneSpec
+
+
+def load_data(config: Path, need_labels: bool, what: str) -> SSLDataModule:
+    """The SSLDataModule of the ``data:`` section of ``config`` (a fit config or just a data block)."""
+    from jsonargparse import ArgumentParser
+
+    from selfsup.data import SSLDataModule
+
+    if not config.is_file():
+        raise ConfigError(f"data config {config} does not exist; give a YAML file with a data: section "
+                          "(e.g. experiments/eval/mnist5k.yaml)")
+    try:
+        raw = yaml.safe_load(config.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{config} is not valid YAML ({str(err).splitlines()[0]})") from err
+    if not isinstance(raw, dict) or "data" not in raw:
+        raise ConfigError(f"{config} has no data: section; write one as in experiments/eval/mnist5k.yaml")
+    section = raw["data"] if "class_path" in (raw["data"] or {}) else {
+        "class_path": "selfsup.data.SSLDataModule", "init_args": raw["data"] or {}}
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(SSLDataModule, "data")
+    data = parser.instantiate_classes(parser.parse_object({"data": section}))["data"]
+    if need_labels and data.num_classes == 0:
+        raise ConfigError(f"{what} needs labels, but data source {data.source.spec!r} has no classes; "
+                          "give a labelled source (e.g. builtin:mnist5k)")
+    return data
+
+
+def _device(name: str | None) -> torch.device:
+    """The device ``--device`` names (default: cuda when available); a CUDA device must exist."""
+    import torch
+
+    if name and name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA GPU is available here (torch {torch.__version__}, "
+                          f"built for CUDA {torch.version.cuda or 'none'}); use --device cpu or run on a GPU node")
+    try:
+        return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise ConfigError(f"--device {name!r} is not a device ({err}); use cpu or cuda") from None
+
+
+def _backbone_for(ckpt: Path, data: SSLDataModule) -> tuple[torch.nn.Module, BackboneSpec]:
+    """The checkpoint's backbone, refused with one line when it cannot read the data's media (a 2-D backbone
+    and video clips, or the reverse) or channels."""
+    from selfsup.eval.checkpoint import load_backbone
+
+    backbone, spec = load_backbone(ckpt)
+    if backbone.media != data.media:
+        raise ConfigError(f"checkpoint {ckpt} holds an {backbone.media} backbone ({spec}), but data source "
+                          f"{data.source.spec!r} holds {data.media}s; give {backbone.media} data (-c) or a "
+                          f"checkpoint trained on {data.media}s")
+    if spec.in_channels != data.num_channels:
+        raise ConfigError(f"checkpoint {ckpt} holds a backbone of {spec.in_channels} input channel(s), but data "
+                          f"source {data.source.spec!r} has {data.num_channels}; give data like the pretraining's")
+    return backbone, spec
+
+
+def _common(parser: argparse.ArgumentParser, data: bool = True) -> None:
+    parser.add_argument("--ckpt", type=Path, required=True, help="a checkpoint written by `selfsup fit` "
+                        "(RUN/checkpoints/last.ckpt)")
+    if data:
+        parser.add_argument("-c", "--config", type=Path, required=True, help="YAML with a data: section")
+        parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+DEFAULT_K = (10, 20, 100, 200)
+
+
+def knn_main(argv: list[str]) -> None:
+    """Weighted kNN top-1/top-5 of val queries against the un-augmented train bank, for each k; a table on
+    stdout and ``knn.json`` in the run's ``eval/knn-TIME/`` (``<checkpoint>.knn.json`` outside a run folder)."""
+    parser = argparse.ArgumentParser(prog="selfsup knn", description=knn_main.__doc__.split(";")[0])
+    _common(parser)
+    parser.add_argument("--k", type=int, nargs="+", default=None,
+                        help=f"neighbours (default: {' '.join(map(str, DEFAULT_K))}, those up to the bank's size)")
+    parser.add_argument("--temperature", type=float, default=0.07)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file (default: RUN/eval/knn-TIME/knn.json, or beside a checkpoint outside a run)")
+    args = parser.parse_args(argv)
+    from selfsup.eval.checkpoint import existing_checkpoint
+    from selfsup.eval.features import split_features
+    from selfsup.eval.knn import knn_evaluate
+
+    if args.k and min(args.k) < 1:
+        raise ConfigError(f"--k must be at least 1, got {min(args.k)}")
+    device = _device(args.device)
+    existing_checkpoint(args.ckpt)
+    data = load_data(args.config, need_labels=True, what="kNN")
+    backbone, spec = _backbone_for(args.ckpt, data)
+    bank, bank_labels = split_features(backbone.to(device), data, "train", device, progress=True)
+    queries, query_labels = split_features(backbone, data, "val", device, progress=True)
+    ks = args.k or [k for k in DEFAULT_K if k <= len(bank)] or [len(bank)]
+    rows = knn_evaluate(bank, bank_labels, queries, query_labels, ks, args.temperature, data.num_classes)
+    print(f"kNN of {len(queries)} val queries against {len(bank)} train samples ({spec}, T={args.temperature})")
+    print(f"{'k':>6} {'top-1':>8} {'top-5':>8}")
+    for r in rows:
+        print(f"{r['k']:>6} {r['top1']:>8.4f} {r['top5']:>8.4f}")
+    folder = eval_folder(args.ckpt, "knn")
+    out = args.out or (folder / "knn.json" if folder else args.ckpt.with_suffix(".knn.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"checkpoint": str(args.ckpt), "data": data.source.spec, "backbone": str(spec),
+                               "temperature": args.temperature, "bank": len(bank), "queries": len(queries),
+                               "results": rows}, indent=1) + "\n")
+    print(f"written: {out}")
+
+
+def export_main(argv: list[str]) -> None:
+    """Write the checkpoint's backbone as a plain state dict with torchvision's keys."""
+    parser = argparse.ArgumentParser(prog="selfsup export", description=export_main.__doc__)
+    _common(parser, data=False)
+    parser.add_argument("--out", type=Path, required=True, help="where to write the state dict (.pt)")
+    args = parser.parse_args(argv)
+    from selfsup.eval.export import describe, export_backbone
+
+    print(describe(export_backbone(args.ckpt, args.out), args.out))
+
+
+def plot_main(argv: list[str]) -> None:
+    """t-SNE of the val features of a checkpoint's backbone, coloured by label, as a PNG."""
+    parser = argparse.ArgumentParser(prog="selfsup plot", description=plot_main.__doc__)
+    _common(parser)
+    parser.add_argument("--out", type=Path, default=Path("embedding.png"))
+    args = parser.parse_args(argv)
+    from selfsup.eval.checkpoint import existing_checkpoint
+    from selfsup.eval.features import split_features
+    from selfsup.eval.plot import save_embedding_plot
+
+    device = _device(args.device)
+    existing_checkpoint(args.ckpt)
+    data = load_data(args.config, need_labels=False, what="plot")
+    backbone, spec = _backbone_for(args.ckpt, data)
+    features, labels = split_features(backbone.to(device), data, "val", device, progress=True)
+    out = save_embedding_plot(features, labels, args.out, data.source.classes,
+                              f"t-SNE of {len(labels)} val features, {spec.name}")
+    print(f"written: {out}")
+
+
+def reconstruct_main(argv: list[str]) -> None:
+    """Original / masked / reconstruction of a few val images of a SimMIM checkpoint, as a PNG grid."""
+    parser = argparse.ArgumentParser(prog="selfsup reconstruct", description=reconstruct_main.__doc__)
+    _common(parser)
+    parser.add_argument("--out", type=Path, default=Path("reconstruction.png"))
+    parser.add_argument("--num-images", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the masks")
+    args = parser.parse_args(argv)
+    from selfsup.eval.reconstruction import load_simmim, reconstruction_rows, save_reconstruction_grid
+
+    device = _device(args.device)
+    model = load_simmim(args.ckpt)
+    data = load_data(args.config, need_labels=False, what="reconstruct")
+    rows = reconstruction_rows(model.to(device), data, args.num_images, args.seed, device)
+    print(f"written: {save_reconstruction_grid(rows, args.out, f'SimMIM reconstructions ({args.ckpt.name})')}")
