@@ -26,8 +26,9 @@ from typing import Any
 import yaml
 
 from selfsup.errors import ConfigError
+from selfsup.recipes import recipe_path
 
-REPO = Path(__file__).resolve().parents[3]
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this selfsup, first on the children's path
 VARIANTS = ("pretrained", "random", "pixels")  # the backbones each evaluation runs on
 METRICS = {"linear": "val/top1", "finetune": "val/top1", "dense": "val/miou"}  # fit-based evaluations
 COLUMNS = ("knn", "linear", "finetune", "dense")
@@ -47,14 +48,14 @@ class Row:
 
 
 def run_step(argv: list[str], log: Path) -> str | None:
-    """Run ``selfsup ARGV`` (this interpreter, this checkout) with its output in ``log``; None on success, else
+    """Run ``selfsup ARGV`` (this interpreter, this selfsup) with its output in ``log``; None on success, else
     the reason: the command's own one-line error, or its last line."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    paths = (str(REPO / "ssl"), os.environ.get("PYTHONPATH"))
+    paths = (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     with log.open("w") as out:
-        proc = subprocess.run([sys.executable, "-m", "selfsup.cli", *argv], cwd=REPO, stdout=out,
-                              stderr=subprocess.STDOUT, env=env, text=True)
+        proc = subprocess.run([sys.executable, "-m", "selfsup", *argv], stdout=out, stderr=subprocess.STDOUT,
+                              env=env, text=True)
     if proc.returncode == 0:
         return None
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
@@ -93,14 +94,6 @@ def baseline_checkpoints(trained: Path, pixels: dict[str, Any] | None, out: Path
     return paths
 
 
-def architecture_args(ckpt: Path) -> list[str]:
-    """Overrides that make a probe config build ``ckpt``'s backbone."""
-    from selfsup.eval.checkpoint import backbone_spec, load_checkpoint
-
-    spec = backbone_spec(load_checkpoint(ckpt), ckpt)
-    return ["--model.init_args.backbone", spec.name, "--model.init_args.backbone_args", json.dumps(spec.args)]
-
-
 def evaluate(kind: str, config: str, ckpt: Path, work: Path, quick: list[str]) -> float:
     """One evaluation of one checkpoint through the CLI; raises ConfigError with the reason if it fails."""
     if kind == "knn":
@@ -110,9 +103,9 @@ def evaluate(kind: str, config: str, ckpt: Path, work: Path, quick: list[str]) -
         if reason is None:
             return float(json.loads(out.read_text())["results"][0]["top1"])
     else:
-        run_dir = work / f"{kind}-{ckpt.stem}"
-        reason = run_step(["fit", "-c", config, "--model.init_from", str(ckpt), *architecture_args(ckpt),
-                           "--run_dir", str(run_dir), *quick], work / f"{kind}-{ckpt.stem}.log")
+        run_dir = work / f"{kind}-{ckpt.stem}"  # the probe reads the architecture from the checkpoint
+        reason = run_step(["fit", "-c", config, "--model.init_from", str(ckpt), "--run_dir", str(run_dir), *quick],
+                          work / f"{kind}-{ckpt.stem}.log")
         if reason is None:
             return last_metric(run_dir, METRICS[kind])
     raise ConfigError(reason)
@@ -227,10 +220,10 @@ def machine_line() -> str:
 def main(argv: list[str]) -> None:
     """Run the CPU recipes and their evaluations; write the results table and chart."""
     parser = argparse.ArgumentParser(prog="selfsup results", description=main.__doc__)
-    parser.add_argument("--recipes", type=Path, default=REPO / "experiments/results.yaml",
+    parser.add_argument("--recipes", type=Path, default=recipe_path("experiments/results.yaml"),
                         help="the recipes and their evaluations (default: experiments/results.yaml)")
     parser.add_argument("--only", nargs="+", default=None, help="recipe keys to run (default: all)")
-    parser.add_argument("--out", type=Path, default=REPO / "docs/results.md", help="the Markdown table")
+    parser.add_argument("--out", type=Path, default=Path("docs/results.md"), help="the Markdown table")
     parser.add_argument("--work", type=Path, default=None, help="where runs and logs go (default: runs/results/TIME)")
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke runs (the recipes' quick overrides)")
     args = parser.parse_args(argv)
@@ -243,7 +236,7 @@ def main(argv: list[str]) -> None:
         raise ConfigError(f"--only {' '.join(unknown)}: no such recipe in {args.recipes}; "
                           f"choose from {', '.join(recipes)}")
     keys = args.only or list(recipes)
-    work = args.work or REPO / "runs/results" / time.strftime("%Y%m%d-%H%M%S")
+    work = args.work or Path("runs/results") / time.strftime("%Y%m%d-%H%M%S")
     start = time.perf_counter()
 
     def say(message: str) -> None:
