@@ -13,7 +13,8 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from selfsup.data.members import BadSample, decode_sample, refused_members
+from selfsup.data.crops import Cropped, collate_crops, decode_crops
+from selfsup.data.members import BadSample, decode_label, decode_sample, media_member, refused_members
 from selfsup.data.parts import PartError
 from selfsup.data.views import ViewRecipe
 
@@ -122,13 +123,19 @@ class ShardStream(IterableDataset):
                 return
             pass_index += 1000  # later passes of this iterator: fresh permutations, distinct from next epoch's
 
-    def _decoded(self, raw: dict[str, Any], tally: HealthTally) -> dict[str, Any] | None:
+    def _decoded(self, raw: dict[str, Any], tally: HealthTally, rng: random.Random) -> dict[str, Any] | None:
+        """The sample's image (or, when the views are cut while decoding, its `Cropped` views) and label; None
+        (counted as skipped) if unusable."""
         refused = refused_members(raw)
         if refused:
             tally.refused[raw["__part__"]] += len(refused)
         tally.seen += 1
+        specs = self.transform.crop_specs if self.media == "image" else None
         try:
-            return decode_sample(raw, self.channels, self.num_classes, self.media)
+            if specs is None:
+                return decode_sample(raw, self.channels, self.num_classes, self.media)
+            label = decode_label(raw, self.num_classes)
+            return {"image": decode_crops(raw[media_member(raw)], self.channels, specs, rng), "label": label}
         except BadSample:
             tally.skipped[raw["__part__"]] += 1
             return None
@@ -139,11 +146,12 @@ class ShardStream(IterableDataset):
         pass_index = self._epoch.value
         if info is not None:  # views draw from the worker's RNG: make it a function of (seed, epoch, rank, worker)
             torch.manual_seed(hash((self.seed, pass_index, self.rank, worker)) & (2**63 - 1))
+        rng = random.Random(int(torch.randint(2**62, ())))  # crop boxes: cheap per-image draws, seeded as the views
         tally = HealthTally()
         images: list[torch.Tensor] = []
         labels: list[int] = []
         for raw in self._samples(pass_index, worker, num_workers, tally):
-            decoded = self._decoded(raw, tally)
+            decoded = self._decoded(raw, tally, rng)
             if decoded is None:
                 continue
             images.append(decoded["image"])
@@ -154,9 +162,13 @@ class ShardStream(IterableDataset):
         if images:
             yield self._views(images, labels, tally)
 
-    def _views(self, images: list[torch.Tensor], labels: list[int], tally: HealthTally) -> dict[str, Any]:
-        """The transform of a batch: batched when all images share a size, image by image otherwise."""
-        if all(image.shape == images[0].shape for image in images):
+    def _views(self, images: list[torch.Tensor | Cropped], labels: list[int], tally: HealthTally
+               ) -> dict[str, Any]:
+        """The transform of a batch: from its crops when they were cut while decoding, else batched when all
+        images share a size, image by image otherwise."""
+        if isinstance(images[0], Cropped):
+            out = self.transform.from_crops(collate_crops(images))
+        elif all(image.shape == images[0].shape for image in images):
             out = self.transform.batch(torch.stack(images))
         else:
             out = default_collate([self.transform(image) for image in images])
