@@ -12,7 +12,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from selfsup.data.colour import ColourAugment, hue_shift, to_float
+from selfsup.data.colour import ColourAugment, hue_shift, hue_shift_uint8, to_float
 from selfsup.data.crops import CropSpec, collate_crops, decode_crops, sample_box
 
 
@@ -50,10 +50,16 @@ def test_each_uint8_jitter_op_is_within_one_step_of_torchvision(op, reference, f
 
 
 @pytest.mark.parametrize("hue", [-0.5, -0.13, 0.07, 0.31])
-def test_hue_shift_is_within_one_step_of_torchvision(hue):
+def test_hue_shift_is_within_one_step_of_torchvision_and_its_fast_approximation_within_40_db(hue):
     image = photo(4)
     expected = TF.adjust_hue(torch.from_numpy(image).permute(2, 0, 1).float() / 255, hue)
     assert max_steps(hue_shift(image, hue), expected) <= 1.0
+    fast = torch.from_numpy(hue_shift_uint8(image, hue)).permute(2, 0, 1).float() / 255
+    assert psnr(fast, expected) >= 40 and max_steps(hue_shift_uint8(image, hue), expected) <= 16
+
+
+def psnr(x: torch.Tensor, reference: torch.Tensor) -> float:
+    return 10 * math.log10(1 / float(((x - reference) ** 2).mean()))
 
 
 def test_grayscale_and_solarize_are_within_one_step_of_torchvision():
@@ -87,8 +93,7 @@ def test_both_backends_make_the_same_views_from_the_same_draws():
     params = aug.draw(16)
     ours = to_float(torch.from_numpy(aug.on_arrays(crops.numpy(), params)))
     theirs = aug.on_tensors(crops.permute(0, 3, 1, 2).float() / 255, params)
-    mse = ((ours - theirs) ** 2).mean()
-    assert 10 * math.log10(1 / float(mse)) >= 40
+    assert psnr(ours, theirs) >= 40
     assert params["jitter"].any() and params["blur"].any() and params["gray"].any()
 
 
@@ -98,6 +103,10 @@ def test_normalised_floats_of_uint8_crops():
     expected = (crops.permute(0, 3, 1, 2).float() / 255 - torch.tensor([0.5, 0.4, 0.3])[:, None, None]) / \
         torch.tensor([0.2, 0.25, 0.5])[:, None, None]
     assert x.shape == (2, 3, 5, 5) and torch.allclose(x, expected, atol=1e-5)
+    gray = crops[..., :1]
+    assert torch.allclose(to_float(gray), gray.permute(0, 3, 1, 2) / 255, atol=1e-6)
+    assert torch.allclose(to_float(gray, ((0.5, 0.4, 0.3), (0.2, 0.25, 0.5))), (gray.permute(0, 3, 1, 2) / 255
+                          - 0.4) / (0.95 / 3), atol=1e-5)
 
 
 # ---- crop boxes ------------------------------------------------------------------------------------------

@@ -3,9 +3,11 @@ fixed-size uint8 crops, with per-image random parameters drawn once (`ColourAugm
 of two backends that give the same views for the same draws:
 
 - ``on_arrays``: OpenCV on uint8 images, one image at a time (loader workers). Brightness, contrast and solarize
-  are lookup tables, saturation and grayscale a 3x3 colour matrix, hue a float32 HSV round trip, the blur
-  OpenCV's separable Gaussian. Against torchvision's functional ops on float images at the same parameters
-  each op is within 1 uint8 step (rounding to uint8 after each op); see tests/test_colour.py.
+  are lookup tables, saturation and grayscale a 3x3 colour matrix, hue an HSV round trip, the blur OpenCV's
+  separable Gaussian. Against torchvision's functional ops on float images at the same parameters each op is
+  within 1 uint8 step (rounding to uint8 after each op), except the hue shift: by default it turns the hue in
+  OpenCV's uint8 HSV (256 hues; 3x faster), PSNR >= 40 dB against torchvision and at most ~12 steps at
+  saturated edges; ``exact_hue`` makes it a float32 round trip, within 1 step. See tests/test_colour.py.
 - ``on_tensors``: the batched torch ops of `batch_augment` on float images, on any device (``augment_on:
   device``).
 
@@ -51,6 +53,7 @@ class ColourAugment:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
     exact_blur: bool = False
+    exact_hue: bool = False
 
     def draw(self, b: int, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """The random parameters of ``b`` images, drawn on ``device``."""
@@ -104,7 +107,9 @@ class ColourAugment:
         if op == 2:  # saturation: blend with the luma, a 3x3 colour matrix
             f = factors[2]
             return cv2.transform(view, f * np.eye(3, dtype=np.float32) + (1 - f) * np.tile(LUMA, (3, 1)))
-        return hue_shift(view, hue)
+        if hue == 0:
+            return view
+        return hue_shift(view, hue) if self.exact_hue else hue_shift_uint8(view, hue)
 
     def _blur(self, view: np.ndarray, sigma: float) -> np.ndarray:
         kernel = self.blur_kernel if self.exact_blur else min(self.blur_kernel, 2 * math.ceil(4 * sigma) + 1)
@@ -122,6 +127,17 @@ class ColourAugment:
         return to_float(torch.from_numpy(self.on_arrays(crops.numpy(), params)), normalization)
 
 
+def hue_shift_uint8(view: np.ndarray, hue: float) -> np.ndarray:
+    """adjust_hue in OpenCV's uint8 HSV (hue in 256 steps): the fast approximation of `hue_shift`."""
+    turn = round(hue * 256) % 256
+    if turn == 0:
+        return view
+    table = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    table[:, 0] = (table[:, 0].astype(int) + turn) % 256
+    hsv = cv2.LUT(cv2.cvtColor(view, cv2.COLOR_RGB2HSV_FULL), table[:, None, :])
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+
+
 def hue_shift(view: np.ndarray, hue: float) -> np.ndarray:
     """torchvision's adjust_hue of a uint8 RGB image: a float32 HSV round trip with the hue turned by ``hue``
     (a fraction of the circle)."""
@@ -137,15 +153,17 @@ def _lut(view: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 def to_float(crops: torch.Tensor, normalization: tuple[Sequence[float], ...] | None = None) -> torch.Tensor:
-    """uint8 images (B, H, W, C) as float (B, C, H, W) in [0, 1], or normalised with (mean, std); the result is
-    a channels-last view, which a convolution takes as it is."""
-    x = crops.float()
-    if normalization is None:
-        x.mul_(1 / 255)
-    else:
-        channels = x.shape[-1]
-        mean, std = (torch.tensor(v, dtype=torch.float32) for v in normalization)
-        if len(mean) != channels:  # 3-channel statistics of a 1-channel image: their averages
-            mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
-        x.sub_(mean * 255).mul_(1 / (255 * std))
-    return x.permute(0, 3, 1, 2)
+    """uint8 images (B, H, W, C) on the CPU as float (B, C, H, W) in [0, 1], or normalised with (mean, std), one
+    OpenCV affine colour transform per image; the result is a channels-last view, which a convolution takes as
+    it is."""
+    channels = crops.shape[-1]
+    mean, std = ((0.0,) * channels, (1.0,) * channels) if normalization is None else normalization
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    if len(mean) != channels:  # 3-channel statistics of a 1-channel image: their averages
+        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+    affine = np.concatenate([np.diag(1 / (255 * std)), (-mean / std)[:, None]], axis=1).astype(np.float32)
+    views = crops.numpy()
+    out = np.empty(views.shape, np.float32)
+    for i in range(len(views)):
+        out[i] = cv2.transform(views[i].astype(np.float32), affine).reshape(out[i].shape)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
