@@ -36,6 +36,7 @@ from selfsup.data.batch_augment import (
 
 LUMA = np.array([0.2989, 0.587, 0.114], dtype=np.float32)  # torchvision's rgb_to_grayscale weights
 _LEVELS = np.arange(256, dtype=np.float32)
+_SOLARIZE = np.where(_LEVELS >= 128, 255 - _LEVELS, _LEVELS)
 
 
 @dataclass
@@ -91,7 +92,7 @@ class ColourAugment:
             if p["blur"][i]:
                 view = self._blur(view, p["sigma"][i])
             if p["solarize"][i]:
-                view = _lut(view, np.where(_LEVELS >= 128, 255 - _LEVELS, _LEVELS))
+                view = _lut(view, _SOLARIZE)
             views[i] = view.reshape(views[i].shape)
         return views
 
@@ -148,7 +149,7 @@ def hue_shift(view: np.ndarray, hue: float) -> np.ndarray:
 
 def _lut(view: np.ndarray, table: np.ndarray) -> np.ndarray:
     """``table`` (256 levels, float) rounded and clamped to uint8, applied to every pixel."""
-    out = cv2.LUT(view, np.clip(table + 0.5, 0, 255).astype(np.uint8))
+    out = cv2.LUT(view, (table + 0.5).clip(0, 255).astype(np.uint8))
     return out.reshape(view.shape)
 
 

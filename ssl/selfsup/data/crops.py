@@ -72,7 +72,16 @@ class Cropped:
 
 
 def decode_crops(data: bytes, channels: int, specs: Sequence[CropSpec], rng: random.Random) -> Cropped:
-    """Decode ``data`` once and cut the views ``specs`` from it; BadSample if the image cannot be used."""
+    """Decode ``data`` once and cut the views ``specs`` from it; BadSample if the image cannot be used.
+
+    JPEGs: boxes drawn from the header, then one decode at the scale the crops need. Other formats: decoded in
+    full by the one image decoder (`selfsup.data.members.decode_image`), then cropped."""
+    if data[:2] != b"\xff\xd8":  # not a JPEG
+        pixels = decode_image(data, channels).permute(1, 2, 0).numpy()
+        height, width = pixels.shape[:2]
+        boxes = [sample_box(height, width, s.scale, s.ratio, rng) for s in specs]
+        flips = [rng.random() < s.flip_p for s in specs]
+        return _cut(pixels, 1, specs, boxes, flips, height, width)
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
@@ -80,20 +89,24 @@ def decode_crops(data: bytes, channels: int, specs: Sequence[CropSpec], rng: ran
                 raise BadSample(f"image of {width} x {height} pixels is over selfsup's limit of {MAX_PIXELS:,}")
             boxes = [sample_box(height, width, s.scale, s.ratio, rng) for s in specs]
             flips = [rng.random() < s.flip_p for s in specs]
-            if image.format == "JPEG":
-                pixels, reduction = _decode_jpeg(data, image, channels, specs, boxes)
+            pixels, reduction = _decode_jpeg(data, image, channels, specs, boxes)
     except BadSample:
         raise
     except Exception as err:  # Pillow raises many types for broken files (OSError, SyntaxError, ValueError ...)
         raise BadSample(f"unreadable image ({type(err).__name__}: {str(err).split(' <')[0]})") from err
-    if image.format != "JPEG":  # PNG and the rest: decoded in full by the one image decoder
-        pixels, reduction = decode_image(data, channels).permute(1, 2, 0).numpy(), 1
+    return _cut(pixels, reduction, specs, boxes, flips, height, width)
+
+
+def _cut(pixels: np.ndarray, reduction: int, specs: Sequence[CropSpec], boxes: Sequence[tuple[int, int, int, int]],
+         flips: Sequence[bool], height: int, width: int) -> Cropped:
+    """The views of an image decoded at 1/``reduction`` scale, with the boxes they cover in the original: decoded
+    pixel i is original pixels i*r .. (i+1)*r."""
     views, actual = [], []
     for spec, box, flip in zip(specs, boxes, flips):
         view, (x0, y0, x1, y1) = crop_resize(pixels, _scaled(box, reduction), spec.size, flip)
-        views.append(view)  # the box its pixels cover in the original: decoded pixel i is original i*r..(i+1)*r
+        views.append(view)
         actual.append((x0 * reduction, y0 * reduction, min(x1 * reduction, width), min(y1 * reduction, height)))
-    return Cropped(views, actual, flips, height, width)
+    return Cropped(views, actual, list(flips), height, width)
 
 
 def _decode_jpeg(data: bytes, image: Image.Image, channels: int, specs: Sequence[CropSpec],
