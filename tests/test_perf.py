@@ -4,6 +4,7 @@ the callbacks that read the device only every N steps."""
 from __future__ import annotations
 
 import math
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -308,3 +309,18 @@ def csv_column(text: str, name: str) -> list[str]:
     import io
 
     return [row[name] for row in csv.DictReader(io.StringIO(text)) if row.get(name)]
+
+
+def test_data_wait_warns_once_when_the_loader_holds_training_back():
+    from selfsup.methods.base import DataWaitWatch
+
+    watch = DataWaitWatch(window=5, threshold=0.2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for wait in [0.3] + [0.1] * 9:  # one slow step is not a slow loader
+            watch.add(wait)
+        assert not caught
+        for wait in [0.5] * 12:
+            watch.add(wait)
+    assert len(caught) == 1 and "train/data_wait 50%" in str(caught[0].message)
+    assert "data.num_workers" in str(caught[0].message)

@@ -98,3 +98,5 @@ def test_fit_on_mixed_size_photo_shards(tmp_path, augment_on):
 
     losses = [float(r["train/loss_step"]) for r in csv.DictReader(io.StringIO(metrics)) if r.get("train/loss_step")]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    waits = [float(r["train/data_wait"]) for r in csv.DictReader(io.StringIO(metrics)) if r.get("train/data_wait")]
+    assert len(waits) == 2 and all(0 <= w < 1 for w in waits)  # the first step of an epoch has no previous end
