@@ -322,5 +322,5 @@ def test_data_wait_warns_once_when_the_loader_holds_training_back():
         assert not caught
         for wait in [0.5] * 12:
             watch.add(wait)
-    assert len(caught) == 1 and "train/data_wait 50%" in str(caught[0].message)
+    assert len(caught) == 1 and "waited 26% of each step" in str(caught[0].message)
     assert "data.num_workers" in str(caught[0].message)

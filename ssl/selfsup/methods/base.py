@@ -42,9 +42,9 @@ class DataWaitWatch:
         if not self.warned and len(self.recent) == self.window and mean > self.threshold:
             self.warned = True
             rank_zero_warn(
-                f"train/data_wait {mean:.0%}: over the last {self.window} steps training waited {mean:.0%} of each "
-                f"step for its next batch; raise data.num_workers (up to the free cores), or set data.augment_on: "
-                f"device to finish the views on the GPU"
+                f"the data loader holds training back: over the last {self.window} steps training waited "
+                f"{mean:.0%} of each step for its next batch (train/data_wait); raise data.num_workers (up to the "
+                f"free cores), or set data.augment_on: device to finish the views on the GPU"
             )
 
 
