@@ -84,8 +84,9 @@ class SimCLRViews(ViewRecipe):
     """Two independently augmented views of each image (SimCLR; CVRL's image analogue).
 
     Defaults are SimCLR's ImageNet recipe. For MNIST digits use ``flip_p: 0`` (a flipped digit is another
-    symbol) and no blur (see experiments/simclr/mnist5k.yaml). ``batched`` augments a batch of same-sized
-    images with one set of tensor operations (`batch_augment`), several times faster on small images.
+    symbol) and no blur (see experiments/simclr/mnist5k.yaml). ``batched`` (default) cuts each view's crop while
+    decoding (`selfsup.data.crops`) and does the rest on the batch of fixed-size crops (`selfsup.data.colour`),
+    whatever the sizes of the source images; off, every view goes through torchvision's per-image transforms.
     """
 
     kind = "pair"
