@@ -123,14 +123,14 @@ class ShardStream(IterableDataset):
                 return
             pass_index += 1000  # later passes of this iterator: fresh permutations, distinct from next epoch's
 
-    def _decoded(self, raw: dict[str, Any], tally: HealthTally, rng: random.Random) -> dict[str, Any] | None:
-        """The sample's image (or, when the views are cut while decoding, its `Cropped` views) and label; None
-        (counted as skipped) if unusable."""
+    def _decoded(self, raw: dict[str, Any], tally: HealthTally, rng: random.Random, specs: list | None
+                 ) -> dict[str, Any] | None:
+        """The sample's image (or, with the crop ``specs`` of views cut while decoding, its `Cropped` views) and
+        label; None (counted as skipped) if unusable."""
         refused = refused_members(raw)
         if refused:
             tally.refused[raw["__part__"]] += len(refused)
         tally.seen += 1
-        specs = self.transform.crop_specs if self.media == "image" else None
         try:
             if specs is None:
                 return decode_sample(raw, self.channels, self.num_classes, self.media)
@@ -147,11 +147,12 @@ class ShardStream(IterableDataset):
         if info is not None:  # views draw from the worker's RNG: make it a function of (seed, epoch, rank, worker)
             torch.manual_seed(hash((self.seed, pass_index, self.rank, worker)) & (2**63 - 1))
         rng = random.Random(int(torch.randint(2**62, ())))  # crop boxes: cheap per-image draws, seeded as the views
+        specs = self.transform.crop_specs if self.media == "image" else None
         tally = HealthTally()
         images: list[torch.Tensor] = []
         labels: list[int] = []
         for raw in self._samples(pass_index, worker, num_workers, tally):
-            decoded = self._decoded(raw, tally, rng)
+            decoded = self._decoded(raw, tally, rng, specs)
             if decoded is None:
                 continue
             images.append(decoded["image"])
