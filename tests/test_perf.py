@@ -4,6 +4,7 @@ the callbacks that read the device only every N steps."""
 from __future__ import annotations
 
 import math
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -244,21 +245,27 @@ def test_colour_jitter_on_every_image_then_select_equals_the_subset_path():
     assert torch.allclose(*out, atol=1e-6) and not torch.allclose(out[0], x)
 
 
-def test_augment_on_device_sends_decoded_images_and_makes_the_views_after_the_transfer(mnist5k):
+def test_augment_on_device_sends_uint8_crops_and_makes_the_same_views_after_the_transfer(mnist5k):
+    """Workers cut and flip the uint8 crops; the device (here the CPU, through the same code) does the colour part
+    with torch: for the same random draws the views are those the workers make with OpenCV."""
     from selfsup.data import SSLDataModule
     from selfsup.data.views import SimCLRViews
 
-    views = SimCLRViews(28, flip_p=0, blur_p=0)
+    views = SimCLRViews(28, flip_p=0.5, blur_p=0.5)
     data = SSLDataModule(batch_size=8, num_workers=0, views=views, augment_on="device")
+    torch.manual_seed(0)
     batch = next(iter(data.train_dataloader()))
-    assert batch["decoded"].dtype == torch.uint8 and batch["decoded"].shape == (8, 1, 28, 28)
+    crops = batch["crops"]["views"]
+    assert [(c.dtype, c.shape) for c in crops] == [(torch.uint8, (8, 28, 28, 1))] * 2
     assert "views" not in batch and batch["health"]["seen"] >= 8
     moved = data.on_after_batch_transfer(batch, 0)
-    assert [v.shape for v in moved["views"]] == [(8, 1, 28, 28)] * 2 and "decoded" not in moved
+    assert [v.shape for v in moved["views"]] == [(8, 1, 28, 28)] * 2 and "crops" not in moved
     assert moved["views"][0].dtype == torch.float32 and not torch.equal(*moved["views"])
-    assert torch.equal(moved["label"], batch["label"])
+    torch.manual_seed(0)
     workers = next(iter(SSLDataModule(batch_size=8, num_workers=0, views=views).train_dataloader()))
-    assert "views" in workers and data.on_after_batch_transfer(workers, 0) is workers  # nothing to do
+    assert torch.equal(moved["label"], workers["label"]) and data.on_after_batch_transfer(workers, 0) is workers
+    for ours, theirs in zip(workers["views"], moved["views"]):
+        assert float(((ours - theirs) ** 2).mean()) < 1e-4  # PSNR > 40 dB: the same views
 
 
 @pytest.mark.slow
@@ -276,7 +283,8 @@ def test_fit_with_every_gpu_switch_on_the_cpu(tmp_path, mnist5k):
 
 
 def test_a_mistake_found_in_a_loader_worker_is_one_line_without_the_worker_traceback(tmp_path):
-    """Mixed image sizes with views made on the device: the ConfigError is raised in a DataLoader worker."""
+    """Mixed image sizes with per-image views (batched: false) made on the device: the ConfigError is raised in a
+    DataLoader worker."""
     from PIL import Image
 
     from clirun import REPO, TINY, selfsup
@@ -286,6 +294,7 @@ def test_a_mistake_found_in_a_loader_worker_is_one_line_without_the_worker_trace
         Image.new("L", (side, side), color=i * 20).save(tmp_path / "images" / f"{i}.png")
     proc = selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), *TINY, "--data.init_args.source",
                    f"folder:{tmp_path / 'images'}", "--data.init_args.augment_on", "device",
+                   "--data.init_args.views.init_args.batched", "false",
                    "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "1", "--trainer.max_steps", "1",
                    "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false", cwd=tmp_path, check=False)
     assert proc.returncode == 2
@@ -300,3 +309,18 @@ def csv_column(text: str, name: str) -> list[str]:
     import io
 
     return [row[name] for row in csv.DictReader(io.StringIO(text)) if row.get(name)]
+
+
+def test_data_wait_warns_once_when_the_loader_holds_training_back():
+    from selfsup.methods.base import DataWaitWatch
+
+    watch = DataWaitWatch(window=5, threshold=0.2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for wait in [0.3] + [0.1] * 9:  # one slow step is not a slow loader
+            watch.add(wait)
+        assert not caught
+        for wait in [0.5] * 12:
+            watch.add(wait)
+    assert len(caught) == 1 and "waited 26% of each step" in str(caught[0].message)
+    assert "data.num_workers" in str(caught[0].message)

@@ -185,6 +185,40 @@ def test_each_view_is_the_crop_its_box_names():
     assert 0 < flips < 12
 
 
+def test_views_cut_while_decoding_are_the_crops_their_boxes_name_in_images_of_any_size():
+    """The fused decode + crop (loader workers): PNGs of three sizes; each view is the uint8 crop of the pixel box
+    its normalised coordinates name, mirrored where x0 > x1."""
+    import io
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from selfsup.data.crops import collate_crops, crop_resize, decode_crops
+
+    views = plain_views(scale=(0.2, 1.0), flip_p=0.5)
+    images, cropped = [], []
+    for i, (h, w) in enumerate([(20, 31), (28, 28), (40, 17)]):
+        pixels = np.random.default_rng(i).integers(0, 256, (h, w, 1), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels[:, :, 0]).save(buf, "PNG")
+        images.append(pixels)
+        cropped.append(decode_crops(buf.getvalue(), 1, views.crop_specs, random.Random(i + 3)))
+    out = views.from_crops(collate_crops(cropped))
+    flips = 0
+    for view, boxes in zip(out["views"], out["boxes"]):
+        for pixels, v, box in zip(images, view, boxes):
+            h, w = pixels.shape[:2]
+            flipped = bool(box[0] > box[2])
+            flips += flipped
+            x0, x1 = sorted((float(box[0]), float(box[2])))
+            pixel_box = [round(x0 * (w - 1)), round(float(box[1]) * (h - 1)), round(x1 * (w - 1)) + 1,
+                         round(float(box[3]) * (h - 1)) + 1]
+            expected, _ = crop_resize(pixels, pixel_box, 16, flipped)
+            assert torch.allclose(v, torch.from_numpy(expected).permute(2, 0, 1) / 255, atol=1e-6)
+    assert 0 < flips < 6
+
+
 def test_whole_image_crop_has_the_unit_box_and_a_flip_swaps_x():
     images = torch.randint(0, 256, (3, 1, 16, 16), dtype=torch.uint8)
     kept = plain_views(scale=(1, 1), ratio=(1, 1), flip_p=0.0).batch(images)

@@ -1,6 +1,6 @@
 """`selfsup bench data`: images/s of one loader worker reading shards (read, decode, decode + SimCLR views),
-against the same images as PIL files through a plain torch Dataset; and the same views made on the training
-device from decoded batches (``augment_on: device``).
+against the same images as PIL files through a plain torch Dataset; and the same views finished on the training
+device from the workers' uint8 crops (``augment_on: device``).
 
 Two sets: MNIST-5k (28x28 grayscale PNG) and RGB-64 (64x64 colour JPEGs made from the same digits, written once
 to the cache as a folder and as shards). Each number is the best of ``--repeats`` passes over the 4,000 training
@@ -8,6 +8,9 @@ images in this process (one worker); more workers scale it until the cores run o
 
 Videos: clips/s of one worker over the built-in moving-MNIST train shards (read, decode every frame with PyAV,
 decode + CVRL's two clips per video as experiments/cvrl/moving-mnist.yaml makes them). No file baseline.
+
+Real photos (``--photos N``, `selfsup.bench_photos`): each image method's ImageNet views from photos of ImageNet's
+sizes, against a per-image PIL pipeline and the decode-only floor.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from selfsup.bench_photos import device_views, photo_rows
 from selfsup.data.builtin import cache_dir
 from selfsup.data.folders import list_folder
 from selfsup.data.members import decode_image, decode_sample
 from selfsup.data.sources import Source
 from selfsup.data.stream import ShardStream
-from selfsup.data.views import DecodedImages, EvalView, SimCLRViews, ViewRecipe
+from selfsup.data.views import EvalView, SimCLRViews, ViewRecipe
 
 BATCH = 256
 
@@ -133,23 +137,6 @@ def file_stage(root: Path, channels: int, stage: str, views: ViewRecipe) -> Call
     return lambda: sum(len(batch["label"]) for batch in DataLoader(dataset, batch_size=BATCH, num_workers=0))
 
 
-def device_views(source: Source, views: ViewRecipe, device: torch.device) -> Callable[[], int]:
-    """One pass of the views over the train images already decoded and on ``device`` (``augment_on: device``):
-    what the training device spends on augmentation; returns the images it augmented."""
-    stream = ShardStream(source.split("train").parts, DecodedImages(), BATCH, source.channels, repeat=False,
-                         num_classes=10)
-    batches = [batch["decoded"].to(device) for batch in stream]
-
-    def run() -> int:
-        for images in batches:
-            views.batch(images)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return sum(len(images) for images in batches)
-
-    return run
-
-
 def best_rate(run: Callable[[], int], repeats: int) -> float:
     rates = []
     for _ in range(repeats):
@@ -184,11 +171,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-data.json"))
     parser.add_argument("--clips", action=argparse.BooleanOptionalAction, default=True,
                         help="also the moving-MNIST video rows (videos/s and clips/s)")
+    parser.add_argument("--photos", type=int, default=256,
+                        help="images in the real-photo set (ImageNet sizes; 0: skip those rows)")
+    parser.add_argument("--small", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the MNIST-5k and RGB-64 rows")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one loader worker = one core
-    sets = bench_sets()
+    sets = bench_sets() if args.small else {}
     rows = []
     print(f"images/s, one worker (1 thread), best of {args.repeats}; views: 2 SimCLR views per image")
     print(f"{'data':<20} {'stage':<15} {'shards':>9} {'PIL files':>10} {'ratio':>6}")
@@ -199,15 +190,17 @@ def main(argv: list[str]) -> int:
             rows.append({"data": name, "stage": stage, "shards": shard, "files": files})
             print(f"{name:<20} {stage:<15} {shard:>9.0f} {files:>10.0f} {shard / files:>5.1f}x")
     torch.set_num_threads(threads)  # the training process's threads
-    print(f"\nviews of decoded batches on {device} (augment_on: device; {threads} threads), images/s, against "
-          "decode + views in one worker")
+    print(f"\nviews finished on {device} from the workers' uint8 crops (augment_on: device; {threads} threads), "
+          "images/s, against decode + views in one worker")
     on_device = []
     for row, (name, (source, _, views)) in zip(rows[2::3], sets.items()):
-        rate = best_rate(device_views(source, views, device), args.repeats)
+        rate = best_rate(device_views(source, views, device, 10), args.repeats)
         on_device.append({"data": name, "device": str(device), "views": rate, "worker_decode_views": row["shards"]})
         print(f"{name:<20} {rate:>9.0f} vs {row['shards']:>7.0f} in a worker")
+    photos = photo_rows(args.photos, args.repeats, best_rate, device) if args.photos else []
     clips = clip_rows(args.repeats) if args.clips else []
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows, "device_views": on_device, "clips": clips}, indent=1) + "\n")
+    out = {"rows": rows, "device_views": on_device, "clips": clips, "photos": photos}
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"written: {args.out}")
     return 0

@@ -16,15 +16,20 @@ from selfsup.data.batch_augment import (
     random_solarize,
     resized_crops,
 )
+from selfsup.data.colour import ColourAugment
+from selfsup.data.crops import CropSpec
 from selfsup.data.views import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, _blur_kernel
 from selfsup.errors import ConfigError
 
 
-def normalized_boxes(boxes: torch.Tensor, height: int, width: int, flipped: torch.Tensor) -> torch.Tensor:
+def normalized_boxes(boxes: torch.Tensor, height: int | torch.Tensor, width: int | torch.Tensor,
+                     flipped: torch.Tensor) -> torch.Tensor:
     """Pixel crop boxes (B, 4) as x0, y0, x1, y1 (end exclusive) -> PixPro's coordinates in the original image,
     ``[x0/(W-1), y0/(H-1), (x1-1)/(W-1), (y1-1)/(H-1)]`` (first and last pixel centres, in [0, 1]); where the
-    view was mirrored (``flipped``, (B,) bool) x0 and x1 are swapped, so the bin width turns negative."""
-    scale = boxes.new_tensor([width - 1, height - 1, width - 1, height - 1]).clamp(min=1)
+    view was mirrored (``flipped``, (B,) bool) x0 and x1 are swapped, so the bin width turns negative. The
+    image size is one for all or one per image ((B,) tensors)."""
+    w, h = (torch.as_tensor(v, dtype=boxes.dtype, device=boxes.device) - 1 for v in (width, height))
+    scale = torch.stack(torch.broadcast_tensors(w, h, w, h), dim=-1).clamp(min=1)
     coords = (boxes - boxes.new_tensor([0, 0, 1, 1])) / scale
     swapped = coords[:, [2, 1, 0, 3]]
     return torch.where(flipped[:, None], swapped, coords)
@@ -65,6 +70,20 @@ class CoordViews(ViewRecipe):
         self.size, self.scale, self.ratio, self.flip_p = size, tuple(scale), tuple(ratio), flip_p
         self.jitter, self.jitter_p, self.grayscale_p = tuple(jitter), jitter_p, grayscale_p
         self.blur_p, self.solarize_p = tuple(blur_p), tuple(solarize_p)
+        strengths = self.jitter if jitter_p > 0 else (0.0,) * 4
+        self._colour = [ColourAugment(strengths, jitter_p, grayscale_p, _blur_kernel(size) if blur_p[i] > 0 else 0,
+                                      blur_p[i], solarize_p=solarize_p[i]) for i in range(2)]
+
+    @property
+    def crop_specs(self) -> list[CropSpec]:
+        return [CropSpec(self.size, self.scale, self.ratio, self.flip_p)] * 2
+
+    def from_crops(self, crops: dict[str, Any], on_device: bool = False) -> dict[str, Any]:
+        h, w = crops["sizes"].unbind(1)
+        return {
+            "views": [c.views(v, on_device, self.normalization) for c, v in zip(self._colour, crops["views"])],
+            "boxes": [normalized_boxes(crops["boxes"][:, i], h, w, crops["flips"][:, i]) for i in range(2)],
+        }
 
     def __call__(self, image: torch.Tensor) -> dict[str, Any]:
         out = self.batch(image[None])

@@ -93,3 +93,7 @@ class MaskedViews(CropViews):
 
     def batch(self, images: torch.Tensor) -> dict[str, Any]:
         return {"images": self.crops(images), "mask": self.masks.batch(len(images))}
+
+    def from_crops(self, crops: dict[str, Any], on_device: bool = False) -> dict[str, Any]:
+        out = super().from_crops(crops, on_device)
+        return {**out, "mask": self.masks.batch(len(out["images"])).to(out["images"].device)}

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from selfsup.data.clips import EvalClips
 from selfsup.data.sources import Source
 from selfsup.data.stream import EpochLoader, ShardStream
-from selfsup.data.views import DecodedImages, EvalView, ViewRecipe
+from selfsup.data.views import DecodedImages, EvalView, ViewRecipe, WorkerCrops
 from selfsup.errors import ConfigError
 
 
@@ -30,9 +30,10 @@ class SSLDataModule(L.LightningDataModule):
         shuffle_buffer: samples held for shuffling within each worker.
         seed: seed of shard and sample shuffling.
         augment_on: where training views are made: ``workers`` (each loader worker augments its batches) or
-            ``device`` (workers only decode; the views of each batch are made after it reaches the training
-            device, with the same batched operations). ``device`` pays off on a GPU, whose augmentation is
-            nearly free next to its step, when workers cannot keep up; on a CPU it takes time from the step.
+            ``device`` (workers decode and cut each view's uint8 crop; colour, blur and normalisation are done
+            after the batch reaches the training device, with batched torch operations). ``device`` pays off on
+            a GPU, whose augmentation is nearly free next to its step, when workers cannot keep up; on a CPU it
+            takes time from the step.
         eval_clips: video sources: clips per video that evaluation averages features over (frames and stride
             as the training views' clips; with ``views`` an ``EvalClips``, that recipe is used as it is).
 
@@ -145,7 +146,9 @@ class SSLDataModule(L.LightningDataModule):
                 f"data.batch_size {self.batch_size} x {world} device(s) is larger than the "
                 f"{split.num_samples} training samples of {self.source.spec}; lower data.batch_size"
             )
-        transform = DecodedImages() if self.augment_on == "device" else self.views
+        transform = self.views
+        if self.augment_on == "device":
+            transform = WorkerCrops(self.views) if self.views.crop_specs else DecodedImages()
         stream = ShardStream(
             split.parts, transform, self.batch_size, self.num_channels, repeat=True, num_classes=self.num_classes,
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world, media=self.media,
@@ -157,7 +160,10 @@ class SSLDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """With ``augment_on="device"``: the views of a training batch, made on the device it was moved to."""
-        if isinstance(batch, dict) and "decoded" in batch:
+        if isinstance(batch, dict) and "crops" in batch:
+            batch = dict(batch)
+            batch.update(self.views.from_crops(batch.pop("crops"), on_device=True))
+        elif isinstance(batch, dict) and "decoded" in batch:
             batch = dict(batch)
             batch.update(self.views.batch(batch.pop("decoded")))
         return batch

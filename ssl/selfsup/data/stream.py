@@ -13,8 +13,9 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
+from selfsup.data.crops import Cropped, collate_crops, decode_crops
 from selfsup.data.limits import Limits
-from selfsup.data.members import BadSample, decode_sample, refused_members
+from selfsup.data.members import BadSample, decode_label, decode_sample, media_member, refused_members
 from selfsup.data.parts import PartError
 from selfsup.data.views import ViewRecipe
 from selfsup.errors import DataError
@@ -143,13 +144,21 @@ class ShardStream(IterableDataset):
                 )
             pass_index += 1000  # later passes of this iterator: fresh permutations, distinct from next epoch's
 
-    def _decoded(self, raw: dict[str, Any], tally: HealthTally) -> dict[str, Any] | None:
+    def _decoded(self, raw: dict[str, Any], tally: HealthTally, rng: random.Random, specs: list | None
+                 ) -> dict[str, Any] | None:
+        """The sample's image (or, with the crop ``specs`` of views cut while decoding, its `Cropped` views) and
+        label; None (counted as skipped) if unusable."""
         refused = refused_members(raw)
         if refused:
             tally.refused[raw["__part__"]] += len(refused)
         tally.seen += 1
         try:
-            decoded = decode_sample(raw, self.channels, self.num_classes, self.media, self.limits)
+            if specs is None:
+                decoded = decode_sample(raw, self.channels, self.num_classes, self.media, self.limits)
+            else:
+                label = decode_label(raw, self.num_classes)
+                crops = decode_crops(raw[media_member(raw)], self.channels, specs, rng, self.limits)
+                decoded = {"image": crops, "label": label}
         except BadSample as err:
             tally.skipped[raw["__part__"]] += 1
             if raw["__part__"] not in tally.reported:  # the first reason per part, not one line per sample
@@ -165,11 +174,13 @@ class ShardStream(IterableDataset):
         pass_index = self._epoch.value
         if info is not None:  # views draw from the worker's RNG: make it a function of (seed, epoch, rank, worker)
             torch.manual_seed(hash((self.seed, pass_index, self.rank, worker)) & (2**63 - 1))
+        rng = random.Random(int(torch.randint(2**62, ())))  # crop boxes: cheap per-image draws, seeded as the views
+        specs = self.transform.crop_specs if self.media == "image" else None
         tally = HealthTally()
         images: list[torch.Tensor] = []
         labels: list[int] = []
         for raw in self._samples(pass_index, worker, num_workers, tally):
-            decoded = self._decoded(raw, tally)
+            decoded = self._decoded(raw, tally, rng, specs)
             if decoded is None:
                 continue
             images.append(decoded["image"])
@@ -180,9 +191,13 @@ class ShardStream(IterableDataset):
         if images:
             yield self._views(images, labels, tally)
 
-    def _views(self, images: list[torch.Tensor], labels: list[int], tally: HealthTally) -> dict[str, Any]:
-        """The transform of a batch: batched when all images share a size, image by image otherwise."""
-        if all(image.shape == images[0].shape for image in images):
+    def _views(self, images: list[torch.Tensor | Cropped], labels: list[int], tally: HealthTally
+               ) -> dict[str, Any]:
+        """The transform of a batch: from its crops when they were cut while decoding, else batched when all
+        images share a size, image by image otherwise."""
+        if isinstance(images[0], Cropped):
+            out = self.transform.from_crops(collate_crops(images))
+        elif all(image.shape == images[0].shape for image in images):
             out = self.transform.batch(torch.stack(images))
         else:
             out = default_collate([self.transform(image) for image in images])

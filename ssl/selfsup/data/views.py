@@ -22,6 +22,8 @@ from selfsup.data.batch_augment import (
     random_hflip,
     resized_crops,
 )
+from selfsup.data.colour import ColourAugment
+from selfsup.data.crops import CropSpec
 from selfsup.errors import ConfigError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -58,6 +60,17 @@ class ViewRecipe:
         with batched tensor operations where those are faster."""
         return default_collate([self(image) for image in images])
 
+    @property
+    def crop_specs(self) -> list[CropSpec] | None:
+        """The crop of each view, cut while decoding (`selfsup.data.crops`); None: views are made from whole
+        decoded images (``__call__``/``batch``)."""
+        return None
+
+    def from_crops(self, crops: dict[str, Any], on_device: bool = False) -> dict[str, Any]:
+        """The views of a batch from its fused decode + crop (`selfsup.data.crops.collate_crops`): the colour
+        part with OpenCV in loader workers, or with torch on the crops' device (``on_device``)."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items() if k[0] != '_')})"
 
@@ -71,8 +84,9 @@ class SimCLRViews(ViewRecipe):
     """Two independently augmented views of each image (SimCLR; CVRL's image analogue).
 
     Defaults are SimCLR's ImageNet recipe. For MNIST digits use ``flip_p: 0`` (a flipped digit is another
-    symbol) and no blur (see experiments/simclr/mnist5k.yaml). ``batched`` augments a batch of same-sized
-    images with one set of tensor operations (`batch_augment`), several times faster on small images.
+    symbol) and no blur (see experiments/simclr/mnist5k.yaml). ``batched`` (default) cuts each view's crop while
+    decoding (`selfsup.data.crops`) and does the rest on the batch of fixed-size crops (`selfsup.data.colour`),
+    whatever the sizes of the source images; off, every view goes through torchvision's per-image transforms.
     """
 
     kind = "pair"
@@ -94,6 +108,21 @@ class SimCLRViews(ViewRecipe):
         self.jitter_strength, self.jitter_p = jitter_strength, jitter_p
         self.grayscale_p, self.blur_p = grayscale_p, blur_p
         self._augment = self._per_image_pipeline()
+        s = jitter_strength if jitter_p > 0 else 0.0
+        self._colour = ColourAugment((0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s), jitter_p, grayscale_p,
+                                     _blur_kernel(size) if blur_p > 0 else 0, blur_p)
+
+    @property
+    def crop_spec(self) -> CropSpec:
+        """The crop of one view."""
+        return CropSpec(self.size, self.scale, self.ratio, self.flip_p)
+
+    @property
+    def crop_specs(self) -> list[CropSpec] | None:
+        return [self.crop_spec] * 2 if self.batched else None
+
+    def from_crops(self, crops: dict[str, Any], on_device: bool = False) -> dict[str, Any]:
+        return {"views": [self._colour.views(v, on_device, None) for v in crops["views"]]}
 
     def _per_image_pipeline(self) -> v2.Compose:
         """SimCLR's augmentation of one view with torchvision (docs/methods/simclr.md), float in [0, 1].
@@ -193,6 +222,17 @@ class MultiCropViews(ViewRecipe):
         return {"views": [self._normalize(crop.view(image))
                           for crop, count in zip(self._crops, self.counts) for _ in range(count)]}
 
+    @property
+    def crop_specs(self) -> list[CropSpec] | None:
+        if not self._crops[0].batched:
+            return None
+        return [crop.crop_spec for crop, count in zip(self._crops, self.counts) for _ in range(count)]
+
+    def from_crops(self, crops: dict[str, Any], on_device: bool = False) -> dict[str, Any]:
+        recipes = [crop for crop, count in zip(self._crops, self.counts) for _ in range(count)]
+        return {"views": [crop._colour.views(v, on_device, self.normalization)
+                          for crop, v in zip(recipes, crops["views"])]}
+
     def batch(self, images: torch.Tensor) -> dict[str, Any]:
         return {"views": [self._normalize(crop.view_batch(images))
                           for crop, count in zip(self._crops, self.counts) for _ in range(count)]}
@@ -251,6 +291,13 @@ class CropViews(ViewRecipe):
     def batch(self, images: torch.Tensor) -> dict[str, Any]:
         return {self.key: self.crops(images)}
 
+    @property
+    def crop_specs(self) -> list[CropSpec] | None:
+        return [CropSpec(self.size, self.scale, self.ratio, self.flip_p)]
+
+    def from_crops(self, crops: dict[str, Any], on_device: bool = False) -> dict[str, Any]:
+        return {self.key: ColourAugment().views(crops["views"][0], on_device, self.normalization)}
+
 
 class RotationViews(CropViews):
     """One random crop (and flip) of each image, for RotNet; the method makes the four rotations on the device.
@@ -288,6 +335,24 @@ class DecodedImages(ViewRecipe):
 
     def batch(self, images: torch.Tensor) -> dict[str, Any]:
         return {"decoded": images}
+
+
+class WorkerCrops(ViewRecipe):
+    """The uint8 crops of another recipe's views, cut and flipped while decoding, ``{"crops": ...}``: what loader
+    workers send when the views are finished on the device (``SSLDataModule(augment_on="device")``), whatever
+    the sizes of the source images; ``views.from_crops(crops, on_device=True)`` finishes them there."""
+
+    kind = "crops"
+
+    def __init__(self, views: ViewRecipe) -> None:
+        self.views = views
+
+    @property
+    def crop_specs(self) -> list[CropSpec] | None:
+        return self.views.crop_specs
+
+    def from_crops(self, crops: dict[str, Any], on_device: bool = False) -> dict[str, Any]:
+        return {"crops": crops}
 
 
 class EvalView(ViewRecipe):

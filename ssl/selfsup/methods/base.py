@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -10,6 +11,7 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 
 from selfsup.backbones import build_backbone, pooled_features
 from selfsup.data.views import ViewRecipe
@@ -25,6 +27,25 @@ from selfsup.optim import (
     split_decay,
     warmup_cosine_scheduler,
 )
+
+
+class DataWaitWatch:
+    """Warns once (rank zero) when the loader holds training back: the mean of ``train/data_wait`` over the last
+    ``window`` steps above ``threshold``."""
+
+    def __init__(self, window: int = 50, threshold: float = 0.2) -> None:
+        self.window, self.threshold, self.recent, self.warned = window, threshold, deque(maxlen=window), False
+
+    def add(self, wait: float) -> None:
+        self.recent.append(wait)
+        mean = sum(self.recent) / len(self.recent)
+        if not self.warned and len(self.recent) == self.window and mean > self.threshold:
+            self.warned = True
+            rank_zero_warn(
+                f"the data loader holds training back: over the last {self.window} steps training waited "
+                f"{mean:.0%} of each step for its next batch (train/data_wait); raise data.num_workers (up to the "
+                f"free cores), or set data.augment_on: device to finish the views on the GPU"
+            )
 
 
 def host_scalar(value: float) -> torch.Tensor:
@@ -105,6 +126,8 @@ class SSLMethod(L.LightningModule):
             self.backbone.to(memory_format=torch.channels_last)
         self.probe = LinearClassifier(self.backbone.num_features, num_classes) if num_classes > 0 else None
         self._last_batch_end: float | None = None
+        self._batch_start: float | None = None
+        self._data_wait = DataWaitWatch()
 
     # ---- what a method implements -------------------------------------------------------------------
     def default_views(self, size: int) -> ViewRecipe:
@@ -177,12 +200,18 @@ class SSLMethod(L.LightningModule):
         top1 = ((logits.argmax(1) == labels).float() * valid).sum() / count
         return (losses * valid).sum() / count, top1
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
         now = time.perf_counter()
         if self._last_batch_end is not None:
+            step = now - self._last_batch_end
             images = len(batch["label"]) * self.trainer.world_size
-            self.log("train/images_per_s", host_scalar(images / (now - self._last_batch_end)), on_step=True,
-                     on_epoch=False)
+            self.log("train/images_per_s", host_scalar(images / step), on_step=True, on_epoch=False)
+            wait = max(self._batch_start - self._last_batch_end, 0.0) / step if self._batch_start else 0.0
+            self.log("train/data_wait", host_scalar(wait), on_step=True, on_epoch=False)
+            self._data_wait.add(wait)
         self._last_batch_end = now
 
     def on_train_epoch_start(self) -> None:
