@@ -14,10 +14,12 @@ TINY = ["--model.init_args.backbone_args", "{width: 4, cifar_stem: true}", "--da
         "--data.init_args.num_workers", "0", "--trainer.log_every_n_steps", "1"]
 
 
-def selfsup(*args: str, cwd: Path, check: bool = True, path: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
+def selfsup(*args: str, cwd: Path, check: bool = True, path: tuple[Path, ...] = (),
+            trust: str = "") -> subprocess.CompletedProcess:
     """``python -m selfsup.cli ARGS`` (what the console script calls) with this checkout's ``ssl/`` first on the
-    path (then ``path``); returns the finished process, stdout and stderr as text. ``check``: fail with its stderr."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in (REPO / "ssl", *path))}
+    path (then ``path``; ``trust``: the modules there a config may name, as SELFSUP_TRUST); returns the finished
+    process, stdout and stderr as text. ``check``: fail with its stderr."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in (REPO / "ssl", *path)), "SELFSUP_TRUST": trust}
     proc = subprocess.run([sys.executable, "-m", "selfsup.cli", *args], cwd=cwd, capture_output=True, text=True,
                           env=env, timeout=600)
     if check and proc.returncode != 0:

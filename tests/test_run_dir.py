@@ -50,13 +50,13 @@ def test_run_dir_continues_in_place_and_requeue_signal_saves_at_a_step_boundary(
     run_dir = tmp_path / "runs/slurm/pretrain-4242"
     plugins = (REPO / "tests/plugins",)
     selfsup("fit", *TINY, "--trainer.max_steps", "6", "--run_dir", str(run_dir), "--trainer.callbacks",
-            "[{class_path: signals.SignalAt, init_args: {step: 3}}]", cwd=tmp_path, path=plugins)
+            "[{class_path: signals.SignalAt, init_args: {step: 3}}]", cwd=tmp_path, path=plugins, trust="signals")
     assert step_of(run_dir / "hpc_ckpt_1.ckpt") == 4  # signalled in step 3's batch, saved after its optimizer step
     assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "4242"]
     last = run_dir / "simclr-mnist5k/version_0/checkpoints/last.ckpt"
     assert step_of(last) == 6
     # started again (config, logs and checkpoints already there): resumes from the newest, in the same folder
-    proc = selfsup("fit", *TINY, "--trainer.max_steps", "9", "--run_dir", str(run_dir), cwd=tmp_path, path=plugins)
+    proc = selfsup("fit", *TINY, "--trainer.max_steps", "9", "--run_dir", str(run_dir), cwd=tmp_path)
     assert f"resuming from {last}" in proc.stderr
     assert step_of(last) == 9 and not (run_dir / "simclr-mnist5k/version_1").exists()
     steps = [row["step"] for row in csv.DictReader((last.parents[1] / "metrics.csv").open())]

@@ -4,7 +4,10 @@ plus ``bench``, ``knn``, ``export``, ``plot`` and ``reconstruct``."""
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import re
+import signal
 import sys
 from argparse import ArgumentError
 from collections.abc import Callable
@@ -12,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import selfsup.eval  # noqa: F401  (KNNMonitor, LinearProbe and friends resolve by short name in configs)
 import selfsup.methods  # noqa: F401  (SimCLR, RotNet, ... resolve by short name)
+from selfsup.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_resumable, newest_intact
 from selfsup.cli_checks import (
     check_writable,
     reject_linked_overrides,
@@ -27,9 +31,14 @@ from selfsup.cli_checks import (
 from selfsup.data import SSLDataModule
 from selfsup.data.health import DataHealth
 from selfsup.eval import FeatureWriter
+from selfsup.eval.checkpoint import load_checkpoint
 from selfsup.eval.commands import COMMANDS as EVAL_COMMANDS
 from selfsup.nonfinite import NonFiniteGuard
-from selfsup.slurm import SlurmRequeue, use_run_dir
+from selfsup.runlock import lock_run_folder
+from selfsup.slurm import Preempted, SlurmRequeue, resume_candidates, use_run_dir
+from selfsup.trust import check_local_checkpoint, enforce_import_policy, import_refusal
+
+log = logging.getLogger(__name__)
 
 
 def _tool(module: str) -> Callable[[list[str]], int | None]:
@@ -71,7 +80,7 @@ class SelfsupCLI(LightningCLI):
             action = parser._option_string_actions.get(f"--trainer.{name}")
             if action is not None and hasattr(action, "_typehint"):
                 action._typehint = int | float | None
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FeatureWriter, "predict_writer")  # acts only in `selfsup predict`
         parser.add_lightning_class_args(DataHealth, "data_health")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
@@ -88,15 +97,71 @@ class SelfsupCLI(LightningCLI):
             "trainer.log_every_n_steps": 10,
         })
 
+    def _parse_ckpt_path(self) -> None:
+        """Refuse a remote ``ckpt_path``. Unlike LightningCLI, do not merge the checkpoint's hyper-parameters into
+        the config: the command line and config decide the model (checked against the checkpoint after
+        instantiation), and nothing a checkpoint names is imported."""
+        config = self.config.get(self.config.get("subcommand") or "", {})
+        check_local_checkpoint(config.get("ckpt_path") if config else None)
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         run_dir = config.get("run_dir")
         resume = config.get("ckpt_path") == "last" or bool(run_dir)  # a run folder is always continued in place
         if run_dir:
-            use_run_dir(config, Path(run_dir), self.subcommand)
+            use_run_dir(config, Path(run_dir))
         share_logger_version(config.trainer.logger, resume=resume)
+        self._resume: tuple[Path, dict] | None = None
         if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
             check_writable(output_folders(config))
+            folder = Path(run_dir) if run_dir else (output_folders(config) or [None])[0]
+            if folder is not None and is_first_process():
+                lock_run_folder(folder)
+            self._resume = resume_checkpoint(config)
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        path = config.get("ckpt_path")
+        if path and Path(path).is_file():
+            ckpt = self._resume[1] if self._resume and str(self._resume[0]) == path else load_checkpoint(path)
+            check_resumable(ckpt, self.model, path)
+        if self.subcommand == "fit":
+            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+def is_first_process() -> bool:
+    """Not a further rank or node of a distributed run (those share rank 0's run folder)."""
+    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"))
+
+
+def resume_checkpoint(config: Any) -> tuple[Path, dict] | None:
+    """For a run continued in place (``--run_dir``, or ``--ckpt_path last``): set ``ckpt_path`` to the newest
+    intact checkpoint of the run (damaged ones skipped with a warning) and return it with its contents."""
+    if config.get("run_dir") and config.get("ckpt_path") in (None, "last"):
+        candidates = resume_candidates(Path(config.run_dir))
+    elif config.get("ckpt_path") == "last":
+        candidates = list(checkpoint_folder(config).glob("*.ckpt"))
+    else:
+        return None
+    found = newest_intact(candidates)
+    config.ckpt_path = str(found[0]) if found else None
+    if found:
+        log.warning("resuming from %s", found[0])
+    return found
+
+
+def checkpoint_folder(config: Any) -> Path:
+    """Where ModelCheckpoint saves: ``checkpoint.dirpath``, else ``checkpoints`` in the first logger's version
+    folder, else in ``trainer.default_root_dir``."""
+    if config.get("checkpoint") and config.checkpoint.get("dirpath"):
+        return Path(config.checkpoint.dirpath)
+    loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else []
+    for logger in loggers:
+        args = getattr(logger, "init_args", None)
+        if args is not None and "save_dir" in args:
+            return Path(args.save_dir) / (args.get("name") or "") / str(args.get("version") or "") / "checkpoints"
+    return Path(config.trainer.get("default_root_dir") or ".") / "checkpoints"
 
 
 def share_logger_version(loggers: object, resume: bool = False) -> None:
@@ -122,10 +187,10 @@ def share_logger_version(loggers: object, resume: bool = False) -> None:
 
 
 def output_folders(config: Any) -> list[Path]:
-    """Where a run will write: each logger's ``save_dir/name`` and the checkpoint folder if set."""
+    """Where a run will write: each logger's ``save_dir/name/version`` and the checkpoint folder if set."""
     loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else []
-    folders = [Path(lg.init_args.save_dir) / (lg.init_args.get("name") or "") for lg in loggers
-               if getattr(lg, "init_args", None) is not None and "save_dir" in lg.init_args]
+    folders = [Path(lg.init_args.save_dir) / (lg.init_args.get("name") or "") / str(lg.init_args.get("version") or "")
+               for lg in loggers if getattr(lg, "init_args", None) is not None and "save_dir" in lg.init_args]
     if config.get("checkpoint") and config.checkpoint.get("dirpath"):
         folders.append(Path(config.checkpoint.dirpath))
     return folders
@@ -153,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``selfsup`` console script."""
     args = sys.argv[1:] if argv is None else list(argv)
     try:
+        enforce_import_policy()
         if args[:1] and args[0] in TOOLS:
             status = TOOLS[args[0]](args[1:])
             if status:
@@ -160,8 +226,13 @@ def main(argv: list[str] | None = None) -> None:
             return None
         run_lightning(argv)
     except ArgumentError as err:
-        print(f"selfsup: error: {summarize_parse_error(str(err))} (see selfsup fit --help)", file=sys.stderr)
+        refused = import_refusal(str(err))
+        problem = refused or f"{summarize_parse_error(str(err))} (see selfsup fit --help)"
+        print(f"selfsup: error: {problem}", file=sys.stderr)
         sys.exit(2)
+    except (Preempted, SIGTERMException) as err:
+        print(f"selfsup: {err or 'stopped by SIGTERM'}", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     except Exception as err:
         problem = user_error(err)
         if problem is None:

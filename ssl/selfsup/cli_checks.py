@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from selfsup.errors import ConfigError
+from selfsup.eval.checkpoint import code_refusal
 from selfsup.eval.finetune import FineTune
 from selfsup.eval.probe import FrozenProbe
 from selfsup.methods import SSLMethod
@@ -72,12 +73,7 @@ def user_error(err: BaseException) -> ConfigError | None:
         if isinstance(err, ConfigError):
             return _unwrapped_from_worker(err)
         if isinstance(err, pickle.UnpicklingError):
-            found = re.search(r"GLOBAL [\w.]+", str(err))
-            return ConfigError(
-                "refused to load a checkpoint that holds more than plain weights ("
-                f"{found.group(0) if found else 'code objects'}; it was read with weights_only=True, so none of "
-                "it ran); load only checkpoints written by selfsup or another source you trust"
-            )
+            return code_refusal(err)
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
