@@ -3,49 +3,20 @@ resume from the newest intact one, and only into the model that wrote it."""
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from selfsup.atomic import atomic_save
 from selfsup.errors import ConfigError
 from selfsup.eval.checkpoint import BackboneSpec, backbone_spec, check_same_architecture, load_checkpoint
 from selfsup.trust import REMOTE, trusted
 
 log = logging.getLogger(__name__)
-
-
-def atomic_save(obj: Any, target: Path) -> None:
-    """``torch.save`` to a temporary file in ``target``'s folder, flushed and fsynced, then renamed over
-    ``target``: a crash or a full disk leaves the previous ``target`` whole (a temporary file in ``$TMPDIR``, then a
-    move, would be a truncating copy when the folder is on another filesystem)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    except OSError as err:
-        temporary.unlink(missing_ok=True)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ConfigError(f"disk full while saving {target} ({err.strerror}); the previous {target.name} is "
-                              "intact: free space (or use a run folder on a larger disk) and resume") from None
-        if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            raise ConfigError(f"cannot write {target} ({err.strerror}); choose a writable folder") from None
-        raise
-    folder = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself survives a crash
-    finally:
-        os.close(folder)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

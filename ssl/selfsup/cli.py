@@ -22,6 +22,7 @@ import selfsup.eval  # noqa: F401  (KNNMonitor, LinearProbe and friends resolve 
 import selfsup.methods  # noqa: F401  (SimCLR, RotNet, ... resolve by short name)
 from selfsup.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_resumable, newest_intact
 from selfsup.cli_checks import (
+    check_ranges,
     check_writable,
     reject_linked_overrides,
     reject_unknown_method,
@@ -111,6 +112,7 @@ class SelfsupCLI(LightningCLI):
         if run_dir:
             use_run_dir(config, Path(run_dir))
         share_logger_version(config.trainer.logger, resume=resume)
+        check_ranges(config)
         self._resume: tuple[Path, dict] | None = None
         if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
             check_writable(output_folders(config))

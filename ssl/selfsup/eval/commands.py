@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -45,6 +48,15 @@ def load_data(config: Path, need_labels: bool, what: str) -> SSLDataModule:
     return data
 
 
+@contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """Turn a failure to write ``out`` (read-only folder, no permission, full disk) into one line."""
+    try:
+        yield
+    except OSError as err:
+        raise ConfigError(f"cannot write {out} ({err.strerror or err}); choose a writable --out") from None
+
+
 def _device(name: str | None) -> torch.device:
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -70,6 +82,8 @@ def knn_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if min(args.k) < 1:
         raise ConfigError(f"--k must be at least 1, got {min(args.k)}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ConfigError(f"--temperature must be a positive number (e.g. 0.07), got {args.temperature}")
     backbone, spec = load_backbone(args.ckpt)
     data = load_data(args.config, need_labels=True, what="kNN")
     device = _device(args.device)
@@ -81,9 +95,10 @@ def knn_main(argv: list[str]) -> None:
     for r in rows:
         print(f"{r['k']:>6} {r['top1']:>8.4f} {r['top5']:>8.4f}")
     out = args.out or args.ckpt.with_suffix(".knn.json")
-    out.write_text(json.dumps({"checkpoint": str(args.ckpt), "data": data.source.spec, "backbone": str(spec),
-                               "temperature": args.temperature, "bank": len(bank), "queries": len(queries),
-                               "results": rows}, indent=1) + "\n")
+    with writing(out):
+        out.write_text(json.dumps({"checkpoint": str(args.ckpt), "data": data.source.spec, "backbone": str(spec),
+                                   "temperature": args.temperature, "bank": len(bank), "queries": len(queries),
+                                   "results": rows}, indent=1) + "\n")
     print(f"written: {out}")
 
 
@@ -94,8 +109,10 @@ def export_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="selfsup export", description=export_main.__doc__)
     _common(parser, data=False)
     parser.add_argument("--out", type=Path, required=True, help="where to write the state dict (.pt)")
+    parser.add_argument("--force", action="store_true", help="replace --out (and its .json) if they exist")
     args = parser.parse_args(argv)
-    print(describe(export_backbone(args.ckpt, args.out), args.out))
+    with writing(args.out):
+        print(describe(export_backbone(args.ckpt, args.out, force=args.force), args.out))
 
 
 def plot_main(argv: list[str]) -> None:
@@ -111,8 +128,9 @@ def plot_main(argv: list[str]) -> None:
     data = load_data(args.config, need_labels=False, what="plot")
     device = _device(args.device)
     features, labels = split_features(backbone.to(device), data, "val", device, progress=True)
-    out = save_embedding_plot(features, labels, args.out, data.source.classes,
-                              f"t-SNE of {len(labels)} val features, {spec.name}")
+    with writing(args.out):
+        out = save_embedding_plot(features, labels, args.out, data.source.classes,
+                                  f"t-SNE of {len(labels)} val features, {spec.name}")
     print(f"written: {out}")
 
 
