@@ -115,10 +115,12 @@ class SelfsupCLI(LightningCLI):
         check_ranges(config)
         self._resume: tuple[Path, dict] | None = None
         if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
-            check_writable(output_folders(config))
-            folder = Path(run_dir) if run_dir else (output_folders(config) or [None])[0]
+            folders = output_folders(config)
+            folder = Path(run_dir) if run_dir else (folders or [None])[0]  # the run's own folder, locked first
             if folder is not None and is_first_process():
+                check_writable([folder])
                 lock_run_folder(folder)
+            check_writable(folders)
             self._resume = resume_checkpoint(config)
 
     def after_instantiate_classes(self) -> None:

@@ -61,8 +61,8 @@ def code_refusal(err: pickle.UnpicklingError, path: str | Path | None = None) ->
     """One line for a file that torch's weights-only loader refused (without torch's advice to load it unsafely)."""
     text, where = str(err), f" {path}" if path else ""
     if "Weights only load failed" not in text:
-        return ConfigError(f"checkpoint{where} is not a torch checkpoint ({text.splitlines()[0][:80]}); give a .ckpt "
-                           "written by `selfsup fit`")
+        return ConfigError(f"checkpoint{where} is truncated or not a torch checkpoint ({text.splitlines()[0][:80]}); "
+                           "give a complete .ckpt written by `selfsup fit`")
     found = re.search(r"GLOBAL [\w.]+", text)
     return ConfigError(
         f"refused to load a checkpoint{where} that holds more than plain weights ("

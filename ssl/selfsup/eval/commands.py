@@ -83,7 +83,7 @@ def knn_main(argv: list[str]) -> None:
     if min(args.k) < 1:
         raise ConfigError(f"--k must be at least 1, got {min(args.k)}")
     if not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise ConfigError(f"--temperature must be a positive number (e.g. 0.07), got {args.temperature}")
+        raise ConfigError(f"--temperature must be a positive number, got {args.temperature} (the default is 0.07)")
     backbone, spec = load_backbone(args.ckpt)
     data = load_data(args.config, need_labels=True, what="kNN")
     device = _device(args.device)
