@@ -36,8 +36,9 @@ def step_of(ckpt: Path) -> int:
     return torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
 
 
-@pytest.mark.slow
-def test_run_dir_continues_in_place_and_requeue_signal_saves_at_a_step_boundary(tmp_path, mnist5k, monkeypatch):
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch) -> Path:
+    """SLURM's variables of a one-task job 4242 and an `scontrol` that records its arguments; returns that record."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.calls\n')
@@ -47,12 +48,17 @@ def test_run_dir_continues_in_place_and_requeue_signal_saves_at_a_step_boundary(
                   "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     for key, value in slurm_vars.items():
         monkeypatch.setenv(key, value)
+    return tmp_path / "scontrol.calls"
+
+
+@pytest.mark.slow
+def test_run_dir_continues_in_place_and_requeue_signal_saves_at_a_step_boundary(tmp_path, mnist5k, fake_slurm):
     run_dir = tmp_path / "runs/slurm/pretrain-4242"
     plugins = (REPO / "tests/plugins",)
     selfsup("fit", *TINY, "--trainer.max_steps", "6", "--run_dir", str(run_dir), "--trainer.callbacks",
             "[{class_path: signals.SignalAt, init_args: {step: 3}}]", cwd=tmp_path, path=plugins, trust="signals")
     assert step_of(run_dir / "hpc_ckpt_1.ckpt") == 4  # signalled in step 3's batch, saved after its optimizer step
-    assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "4242"]
+    assert fake_slurm.read_text().split() == ["requeue", "4242"]
     last = run_dir / "simclr-mnist5k/version_0/checkpoints/last.ckpt"
     assert step_of(last) == 6
     # started again (config, logs and checkpoints already there): resumes from the newest, in the same folder
@@ -61,3 +67,17 @@ def test_run_dir_continues_in_place_and_requeue_signal_saves_at_a_step_boundary(
     assert step_of(last) == 9 and not (run_dir / "simclr-mnist5k/version_1").exists()
     steps = [row["step"] for row in csv.DictReader((last.parents[1] / "metrics.csv").open())]
     assert "8" in steps and "0" in steps  # one metrics.csv, appended
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_requeues_and_exits_non_zero(tmp_path, mnist5k, fake_slurm):
+    run_dir = tmp_path / "runs/slurm/pretrain-4242"
+    proc = selfsup("fit", *TINY, "--trainer.max_steps", "6", "--run_dir", str(run_dir), "--trainer.callbacks",
+                   "[{class_path: signals.SignalAt, init_args: {step: 3, signum: 15}}]", cwd=tmp_path,
+                   path=(REPO / "tests/plugins",), trust="signals", check=False)
+    last = run_dir / "simclr-mnist5k/version_0/checkpoints/last.ckpt"
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert f"selfsup: stopped by SIGTERM at step 4; saved {last}" in proc.stderr and "Traceback" not in proc.stderr
+    assert step_of(last) == 4 and fake_slurm.read_text().split() == ["requeue", "4242"]
+    proc = selfsup("fit", *TINY, "--trainer.max_steps", "6", "--run_dir", str(run_dir), cwd=tmp_path)
+    assert f"resuming from {last}" in proc.stderr and step_of(last) == 6

@@ -48,7 +48,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise code_refusal(err, path) from err
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
+    except Exception as err:  # the unpickler fails on garbage with any error (EOF, KeyError, IndexError, ...)
         raise ConfigError(f"checkpoint {path} is truncated or not a torch checkpoint ({type(err).__name__}); "
                           "give a complete .ckpt written by `selfsup fit`") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
