@@ -18,7 +18,6 @@ import torch
 import torchvision
 
 from clirun import REPO, TINY, selfsup
-from selfsup.checkpointing import AtomicCheckpointIO
 
 SIMCLR = str(REPO / "experiments/simclr/mnist5k.yaml")
 BASE = ["fit", "-c", SIMCLR, *TINY, "--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]",
@@ -227,6 +226,8 @@ def tmpfs(tmp_path):
 
 
 def test_d1_checkpoints_are_written_beside_their_target_then_renamed(tmpfs, monkeypatch):
+    from selfsup.checkpointing import AtomicCheckpointIO
+
     renames, rename = [], os.replace
     monkeypatch.setattr(os, "replace", lambda a, b: (renames.append((Path(a), Path(b))), rename(a, b)))
     target = tmpfs / "checkpoints/last.ckpt"

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from clirun import REPO, selfsup
-from selfsup.slurm import newest_checkpoint
+from selfsup.checkpointing import newest_intact
+from selfsup.slurm import resume_candidates
 
 TINY = ["-c", str(REPO / "experiments/simclr/mnist5k.yaml"), "--model.init_args.backbone_args",
         "{width: 4, cifar_stem: true}", "--data.init_args.batch_size", "32", "--data.init_args.num_workers", "0",
@@ -19,17 +20,20 @@ TINY = ["-c", str(REPO / "experiments/simclr/mnist5k.yaml"), "--model.init_args.
         "--trainer.log_every_n_steps", "1", "--trainer.limit_train_batches", "3"]
 
 
-def test_newest_checkpoint_is_the_latest_of_hpc_and_last(tmp_path):
-    assert newest_checkpoint(tmp_path) is None
+def test_resume_takes_the_newest_intact_of_the_requeue_and_periodic_checkpoints(tmp_path):
+    assert newest_intact(resume_candidates(tmp_path)) is None
     last = tmp_path / "simclr/version_0/checkpoints/last.ckpt"
     last.parent.mkdir(parents=True)
-    hpc = tmp_path / "hpc_ckpt_1.ckpt"
-    for path, age in ((hpc, 20), (last, 10)):
-        path.touch()
+    epoch, hpc = last.with_name("epoch=0-step=4.ckpt"), tmp_path / "hpc_ckpt_1.ckpt"
+    for path, age in ((hpc, 30), (epoch, 20), (last, 10)):
+        torch.save({"state_dict": {}, "hyper_parameters": {}}, path)
         os.utime(path, (time.time() - age, time.time() - age))
-    assert newest_checkpoint(tmp_path) == last
+    assert newest_intact(resume_candidates(tmp_path))[0] == last
     os.utime(hpc, None)
-    assert newest_checkpoint(tmp_path) == hpc
+    assert newest_intact(resume_candidates(tmp_path))[0] == hpc
+    hpc.write_bytes(b"")  # interrupted saves
+    last.write_bytes(b"PK\x03\x04")
+    assert newest_intact(resume_candidates(tmp_path))[0] == epoch
 
 
 def step_of(ckpt: Path) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import selfsup.eval  # noqa: F401  (KNNMonitor, LinearProbe and friends resolve by short name in configs)
@@ -130,8 +131,8 @@ class SelfsupCLI(LightningCLI):
         if path and Path(path).is_file():
             ckpt = self._resume[1] if self._resume and str(self._resume[0]) == path else load_checkpoint(path)
             check_resumable(ckpt, self.model, path)
-        if self.subcommand == "fit":
-            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if self.subcommand == "fit" and type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # unless the config chose another
 
 
 def is_first_process() -> bool:

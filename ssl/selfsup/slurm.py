@@ -134,11 +134,6 @@ def resume_candidates(run_dir: Path) -> list[Path]:
     return [*run_dir.glob("hpc_ckpt_*.ckpt"), *run_dir.glob("**/checkpoints/*.ckpt")]
 
 
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest (by modification time) of :func:`resume_candidates`."""
-    return max(resume_candidates(run_dir), key=lambda p: p.stat().st_mtime, default=None)
-
-
 def use_run_dir(config: Any, run_dir: Path) -> None:
     """Point everything a run writes into ``run_dir``: each logger's ``save_dir`` and ``trainer.default_root_dir``
     (where Lightning saves requeue checkpoints)."""
