@@ -66,6 +66,9 @@ def files(trained, tmp_path_factory) -> dict[str, Path]:
     made.update({name.split(".")[0]: folder / name for name in
                  ("torchvision.pt", "evil.ckpt", "broken.yaml", "remote.yaml", "lambda.yaml")})
     made["manifest"] = folder / "shards/manifest.pt"  # export would write its spec to shards/manifest.json
+    (folder / "run/simclr-mnist5k/version_0/checkpoints").mkdir(parents=True)
+    (folder / "run/simclr-mnist5k/version_0/checkpoints/last.ckpt").write_bytes(good)
+    made["run"] = folder / "run"
     made["rotnet"] = with_hparams(ckpt, folder / "rotnet.ckpt", _class_path="selfsup.methods.RotNet")
     made["foreign"] = with_hparams(ckpt, folder / "foreign.ckpt", _class_path="subprocess.Popen")
     return made
@@ -87,6 +90,8 @@ HOSTILE = [
     ([*FIT, "--ckpt_path", "{ckpt}", "--model.init_args.backbone_args", "{width: 8, cifar_stem: true}"],
      "holds a resnet18(cifar_stem=True, width=4, in_channels=1) backbone, but the config asks for "
      "resnet18(cifar_stem=True, width=8, in_channels=1)"),
+    ([*FIT, "--run_dir", "{run}", "--model.init_args.backbone_args", "{width: 8, cifar_stem: true}"],
+     "holds a resnet18(cifar_stem=True, width=4, in_channels=1) backbone, but the config asks for"),
     # remote checkpoints are never fetched
     ([*FIT, "--ckpt_path", "http://127.0.0.1:9/last.ckpt"], "only local files are loaded"),
     ([*FIT, "-c", "{remote}"], "refused to load checkpoint https://127.0.0.1:9/last.ckpt"),
