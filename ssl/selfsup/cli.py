@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"selfsup: {err or 'stopped by SIGTERM'}", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
     except Exception as err:
-        problem = user_error(err)
+        problem = user_error(err) or import_refusal(str(err))
         if problem is None:
             raise
         print(f"selfsup: error: {problem}", file=sys.stderr)
