@@ -11,8 +11,6 @@ import pytest
 import torch
 
 from clirun import REPO, selfsup
-from selfsup.checkpointing import newest_intact
-from selfsup.slurm import resume_candidates
 
 TINY = ["-c", str(REPO / "experiments/simclr/mnist5k.yaml"), "--model.init_args.backbone_args",
         "{width: 4, cifar_stem: true}", "--data.init_args.batch_size", "32", "--data.init_args.num_workers", "0",
@@ -21,6 +19,9 @@ TINY = ["-c", str(REPO / "experiments/simclr/mnist5k.yaml"), "--model.init_args.
 
 
 def test_resume_takes_the_newest_intact_of_the_requeue_and_periodic_checkpoints(tmp_path):
+    from selfsup.checkpointing import newest_intact
+    from selfsup.slurm import resume_candidates
+
     assert newest_intact(resume_candidates(tmp_path)) is None
     last = tmp_path / "simclr/version_0/checkpoints/last.ckpt"
     last.parent.mkdir(parents=True)
