@@ -15,11 +15,12 @@ TINY = ["--model.init_args.backbone_args", "{width: 4, cifar_stem: true}", "--da
 
 
 def selfsup(*args: str, cwd: Path, check: bool = True, path: tuple[Path, ...] = (),
-            timeout: float = 600) -> subprocess.CompletedProcess:
+            timeout: float = 600, trust: str = "") -> subprocess.CompletedProcess:
     """``python -m selfsup ARGS`` (what the console script calls) with this checkout's ``ssl/`` first on the
-    path (then ``path``); returns the finished process, stdout and stderr as text. ``check``: fail with its stderr.
-    ``timeout``: seconds before the command counts as hung (subprocess.TimeoutExpired)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in (REPO / "ssl", *path))}
+    path (then ``path``; ``trust``: the modules there a config may name, as SELFSUP_TRUST); returns the finished
+    process, stdout and stderr as text. ``check``: fail with its stderr. ``timeout``: seconds before the command
+    counts as hung (subprocess.TimeoutExpired)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in (REPO / "ssl", *path)), "SELFSUP_TRUST": trust}
     proc = subprocess.run([sys.executable, "-m", "selfsup", *args], cwd=cwd, capture_output=True, text=True,
                           env=env, timeout=timeout)
     if check and proc.returncode != 0:

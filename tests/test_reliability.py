@@ -36,7 +36,7 @@ def finite_weights(ckpt: Path) -> bool:
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mnist5k):
     proc = selfsup("fit", *FIT, "--model", "faulty.SimCLRNaNAt", "--model.nan_at_step", "5",
                    "--trainer.max_steps", "8", "--checkpoint.every_n_train_steps", "2", cwd=tmp_path, check=False,
-                   path=(PLUGINS,))
+                   path=(PLUGINS,), trust="faulty")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "non-finite loss at step 5" in proc.stderr and "last.ckpt" in proc.stderr
     ckpt = torch.load(last_ckpt(tmp_path), map_location="cpu", weights_only=False)
@@ -46,7 +46,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mni
 @pytest.mark.slow
 def test_nan_loss_can_skip_the_step_instead(tmp_path, mnist5k):
     selfsup("fit", *FIT, "--model", "faulty.SimCLRNaNAt", "--model.nan_at_step", "5", "--trainer.max_steps", "8",
-            "--nonfinite.action", "skip", cwd=tmp_path, path=(PLUGINS,))
+            "--nonfinite.action", "skip", cwd=tmp_path, path=(PLUGINS,), trust="faulty")
     ckpt = torch.load(last_ckpt(tmp_path), map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 8 and finite_weights(last_ckpt(tmp_path))
     metrics = next(tmp_path.glob("runs/*/version_0/metrics.csv")).read_text()

@@ -3,19 +3,24 @@ command itself, with the other subcommands, is ``selfsup.console``)."""
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 import selfsup.eval  # noqa: F401  (KNNMonitor, LinearProbe and friends resolve by short name in configs)
 import selfsup.methods  # noqa: F401  (SimCLR, RotNet, ... resolve by short name)
+from selfsup.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_resumable, newest_intact
 from selfsup.cli_checks import (
     check_accelerator,
+    check_ranges,
     check_writable,
     reject_linked_overrides,
     reject_unknown_method,
@@ -24,12 +29,17 @@ from selfsup.collapse import CollapseMonitor
 from selfsup.data import SSLDataModule
 from selfsup.data.health import DataHealth
 from selfsup.eval import FeatureWriter
+from selfsup.eval.checkpoint import load_checkpoint
 from selfsup.eval.transform import RecordEvalTransform
 from selfsup.nonfinite import NonFiniteGuard
 from selfsup.progress import ProgressLines, results_line, say
 from selfsup.resume import resolve_last
+from selfsup.runlock import lock_run_folder
 from selfsup.runs import eval_folder, run_folder_of
-from selfsup.slurm import SlurmRequeue, use_run_dir
+from selfsup.slurm import SlurmRequeue, resume_candidates, use_run_dir
+from selfsup.trust import check_local_checkpoint
+
+log = logging.getLogger(__name__)
 
 # Values the data decides and the model needs: (data attribute, model argument, when).
 LINKED_FROM_DATA = (
@@ -85,7 +95,7 @@ class SelfsupCLI(LightningCLI):
             action = parser._option_string_actions.get(f"--trainer.{name}")
             if action is not None and hasattr(action, "_typehint"):
                 action._typehint = int | float | None
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FeatureWriter, "predict_writer")  # acts only in `selfsup predict`
         parser.add_lightning_class_args(DataHealth, "data_health")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
@@ -106,26 +116,51 @@ class SelfsupCLI(LightningCLI):
             "trainer.log_every_n_steps": 10,
         })
 
+    def _parse_ckpt_path(self) -> None:
+        """Refuse a remote ``ckpt_path``. Unlike LightningCLI, do not merge the checkpoint's hyper-parameters into
+        the config: the command line and config decide the model (checked against the checkpoint after
+        instantiation), and nothing a checkpoint names is imported."""
+        config = self.config.get(self.config.get("subcommand") or "", {})
+        check_local_checkpoint(config.get("ckpt_path") if config else None)
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         check_accelerator(config.trainer.get("accelerator"))
         name_run(config)
         run_dir = config.get("run_dir")
-        continued = None  # the run folder `--ckpt_path last` found, which fit then continues in
+        last = None  # the checkpoint `--ckpt_path last` found (refused when there is none)
         if config.get("ckpt_path") == "last":
-            config.ckpt_path = str(resolve_last([Path(run_dir)] if run_dir else resume_folders(config)))
-            continued = run_folder_of(config.ckpt_path)
-            say_later(f"resuming from {config.ckpt_path}")
+            last = resolve_last([Path(run_dir)] if run_dir else resume_folders(config))
+            config.ckpt_path = str(last)
+        continued = run_folder_of(last) if last is not None else None  # the run folder fit then continues in
         if run_dir:
-            use_run_dir(config, Path(run_dir), self.subcommand)
+            use_run_dir(config, Path(run_dir))
         version = continued.name if continued is not None and self.subcommand == "fit" else None
         share_logger_version(config.trainer.logger, resume=bool(run_dir), version=version)
+        check_ranges(config)
         if self.subcommand in EVAL_STAGES:
             write_beside_the_run(config, self.subcommand)
         if not sys.stdout.isatty():  # a log file (CI, SLURM): plain lines only, no progress-bar fragments
             config.trainer.enable_progress_bar = False
+        self._resume: tuple[Path, dict] | None = None
         if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
-            check_writable(output_folders(config))
+            folders = output_folders(config)
+            folder = Path(run_dir) if run_dir else (folders or [None])[0]  # the run's own folder, locked first
+            if folder is not None and is_first_process():
+                check_writable([folder])
+                lock_run_folder(folder)
+            check_writable(folders)
+            self._resume = resume_checkpoint(config, last)
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        path = config.get("ckpt_path")
+        if path and Path(path).is_file():
+            ckpt = self._resume[1] if self._resume and str(self._resume[0]) == path else load_checkpoint(path)
+            check_resumable(ckpt, self.model, path)
+        if self.subcommand == "fit" and type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # unless the config chose another
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> L.Trainer:
         return super()._instantiate_trainer(config, [*callbacks, ProgressLines(), RecordEvalTransform()])
@@ -152,9 +187,28 @@ class SelfsupCLI(LightningCLI):
     after_validate = after_test = after_predict = _evaluated
 
 
-def say_later(line: str) -> None:
-    """A line for the console before the trainer exists."""
-    print(line, file=sys.stderr, flush=True)
+def is_first_process() -> bool:
+    """Not a further rank or node of a distributed run (those share rank 0's run folder)."""
+    return all(os.environ.get(key, "0") == "0" for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"))
+
+
+def resume_checkpoint(config: Any, last: Path | None) -> tuple[Path, dict] | None:
+    """For a run continued in place (``--run_dir``, or ``--ckpt_path last``, which found ``last``): set
+    ``ckpt_path`` to the newest intact checkpoint of the run (damaged ones skipped with a warning) and return it
+    with its contents."""
+    run_dir = config.get("run_dir")
+    if run_dir and (last is not None or config.get("ckpt_path") is None):
+        candidates = resume_candidates(Path(run_dir))
+    elif last is not None:
+        run = run_folder_of(last)
+        candidates = resume_candidates(run) if run is not None else [last]
+    else:
+        return None
+    found = newest_intact(candidates)
+    config.ckpt_path = str(found[0]) if found else None
+    if found:
+        log.warning("resuming from %s", found[0])
+    return found
 
 
 def data_name(source: str) -> str:
@@ -231,8 +285,10 @@ def share_logger_version(loggers: object, resume: bool = False, version: str | N
 
 
 def output_folders(config: Any) -> list[Path]:
-    """Where a run will write: each logger's ``save_dir/name`` and the checkpoint folder if set."""
-    folders = logger_folders(config)
+    """Where a run will write: each logger's ``save_dir/name/version`` and the checkpoint folder if set."""
+    loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else []
+    folders = [Path(lg.init_args.save_dir) / (lg.init_args.get("name") or "") / str(lg.init_args.get("version") or "")
+               for lg in loggers if getattr(lg, "init_args", None) is not None and "save_dir" in lg.init_args]
     if config.get("checkpoint") and config.checkpoint.get("dirpath"):
         folders.append(Path(config.checkpoint.dirpath))
     return folders

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -24,13 +26,42 @@ def reject_linked_overrides(args: list[str]) -> None:
             if key in (f"--model.{name}", f"--model.init_args.{name}"):
                 raise ConfigError(f"model.{name} is set from {origin}; remove {key} (change the data instead)")
         if token in ("-c", "--config") and i + 1 < len(args) and Path(args[i + 1]).is_file():
-            model = (yaml.safe_load(Path(args[i + 1]).read_text()) or {}).get("model")
+            model = (read_yaml(Path(args[i + 1])) or {}).get("model")
             given = {**model, **(model.get("init_args") or {})} if isinstance(model, dict) else {}
             for name, origin in LINK_ORIGIN.items():
                 if name in given:
                     raise ConfigError(
                         f"{args[i + 1]}: model.{name} is set from {origin}; remove it from the config"
                     )
+
+
+def read_yaml(path: Path) -> object:
+    """The YAML file at ``path``; a syntax error is a ConfigError naming its line."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where} ({problem}); fix the syntax there") from None
+
+
+# Config values that must lie in a range: (key, test, what the value must be).
+RANGES = (
+    ("model.init_args.lr", lambda v: v > 0, "a positive number"),
+    ("model.init_args.weight_decay", lambda v: v >= 0, "zero or more"),
+    ("data.init_args.batch_size", lambda v: v >= 1, "at least 1"),
+    ("data.init_args.num_workers", lambda v: v >= 0, "zero or more (0 loads in the main process)"),
+)
+
+
+def check_ranges(config: Any) -> None:
+    """Refuse a config value outside its range (a negative lr, batch size or worker count), naming it."""
+    for key, ok, what in RANGES:
+        value = config.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not (math.isfinite(value) and ok(value)):
+            raise ConfigError(f"{key.replace('.init_args', '')} must be {what}, got {value}; fix it in the config or "
+                              "on the command line")
 
 
 def method_names() -> list[str]:
@@ -68,17 +99,18 @@ def summarize_parse_error(message: str) -> str:
 def user_error(err: BaseException) -> ConfigError | None:
     """The ConfigError behind ``err`` (jsonargparse wraps errors raised while instantiating classes); a
     checkpoint that torch refused to unpickle becomes one too."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from selfsup.eval.checkpoint import code_refusal
+
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, ConfigError):
             return _unwrapped_from_worker(err)
         if isinstance(err, pickle.UnpicklingError):
-            found = re.search(r"GLOBAL [\w.]+", str(err))
-            return ConfigError(
-                "refused to load a checkpoint that holds more than plain weights ("
-                f"{found.group(0) if found else 'code objects'}; it was read with weights_only=True, so none of "
-                "it ran); load only checkpoints written by selfsup or another source you trust"
-            )
+            return code_refusal(err)
+        if isinstance(err, MisconfigurationException):  # Lightning's own one-line check of a trainer argument
+            return ConfigError(f"{str(err).strip().splitlines()[0]} (fix it in the config or on the command line)")
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None

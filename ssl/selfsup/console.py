@@ -7,6 +7,7 @@ Imports only the standard library: torch and Lightning load when a subcommand th
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from argparse import ArgumentError
 from collections.abc import Callable
@@ -74,7 +75,9 @@ def run(args: list[str]) -> int | None:
         print(version())
         return None
     from selfsup.recipes import with_recipes
+    from selfsup.trust import enforce_import_policy
 
+    enforce_import_policy()  # before anything parses a config: its class paths may only name allowed code
     args = with_recipes(args)
     if args[0] in TOOLS:
         return tool(args[0])(args[1:])
@@ -84,25 +87,43 @@ def run(args: list[str]) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``selfsup`` console script."""
+    """Entry point of the ``selfsup`` console script: a mistake is one line and exit code 2, a run stopped by
+    SIGTERM (after saving a checkpoint) exit code 143."""
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         status = run(args)
     except ArgumentError as err:
         from selfsup.cli_checks import summarize_parse_error
+        from selfsup.trust import import_refusal
 
-        print(f"selfsup: error: {summarize_parse_error(str(err))} (see selfsup fit --help)", file=sys.stderr)
+        problem = import_refusal(str(err)) or f"{summarize_parse_error(str(err))} (see selfsup fit --help)"
+        print(f"selfsup: error: {problem}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:
+        if stopped_by_sigterm(err):
+            print(f"selfsup: {err or 'stopped by SIGTERM'}", file=sys.stderr)
+            sys.exit(128 + signal.SIGTERM)
         from selfsup.cli_checks import user_error
+        from selfsup.trust import import_refusal
 
-        problem = user_error(err)
+        problem = user_error(err) or import_refusal(str(err))
         if problem is None:
             raise
         print(f"selfsup: error: {problem}", file=sys.stderr)
         sys.exit(2)
     if status:
         sys.exit(status)
+
+
+def stopped_by_sigterm(err: Exception) -> bool:
+    """A run that SIGTERM stopped (preemption, scancel) after saving where to resume from."""
+    if "lightning" not in sys.modules:  # only a training run can be stopped so
+        return False
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from selfsup.slurm import Preempted
+
+    return isinstance(err, (Preempted, SIGTERMException))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +55,15 @@ def load_data(config: Path, need_labels: bool, what: str) -> SSLDataModule:
         raise ConfigError(f"{what} needs labels, but data source {data.source.spec!r} has no classes; "
                           "give a labelled source (e.g. builtin:mnist5k)")
     return data
+
+
+@contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """Turn a failure to write ``out`` (read-only folder, no permission, full disk) into one line."""
+    try:
+        yield
+    except OSError as err:
+        raise ConfigError(f"cannot write {out} ({err.strerror or err}); choose a writable --out") from None
 
 
 def _device(name: str | None) -> torch.device:
@@ -111,6 +123,8 @@ def knn_main(argv: list[str]) -> None:
 
     if args.k and min(args.k) < 1:
         raise ConfigError(f"--k must be at least 1, got {min(args.k)}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ConfigError(f"--temperature must be a positive number, got {args.temperature} (the default is 0.07)")
     device = _device(args.device)
     existing_checkpoint(args.ckpt)
     data = load_data(args.config, need_labels=True, what="kNN")
@@ -125,10 +139,11 @@ def knn_main(argv: list[str]) -> None:
         print(f"{r['k']:>6} {r['top1']:>8.4f} {r['top5']:>8.4f}")
     folder = eval_folder(args.ckpt, "knn")
     out = args.out or (folder / "knn.json" if folder else args.ckpt.with_suffix(".knn.json"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"checkpoint": str(args.ckpt), "data": data.source.spec, "backbone": str(spec),
-                               "temperature": args.temperature, "bank": len(bank), "queries": len(queries),
-                               "results": rows}, indent=1) + "\n")
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"checkpoint": str(args.ckpt), "data": data.source.spec, "backbone": str(spec),
+                                   "temperature": args.temperature, "bank": len(bank), "queries": len(queries),
+                                   "results": rows}, indent=1) + "\n")
     print(f"written: {out}")
 
 
@@ -137,10 +152,12 @@ def export_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="selfsup export", description=export_main.__doc__)
     _common(parser, data=False)
     parser.add_argument("--out", type=Path, required=True, help="where to write the state dict (.pt)")
+    parser.add_argument("--force", action="store_true", help="replace --out (and its .json) if they exist")
     args = parser.parse_args(argv)
     from selfsup.eval.export import describe, export_backbone
 
-    print(describe(export_backbone(args.ckpt, args.out), args.out))
+    with writing(args.out):
+        print(describe(export_backbone(args.ckpt, args.out, force=args.force), args.out))
 
 
 def plot_main(argv: list[str]) -> None:
@@ -158,8 +175,9 @@ def plot_main(argv: list[str]) -> None:
     data = load_data(args.config, need_labels=False, what="plot")
     backbone, spec = _backbone_for(args.ckpt, data)
     features, labels = split_features(backbone.to(device), data, "val", device, progress=True)
-    out = save_embedding_plot(features, labels, args.out, data.source.classes,
-                              f"t-SNE of {len(labels)} val features, {spec.name}")
+    with writing(args.out):
+        out = save_embedding_plot(features, labels, args.out, data.source.classes,
+                                  f"t-SNE of {len(labels)} val features, {spec.name}")
     print(f"written: {out}")
 
 

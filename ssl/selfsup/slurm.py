@@ -1,4 +1,5 @@
-"""SLURM: requeue on the warning signal at a step boundary, and resume a job in its own run folder."""
+"""SLURM and preemption: checkpoint (and requeue) on the warning signal or SIGTERM at a step boundary, and resume a
+job in its own run folder."""
 
 from __future__ import annotations
 
@@ -7,18 +8,23 @@ import os
 import re
 import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 log = logging.getLogger(__name__)
 
 
+class Preempted(Exception):
+    """The run stopped on SIGTERM after saving a checkpoint to resume from."""
+
+
 class SlurmRequeue(Callback):
-    """Lightning's SLURM auto-requeue, with the checkpoint taken at a step boundary.
+    """Stop, checkpoint and requeue at a step boundary on SLURM's warning signal and on SIGTERM.
 
     Under ``srun`` Lightning's ``SLURMEnvironment(auto_requeue=True)`` saves ``hpc_ckpt_N.ckpt`` and runs
     ``scontrol requeue`` from inside the SIGUSR1 handler. With DDP that handler runs wherever each rank happens to
@@ -29,43 +35,77 @@ class SlurmRequeue(Callback):
     ``trainer.default_root_dir`` (Lightning's name, so Lightning's own hpc resume finds it too), and rank 0
     requeues the job. SLURM then stops the tasks (SIGTERM) and the job starts again with the same id.
 
-    Inactive outside SLURM, outside ``fit``, and when the trainer's SLURM environment has ``auto_requeue=False``.
-    Costs one tiny all-reduce per training step while active."""
+    SIGTERM (what schedulers send on preemption, and SLURM at the end of a job) is handled in every ``fit``, on a
+    cluster or not: after the current step ``last.ckpt`` is saved (so ``--run_dir`` and ``--ckpt_path last`` resume
+    from it), the job is requeued under SLURM if the warning signal did not already do so, and the run stops with
+    :class:`Preempted` (the CLI exits 143, as a process killed by SIGTERM would).
+
+    Costs one tiny all-reduce per training step during ``fit``."""
 
     def __init__(self) -> None:
-        self._signum: int | None = None
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
         self._requested = False
+        self._terminate = False
+        self._slurm = False
         self.requeued = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        environment = trainer._accelerator_connector.cluster_environment
-        if stage != "fit" or not isinstance(environment, SLURMEnvironment) or not environment.auto_requeue:
+        if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return
-        self._signum = int(environment.requeue_signal or signal.SIGUSR1)
-        self._previous = signal.signal(self._signum, self._note)
+        environment = trainer._accelerator_connector.cluster_environment
+        self._slurm = isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+        if self._slurm:
+            signum = int(environment.requeue_signal or signal.SIGUSR1)
+            self._previous[signum] = signal.signal(signum, self._note)
+        self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._note_terminate)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._signum is not None:
-            signal.signal(self._signum, self._previous if self._previous is not None else signal.SIG_DFL)
-            self._signum = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
 
     def _note(self, signum: int, frame: Any) -> None:
         self._requested = True
 
+    def _note_terminate(self, signum: int, frame: Any) -> None:
+        self._requested = self._terminate = True
+
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if self._signum is None or self.requeued:
+        if not self._previous or not trainer.strategy.reduce_boolean_decision(self._requested, all=False):
             return
-        if not trainer.strategy.reduce_boolean_decision(self._requested, all=False):
+        self._requested = False
+        terminate = trainer.strategy.reduce_boolean_decision(self._terminate, all=False)
+        if terminate:
+            path = save_last(trainer)
+        elif not self.requeued:
+            for logger in trainer.loggers:
+                logger.save()
+            path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+            trainer.save_checkpoint(path)  # every rank takes part; rank 0 writes
+        else:
             return
-        self.requeued = True
-        for logger in trainer.loggers:
-            logger.save()
-        path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
-        trainer.save_checkpoint(path)  # every rank takes part; rank 0 writes
-        if trainer.is_global_zero:
-            log.warning("requeue signal: saved %s at step %d; requeuing", path, trainer.global_step)
+        if self._slurm and not self.requeued and trainer.is_global_zero:
+            log.warning("%s: saved %s at step %d; requeuing", "SIGTERM" if terminate else "requeue signal", path,
+                        trainer.global_step)
             requeue()
+        self.requeued = self.requeued or self._slurm
+        if terminate:
+            raise Preempted(f"stopped by SIGTERM at step {trainer.global_step}; saved {path}: run the same command "
+                            "(with --run_dir, or --ckpt_path last) to continue")
+
+
+def save_last(trainer: pl.Trainer) -> Path:
+    """Save the checkpoint a restarted run resumes from: ``last.ckpt`` of the checkpoint callback (found by
+    ``--run_dir`` and ``--ckpt_path last``), else a requeue checkpoint in ``trainer.default_root_dir``."""
+    for logger in trainer.loggers:
+        logger.save()
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.dirpath:
+        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+        return Path(callback.last_model_path)
+    path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+    trainer.save_checkpoint(path)
+    return Path(path)
 
 
 def job_id() -> str:
@@ -87,26 +127,19 @@ def requeue() -> bool:
     return True
 
 
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest (by modification time) of the requeue checkpoints ``hpc_ckpt_N.ckpt`` in ``run_dir`` and the
-    ``last.ckpt`` files under it: a job stopped by the requeue signal continues from its requeue checkpoint, one
-    killed without a signal (node failure, out of memory, SIGKILL) from its last periodic checkpoint."""
-    found = [*run_dir.glob("hpc_ckpt_*.ckpt"), *run_dir.glob("**/checkpoints/last.ckpt")]
-    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+def resume_candidates(run_dir: Path) -> list[Path]:
+    """The checkpoints a job in ``run_dir`` may continue from: the requeue checkpoints ``hpc_ckpt_N.ckpt`` and every
+    checkpoint in the ``checkpoints`` folders under it (a job stopped by the requeue signal continues from its
+    requeue checkpoint, one killed without a signal from its last periodic checkpoint)."""
+    return [*run_dir.glob("hpc_ckpt_*.ckpt"), *run_dir.glob("**/checkpoints/*.ckpt")]
 
 
-def use_run_dir(config: Any, run_dir: Path, subcommand: str | None) -> None:
-    """Point everything a run writes into ``run_dir`` (each logger's ``save_dir``, ``trainer.default_root_dir``,
-    where Lightning saves requeue checkpoints) and, for ``fit`` without an explicit ``--ckpt_path``, resume from
-    the newest checkpoint there, so a (re)started job continues in place."""
+def use_run_dir(config: Any, run_dir: Path) -> None:
+    """Point everything a run writes into ``run_dir``: each logger's ``save_dir`` and ``trainer.default_root_dir``
+    (where Lightning saves requeue checkpoints)."""
     config.trainer.default_root_dir = str(run_dir)
     loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else []
     for logger in loggers:
         args = getattr(logger, "init_args", None)
         if args is not None and "save_dir" in args:
             args.save_dir = str(run_dir)
-    if subcommand == "fit" and config.get("ckpt_path") in (None, "last"):
-        newest = newest_checkpoint(run_dir)
-        config.ckpt_path = str(newest) if newest is not None else None
-        if newest is not None:
-            log.warning("resuming from %s", newest)

@@ -58,6 +58,10 @@ def build_backbone(name: str, **kwargs) -> Backbone:
     """Build a registered backbone by name; unknown names and arguments raise a ConfigError."""
     if name not in _REGISTRY:
         raise ConfigError(f"unknown backbone {name!r}; choose one of: {', '.join(available_backbones())}")
+    for key, value in kwargs.items():  # sizes (width, depth, heads, patch size, ...) are the integer arguments
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, int) and not isinstance(v, bool) and v < 1 for v in values):
+            raise ConfigError(f"backbone {name!r}: {key} must be at least 1, got {value}; fix model.backbone_args")
     try:
         return _REGISTRY[name](**kwargs)
     except TypeError as err:

@@ -8,6 +8,7 @@ Works for any checkpoint whose module has ``backbone`` as a submodule and ``back
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,19 +48,37 @@ def existing_checkpoint(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint at ``path`` as a dict, read with ``weights_only=True`` onto the CPU."""
+    """The checkpoint at ``path`` as a dict, read with ``weights_only=True`` onto the CPU; a ConfigError (one line)
+    for a missing, empty, truncated, foreign or code-carrying file."""
     path = existing_checkpoint(path)
+    if path.stat().st_size == 0:
+        raise ConfigError(f"checkpoint {path} is empty (0 bytes: a save that was interrupted); give another "
+                          "checkpoint, e.g. one of the epoch=...-step=....ckpt files beside it")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ConfigError(f"{path} holds objects that weights_only loading refuses ({first})") from err
-    except (RuntimeError, EOFError) as err:
-        raise ConfigError(f"{path} is not a readable torch checkpoint ({err})") from err
+        raise code_refusal(err, path) from err
+    except Exception as err:  # the unpickler fails on garbage with any error (EOF, KeyError, IndexError, ...)
+        raise ConfigError(f"checkpoint {path} is truncated or not a torch checkpoint ({type(err).__name__}); "
+                          "give a complete .ckpt written by `selfsup fit`") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ConfigError(f"{path} is not a selfsup checkpoint (no state_dict/hyper_parameters): give a .ckpt "
-                          "written by `selfsup fit`, not an exported backbone")
+                          "written by `selfsup fit`, not an exported backbone or a torchvision state dict")
     return ckpt
+
+
+def code_refusal(err: pickle.UnpicklingError, path: str | Path | None = None) -> ConfigError:
+    """One line for a file that torch's weights-only loader refused (without torch's advice to load it unsafely)."""
+    text, where = str(err), f" {path}" if path else ""
+    if "Weights only load failed" not in text:
+        return ConfigError(f"checkpoint{where} is truncated or not a torch checkpoint ({text.splitlines()[0][:80]}); "
+                           "give a complete .ckpt written by `selfsup fit`")
+    found = re.search(r"GLOBAL [\w.]+", text)
+    return ConfigError(
+        f"refused to load a checkpoint{where} that holds more than plain weights ("
+        f"{found.group(0) if found else 'code objects'}; it was read weights-only, so none of it ran); load only "
+        "checkpoints written by selfsup or another source you trust"
+    )
 
 
 def backbone_spec(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> BackboneSpec:

@@ -15,6 +15,7 @@ import torch
 import torchvision
 from torchvision.transforms import v2
 
+from selfsup.atomic import atomic_save
 from selfsup.errors import ConfigError
 from selfsup.eval.checkpoint import BackboneSpec, backbone_spec, backbone_state, load_checkpoint
 from selfsup.eval.transform import KEY, build_transform
@@ -54,15 +55,29 @@ def to_torchvision_keys(state: dict[str, torch.Tensor], spec: BackboneSpec) -> d
     return dict(state)
 
 
-def export_backbone(ckpt_path: str | Path, out: str | Path) -> ExportReport:
+def check_outputs(outs: list[Path], source: Path, force: bool) -> None:
+    """Refuse to write over the checkpoint being read or a shard set's manifest, and over any existing file
+    unless ``force``."""
+    for out in outs:
+        if not out.exists():
+            continue
+        if out.resolve() == source.resolve() or out.name == "manifest.json":
+            what = "the checkpoint it reads" if out.resolve() == source.resolve() else "a shard set's manifest"
+            raise ConfigError(f"export would overwrite {out}, {what}; choose another --out")
+        if not force:
+            raise ConfigError(f"{out} already exists; choose another --out, or add --force to replace it")
+
+
+def export_backbone(ckpt_path: str | Path, out: str | Path, force: bool = False) -> ExportReport:
     """Write the checkpoint's backbone weights to ``out`` (``torch.save`` of a plain dict of tensors) and its
-    spec to ``out`` with suffix ``.json``; return what torchvision's model of that name would not accept."""
+    spec to ``out`` with suffix ``.json``; return what torchvision's model of that name would not accept.
+    Existing files are replaced only with ``force`` (never the checkpoint itself or a manifest)."""
+    out = Path(out)
+    check_outputs([out, out.with_suffix(".json")], Path(ckpt_path), force)
     ckpt = load_checkpoint(ckpt_path)
     spec = backbone_spec(ckpt, ckpt_path)
     state = {k: v.contiguous() for k, v in to_torchvision_keys(backbone_state(ckpt), spec).items()}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, out)
+    atomic_save(state, out)
     out.with_suffix(".json").write_text(json.dumps(
         {"backbone": spec.name, "backbone_args": spec.args, "in_channels": spec.in_channels,
          "eval_transform": ckpt.get(KEY)}, indent=1) + "\n")
