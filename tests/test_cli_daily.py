@@ -143,7 +143,8 @@ def test_help_lists_every_subcommand_with_one_line(tmp_path):
     assert re.fullmatch(r"selfsup \d+\.\d+\.\d+ \(torch .+, lightning .+\)\n", version)
 
 
-@pytest.mark.parametrize("command", [[], ["knn"], ["export"], ["plot"], ["reconstruct"], ["bench"], ["bench", "knn"]])
+@pytest.mark.parametrize("command", [[], ["knn"], ["export"], ["plot"], ["reconstruct"], ["bench"], ["bench", "knn"],
+                                     ["shards"], ["shards", "write"], ["shards", "inspect"]])
 def test_help_of_the_tools_answers_without_loading_torch(command, tmp_path):
     code = ("import sys, time; from selfsup.console import main; start = time.perf_counter()\n"
             f"try: main({[*command, '--help']!r})\nexcept SystemExit: pass\n"
