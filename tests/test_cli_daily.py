@@ -117,7 +117,8 @@ def test_fit_prints_its_folder_a_summary_and_a_line_every_n_steps_without_bar_fr
                              "data builtin:mnist5k | 4 steps, 1 epoch(s), batch 32 x 1 device(s)")
     steps = [line for line in out if line.startswith("epoch 0  step ")]
     assert [line.split()[3] for line in steps] == ["2/4", "4/4"]
-    assert re.fullmatch(r"epoch 0  step 4/4  loss \d+\.\d{4}  lr [\d.e-]+  \d+ images/s  ETA 0:00:00", steps[-1])
+    assert re.fullmatch(r"epoch 0  step 4/4  loss \d+\.\d{4}  lr [\d.e-]+  \d+ images/s  data_wait \d+%  "
+                        r"ETA 0:00:00", steps[-1]), steps[-1]
     assert out[-1] == "done: run folder runs/my-digits/version_0, checkpoint " \
                       "runs/my-digits/version_0/checkpoints/last.ckpt"
     assert "\r" not in proc.stdout + proc.stderr and "it/s]" not in proc.stdout + proc.stderr  # no progress bar

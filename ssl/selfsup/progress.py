@@ -105,7 +105,7 @@ class ProgressLines(Callback):
         parts += [f"loss {loss:.4f}"] if loss is not None else []
         parts += [f"lr {lr:.3g}"] if lr is not None else []
         parts.append(f"{self._images / max(now - self._last_time - self._paused, 1e-9):.0f} images/s")
-        parts += [f"data_wait {wait:.3g}"] if wait is not None else []  # as train/data_wait logs it
+        parts += [f"data_wait {wait:.0%}"] if wait is not None else []  # the share of the step spent waiting
         if total:
             done = step - self._start_step
             parts.append(f"ETA {duration((now - self._start) / max(done, 1) * (total - step))}")
