@@ -33,7 +33,7 @@ def two_nodes(cwd: Path, max_steps: int) -> list[str]:
     for both; returns each node's output."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "ssl"), str(REPO / "tests/plugins")]),
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "SELFSUP_TRUST": "parts"}  # the recording callback is the test's own code
     callbacks = f"[{{class_path: parts.RecordParts, init_args: {{out: {cwd / 'parts'}}}}}]"
     nodes = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
@@ -44,15 +44,15 @@ def two_nodes(cwd: Path, max_steps: int) -> list[str]:
          "--run_dir", "run"],
         cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for node in (0, 1)]
     outputs = []
-    for proc in nodes:
-        try:
-            out, _ = proc.communicate(timeout=400)
-        finally:
-            for other in nodes:
-                if other.poll() is None:
-                    other.kill()
+    try:  # wait for every node; a node that finishes later is not a failure (only a hang past the timeout is)
+        for proc in nodes:
+            outputs.append(proc.communicate(timeout=400)[0])
+    finally:
+        for proc in nodes:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, out in zip(nodes, outputs):
         assert proc.returncode == 0, out[-4000:]
-        outputs.append(out)
     return outputs
 
 

@@ -311,6 +311,18 @@ def run_lightning(args: list[str] | None) -> None:
         auto_configure_optimizers=False,
         parser_kwargs={"exit_on_error": False},
     )
+    leave_process_group()
+
+
+def leave_process_group() -> None:
+    """After a distributed run, every rank waits for the others and then destroys the process group, so the node
+    that hosts the rendezvous store does not exit while another still talks to it (under load that crashed the
+    other node, or this one with "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> None:
