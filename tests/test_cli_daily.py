@@ -36,9 +36,10 @@ def step_of(ckpt: Path) -> int:
 
 @pytest.fixture
 def run_copy(trained, tmp_path) -> Path:
-    """A copy of the session's tiny SimCLR run at tmp_path/runs/simclr-mnist5k/version_0."""
+    """A copy of the session's tiny SimCLR run at tmp_path/runs/simclr-mnist5k/version_0, without the
+    evaluations other tests wrote into it (its eval/ folder)."""
     run = tmp_path / "runs/simclr-mnist5k/version_0"
-    shutil.copytree(trained[0], run)
+    shutil.copytree(trained[0], run, ignore=shutil.ignore_patterns("eval"))
     return run
 
 

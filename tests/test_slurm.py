@@ -118,11 +118,14 @@ def test_usr1_checkpoints_requeues_and_resumes_at_exactly_the_planned_steps(tmp_
     hpc = run_dir / "hpc_ckpt_1.ckpt"
     saved_at = global_step(hpc)
     assert 8 <= saved_at < planned
-    assert f"resuming from {hpc.relative_to(tmp_path)}" in out
-    assert global_step(run_dir / "simclr-mnist5k/version_0/checkpoints/last.ckpt") == planned
+    # the requeue's own SIGTERM may save last.ckpt a few steps after the requeue checkpoint: the restarted job
+    # continues from the newer of the two
+    last = run_dir / "simclr-mnist5k/version_0/checkpoints/last.ckpt"
+    assert any(f"resuming from {p.relative_to(tmp_path)}" in out for p in (hpc, last)), out[-3000:]
+    assert global_step(last) == planned
     steps = steps_logged(run_dir)
     restarts = [steps[i] for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
-    assert restarts in ([saved_at], []), steps  # the resumed run's first step is the one after the checkpoint
+    assert len(restarts) <= 1 and all(saved_at <= r < planned for r in restarts), steps  # one resume, no step lost
     assert sorted(set(steps)) == list(range(planned)), steps
     job_log = (run_dir / "job.log").read_text()
     assert f"job {job} start 0" in job_log and f"job {job} start 1" in job_log
