@@ -75,7 +75,8 @@ class SlurmRequeue(Callback):
             return
         self._requested = False
         terminate = trainer.strategy.reduce_boolean_decision(self._terminate, all=False)
-        if terminate:
+        if terminate:  # the run stops inside this hook: log this step's metrics first, which stopping would skip
+            trainer._logger_connector.update_train_step_metrics()
             path = save_last(trainer)
         elif not self.requeued:
             for logger in trainer.loggers:
