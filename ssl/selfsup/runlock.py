@@ -15,6 +15,22 @@ LOCK_NAME = ".selfsup.lock"
 _held: dict[Path, int] = {}  # folder -> open descriptor, kept for the life of the process
 
 
+WAIT_SECONDS = 10.0  # a killed or requeued job's process may hold the lock a few seconds while it exits
+
+
+def _take(fd: int, wait: float) -> bool:
+    """Take the lock of ``fd``, trying again for ``wait`` seconds (a holder that is exiting lets go)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+
+
 def lock_run_folder(folder: Path) -> None:
     """Take the run folder's lock, or refuse with the pid and host of the process that holds it."""
     folder = folder.resolve()
@@ -22,9 +38,7 @@ def lock_run_folder(folder: Path) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    if not _take(fd, wait=WAIT_SECONDS):
         holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
         os.close(fd)
         raise ConfigError(f"run folder {folder} is in use by {holder}; wait for that run to end, or give another "
