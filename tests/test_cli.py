@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from clirun import REPO, TINY, selfsup
 
@@ -201,3 +202,16 @@ def test_an_unwritable_output_folder_is_named_before_anything_runs(tmp_path):
     assert proc.returncode == 2 and "cannot write run outputs to runs/simclr-mnist5k" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert (tmp_path / "runs").read_text() == "a file where the runs folder would go"
+
+
+
+def test_a_config_saved_before_the_modules_moved_still_parses(tmp_path):
+    """Runs saved before the training modules moved into selfsup.training name the old paths
+    (selfsup.loggers.ResumableCSVLogger, selfsup.nonfinite.NonFiniteGuard); their config.yaml still parses."""
+    current = selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), "--print_config", cwd=tmp_path)
+    config = yaml.safe_load(current.stdout.replace("selfsup.training.", "selfsup."))
+    config["trainer"]["callbacks"].append({"class_path": "selfsup.nonfinite.NonFiniteGuard"})
+    old = tmp_path / "config.yaml"
+    old.write_text(yaml.safe_dump(config))
+    proc = selfsup("fit", "-c", str(old), "--print_config", cwd=tmp_path)
+    assert "ResumableCSVLogger" in proc.stdout and "NonFiniteGuard" in proc.stdout

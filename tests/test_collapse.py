@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from clirun import REPO, TINY, selfsup
-from selfsup.collapse import RANKME_EPS, CollapseMonitor, mean_pairwise_cosine, rankme
+from selfsup.training.collapse import RANKME_EPS, CollapseMonitor, mean_pairwise_cosine, rankme
 
 
 def rankme_reference(z: np.ndarray) -> float:

@@ -189,7 +189,7 @@ def test_s3_trusted_code_is_named_in_selfsup_trust(tmp_path):
 def test_d6_a_second_run_in_a_locked_folder_is_refused_then_runs_after_a_crash(mnist5k, tmp_path):
     run_dir = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from selfsup.runlock import lock_run_folder; "
+        [sys.executable, "-c", "import sys, time; from selfsup.training.runlock import lock_run_folder; "
          f"lock_run_folder(__import__('pathlib').Path({str(run_dir)!r})); print('locked', flush=True); "
          "time.sleep(600)"], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "ssl")})
     try:
@@ -201,7 +201,7 @@ def test_d6_a_second_run_in_a_locked_folder_is_refused_then_runs_after_a_crash(m
     finally:
         holder.kill()  # SIGKILL: no clean-up, the kernel drops the lock
         holder.wait()
-    from selfsup.runlock import lock_run_folder
+    from selfsup.training.runlock import lock_run_folder
 
     lock_run_folder(run_dir)  # a crashed holder's lock does not block
 
@@ -231,7 +231,7 @@ def tmpfs(tmp_path):
 
 
 def test_d1_checkpoints_are_written_beside_their_target_then_renamed(tmpfs, monkeypatch):
-    from selfsup.checkpointing import AtomicCheckpointIO
+    from selfsup.training.checkpointing import AtomicCheckpointIO
 
     renames, rename = [], os.replace
     monkeypatch.setattr(os, "replace", lambda a, b: (renames.append((Path(a), Path(b))), rename(a, b)))

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.bench_step import BackboneCalls, floor_step, peak_memory_mib
+from selfsup.bench.step import BackboneCalls, floor_step, peak_memory_mib
 from selfsup.data.health import DataHealth
 from selfsup.errors import DataError
 from selfsup.losses import nt_xent, sinkhorn, swapped_prediction_loss
 from selfsup.methods import RotNet, SimCLR, SwAV
-from selfsup.nonfinite import NonFiniteError, NonFiniteGuard
+from selfsup.training.nonfinite import NonFiniteError, NonFiniteGuard
 
 TINY = {"backbone": "resnet18", "backbone_args": {"width": 4, "cifar_stem": True}, "in_channels": 1}
 

@@ -19,8 +19,8 @@ TINY = ["-c", str(REPO / "experiments/simclr/mnist5k.yaml"), "--model.init_args.
 
 
 def test_resume_takes_the_newest_intact_of_the_requeue_and_periodic_checkpoints(tmp_path):
-    from selfsup.checkpointing import newest_intact
-    from selfsup.slurm import resume_candidates
+    from selfsup.training.checkpointing import newest_intact
+    from selfsup.training.slurm import resume_candidates
 
     assert newest_intact(resume_candidates(tmp_path)) is None
     last = tmp_path / "simclr/version_0/checkpoints/last.ckpt"

@@ -5,11 +5,14 @@ from __future__ import annotations
 from os import PathLike
 from typing import TYPE_CHECKING
 
+from selfsup import moved
+
 if TYPE_CHECKING:
     from torch import nn
     from torchvision.transforms import v2
 
 __version__ = "0.1.0"
+moved.install()  # configs saved before modules moved into training/ and bench/ name their old paths
 
 
 def load_backbone(path: str | PathLike) -> tuple[nn.Module, v2.Compose]:

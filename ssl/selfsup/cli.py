@@ -17,7 +17,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 import selfsup.eval  # noqa: F401  (KNNMonitor, LinearProbe and friends resolve by short name in configs)
 import selfsup.methods  # noqa: F401  (SimCLR, RotNet, ... resolve by short name)
-from selfsup.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_resumable, newest_intact
 from selfsup.cli_checks import (
     check_accelerator,
     check_ranges,
@@ -25,18 +24,19 @@ from selfsup.cli_checks import (
     reject_linked_overrides,
     reject_unknown_method,
 )
-from selfsup.collapse import CollapseMonitor
 from selfsup.data import SSLDataModule
 from selfsup.data.health import DataHealth
 from selfsup.eval import FeatureWriter
 from selfsup.eval.checkpoint import load_checkpoint
 from selfsup.eval.transform import RecordEvalTransform
-from selfsup.nonfinite import NonFiniteGuard
-from selfsup.progress import ProgressLines, results_line, say
-from selfsup.resume import resolve_last
-from selfsup.runlock import lock_run_folder
-from selfsup.runs import eval_folder, run_folder_of
-from selfsup.slurm import SlurmRequeue, resume_candidates, use_run_dir
+from selfsup.training.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_resumable, newest_intact
+from selfsup.training.collapse import CollapseMonitor
+from selfsup.training.nonfinite import NonFiniteGuard
+from selfsup.training.progress import ProgressLines, results_line, say
+from selfsup.training.resume import resolve_last
+from selfsup.training.runlock import lock_run_folder
+from selfsup.training.runs import eval_folder, run_folder_of
+from selfsup.training.slurm import SlurmRequeue, resume_candidates, use_run_dir
 from selfsup.trust import check_local_checkpoint
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ INT_OR_FRACTION = ("limit_train_batches", "limit_val_batches", "limit_test_batch
 # A config without loggers logs here, its run named METHOD-DATA (see run_name).
 DEFAULT_NAME = "default"
 DEFAULT_LOGGERS = [
-    {"class_path": "selfsup.loggers.ResumableCSVLogger", "init_args": {"save_dir": "runs", "name": DEFAULT_NAME}},
+    {"class_path": "selfsup.training.loggers.ResumableCSVLogger",
+     "init_args": {"save_dir": "runs", "name": DEFAULT_NAME}},
     {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
      "init_args": {"save_dir": "runs", "name": DEFAULT_NAME}},
 ]

@@ -20,7 +20,7 @@ TOOLS = {
     "reconstruct": ("selfsup.eval_commands:reconstruct_main", "SimMIM: original / masked / reconstructed images"),
     "shards": ("selfsup.shards_cli:main", "shards write (a folder or built-in set -> shards), shards inspect"),
     "results": ("selfsup.results:main", "every CPU recipe and its evaluations vs random init and raw pixels"),
-    "bench": ("selfsup.bench_cli:main", "speed: bench (each method's step), bench data (pipeline), bench knn (FAISS)"),
+    "bench": ("selfsup.bench.cli:main", "speed: bench (each method's step), bench data (pipeline), bench knn (FAISS)"),
 }
 LIGHTNING = {
     "fit": "train a method, a probe or a fine-tune from a config (-c experiments/...yaml)",
@@ -121,7 +121,7 @@ def stopped_by_sigterm(err: Exception) -> bool:
         return False
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from selfsup.slurm import Preempted
+    from selfsup.training.slurm import Preempted
 
     return isinstance(err, (Preempted, SIGTERMException))
 

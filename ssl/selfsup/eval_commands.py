@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from selfsup.errors import ConfigError
-from selfsup.runs import eval_folder
+from selfsup.training.runs import eval_folder
 
 if TYPE_CHECKING:
     import torch

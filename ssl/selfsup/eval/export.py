@@ -15,10 +15,10 @@ import torch
 import torchvision
 from torchvision.transforms import v2
 
-from selfsup.atomic import atomic_save
 from selfsup.errors import ConfigError
 from selfsup.eval.checkpoint import BackboneSpec, backbone_spec, backbone_state, load_checkpoint
 from selfsup.eval.transform import KEY, build_transform
+from selfsup.training.atomic import atomic_save
 
 # Keys of a torchvision classification model that a backbone does not have (the classifier).
 HEAD_PREFIXES = ("fc.", "classifier.", "head.", "heads.")

@@ -1,5 +1,5 @@
 """The arguments of ``selfsup bench``, ``selfsup bench data`` and ``selfsup bench knn``; torch is imported
-only once they are parsed (``selfsup.bench`` and ``selfsup.bench_data`` do the work)."""
+only once they are parsed (the modules beside it do the work)."""
 
 from __future__ import annotations
 
@@ -51,15 +51,15 @@ def knn_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int | None:
     """``selfsup bench [data|knn] ...``."""
     if argv[:1] == ["data"]:
-        from selfsup.bench_data import main as bench_data
+        from selfsup.bench.data import main as bench_data
 
         return bench_data(argv[1:])
     if argv[:1] == ["knn"]:
         args = knn_parser().parse_args(argv[1:])
-        from selfsup.bench import run_knn
+        from selfsup.bench.knn import run_knn
 
         return run_knn(args)
     args = methods_parser().parse_args(argv)
-    from selfsup.bench import run_methods
+    from selfsup.bench.methods import run_methods
 
     return run_methods(args)

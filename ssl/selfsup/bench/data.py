@@ -9,7 +9,7 @@ images in this process (one worker); more workers scale it until the cores run o
 Videos: clips/s of one worker over the built-in moving-MNIST train shards (read, decode every frame with PyAV,
 decode + CVRL's two clips per video as experiments/cvrl/moving-mnist.yaml makes them). No file baseline.
 
-Real photos (``--photos N``, `selfsup.bench_photos`): each image method's ImageNet views from photos of ImageNet's
+Real photos (``--photos N``, `selfsup.bench.photos`): each image method's ImageNet views from photos of ImageNet's
 sizes, against a per-image PIL pipeline and the decode-only floor.
 """
 
@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from selfsup.bench_photos import device_views, photo_rows
+from selfsup.bench.photos import device_views, photo_rows
 from selfsup.data.builtin import cache_dir
 from selfsup.data.folders import list_folder
 from selfsup.data.members import decode_image, decode_sample

@@ -11,9 +11,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from selfsup.atomic import atomic_save
 from selfsup.errors import ConfigError
 from selfsup.eval.checkpoint import BackboneSpec, backbone_spec, check_same_architecture, load_checkpoint
+from selfsup.training.atomic import atomic_save
 from selfsup.trust import REMOTE, trusted
 
 log = logging.getLogger(__name__)
