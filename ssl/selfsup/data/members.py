@@ -133,7 +133,7 @@ def decode_video(data: bytes, channels: int, max_frames: int | None = None, limi
                 if pixels > limits.max_video_pixels:
                     raise BadSample(f"video decoded past {len(frames)} frames of {frame.width}x{frame.height}, "
                                     f"over {limits.describe('max_video_pixels')}")
-                frames.append(_frame_pixels(frame, channels))
+                frames.append(frame_pixels(frame, channels))
                 if max_frames is not None and len(frames) >= max_frames:
                     break
     except BadSample:
@@ -149,7 +149,7 @@ def decode_video(data: bytes, channels: int, max_frames: int | None = None, limi
 FULL_RANGE_LUMA = ("gray", "yuvj420p", "yuvj422p", "yuvj444p")
 
 
-def _frame_pixels(frame: Any, channels: int) -> np.ndarray:
+def frame_pixels(frame: Any, channels: int) -> np.ndarray:
     """(H, W) luma or (H, W, 3) RGB of a decoded frame. Full-range luma is read straight from the Y plane: a
     swscale conversion per frame costs several times the decoding of a small video."""
     if channels == 1 and frame.format.name in FULL_RANGE_LUMA:

@@ -68,9 +68,6 @@ class SSLDataModule(L.LightningDataModule):
         self.eval_resize, self.shuffle_buffer, self.seed = eval_resize, shuffle_buffer, seed
         if augment_on not in ("workers", "device"):
             raise ConfigError(f"data.augment_on must be 'workers' or 'device', got {augment_on!r}")
-        if augment_on == "device" and self.media == "video":
-            raise ConfigError("data.augment_on: device makes image views; video clips are made in the loader "
-                              "workers: set data.augment_on: workers")
         self.augment_on = augment_on
         self._eval_loaders: dict[tuple[str, int, int], DataLoader] = {}  # reused: their workers persist
 
@@ -147,6 +144,9 @@ class SSLDataModule(L.LightningDataModule):
                 f"{split.num_samples} training samples of {self.source.spec}; lower data.batch_size"
             )
         transform = self.views
+        if self.augment_on == "device" and self.media == "video" and not self.views.crop_specs:
+            raise ConfigError("data.augment_on: device needs clips cut while decoding: set seek: true in the "
+                              "ClipViews, or data.augment_on: workers")
         if self.augment_on == "device":
             transform = WorkerCrops(self.views) if self.views.crop_specs else DecodedImages()
         stream = ShardStream(

@@ -1,0 +1,147 @@
+"""CVRL's clips decoded by seeking: only the frames a clip needs, cropped and resized as they come.
+
+The video's frames are listed from its packets (demuxed, not decoded): their presentation timestamps, in order,
+and which are keyframes, so the frame count and the time of every frame come from the file itself, not from a
+header that may lie, and variable frame rates need no rate. The clip starts are drawn from that count as
+`selfsup.data.clips.interval_starts` does; for each clip the decoder seeks to the keyframe at or before its first
+frame (unless decoding on from where it is gets there without passing a keyframe), decodes forward to its last
+frame and keeps the frames at the clip's stride, each cropped and resized at once (one box and flip per clip).
+The frames returned are those a decode of every frame gives at the same indices; a worker holds one decoded
+frame and the clips' crops, never the whole video.
+
+A frame that does not decode (a corrupt packet) is replaced by the next one that does, or the last one at the
+end; packets without timestamps (rare containers) fall back to decoding from the start, still keeping only
+the frames the clips need.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from selfsup.data.clips import ClipSpec, clip_indices, interval_starts
+from selfsup.data.crops import Cropped, crop_resize, sample_box
+from selfsup.data.limits import Limits
+from selfsup.data.members import BadSample, frame_pixels, unreadable
+
+
+@dataclass
+class FrameIndex:
+    """The frames of a video stream from its packets: presentation timestamps in order (None: unknown, decode
+    sequentially) and the sorted timestamps of its keyframes."""
+
+    pts: list[int] | None
+    count: int
+    keyframes: list[int]
+
+    @classmethod
+    def of(cls, container: Any, stream: Any) -> FrameIndex:
+        pts, keys, count = [], [], 0
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the flush packet at the end
+                continue
+            count += 1
+            if pts is not None and packet.pts is None:
+                pts = None
+            if pts is not None:
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keys.append(packet.pts)
+        if pts is not None and len(set(pts)) != len(pts):
+            pts = None
+        return cls(sorted(pts) if pts is not None else None, count, sorted(keys))
+
+
+def wanted_frames(container: Any, stream: Any, index: FrameIndex, wanted: Sequence[int]) -> Iterator[tuple[int, Any]]:
+    """(i, decoded frame) for each frame index of ``wanted`` (ascending, distinct), seeking past the frames
+    between them when a keyframe lies in between."""
+    if index.pts is None or not index.keyframes:
+        yield from _sequential(container, stream, wanted)
+        return
+    targets = [index.pts[i] for i in wanted]
+    k, frames, position, frame = 0, None, None, None
+    while k < len(targets):
+        key = index.keyframes[max(bisect.bisect_right(index.keyframes, targets[k]) - 1, 0)]
+        if frames is None or position is None or key > position:  # a keyframe before the target: jump to it
+            container.seek(key, stream=stream, backward=True, any_frame=False)
+            frames = container.decode(stream)
+        for frame in frames:
+            position = frame.pts if frame.pts is not None else position
+            if position is not None and position >= targets[k]:
+                break
+        else:  # the stream ended before the target: the last frame stands in for the rest
+            if frame is None:
+                return
+            yield from ((i, frame) for i in wanted[k:])
+            return
+        while k < len(targets) and targets[k] <= position:  # this frame, or the first after one that is missing
+            yield wanted[k], frame
+            k += 1
+
+
+def _sequential(container: Any, stream: Any, wanted: Sequence[int]) -> Iterator[tuple[int, Any]]:
+    """``wanted_frames`` by decoding from the start and counting frames."""
+    container.seek(0)
+    k, frame = 0, None
+    for i, frame in enumerate(container.decode(stream)):
+        while k < len(wanted) and wanted[k] <= i:
+            yield wanted[k], frame
+            k += 1
+        if k == len(wanted):
+            return
+    if frame is not None:
+        yield from ((i, frame) for i in wanted[k:])
+
+
+def decode_clip_crops(data: bytes, channels: int, specs: Sequence[ClipSpec], rng: random.Random,
+                      limits: Limits | None = None) -> Cropped:
+    """CVRL's two clips of the encoded video ``data``, decoded by seeking and cut to ``specs`` (one per clip):
+    ``views`` are uint8 (frames, size, size, C). BadSample if the video is unreadable, has no video stream or no
+    frames, or its frames are over ``limits.max_pixels``."""
+    try:
+        import av
+    except ImportError as err:
+        raise ImportError("reading videos needs PyAV: pip install 'selfsup[video]'") from err
+    limits = limits or Limits.from_env()
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise BadSample("file has no video stream")
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if width * height > limits.max_pixels:
+                raise BadSample(f"video frames of {width}x{height} are over {limits.describe('max_pixels')}")
+            index = FrameIndex.of(container, stream)
+            if index.count == 0:
+                raise BadSample("video has no frames")
+            starts = interval_starts(index.count, specs[0].frames, specs[0].stride, rng)
+            clips = [clip_indices(s, spec.frames, spec.stride, index.count) for s, spec in zip(starts, specs)]
+            boxes = [sample_box(height, width, spec.scale, spec.ratio, rng) for spec in specs]
+            flips = [rng.random() < spec.flip_p for spec in specs]
+            views = [np.empty((spec.frames, spec.size, spec.size, channels), np.uint8) for spec in specs]
+            uses: dict[int, list[tuple[int, int]]] = {}
+            for c, clip in enumerate(clips):
+                for t, i in enumerate(clip):
+                    uses.setdefault(i, []).append((c, t))
+            if specs[0].threads > 1:
+                stream.thread_type, stream.codec_context.thread_count = "AUTO", specs[0].threads
+            done = set()
+            for i, frame in wanted_frames(container, stream, index, sorted(uses)):
+                pixels = frame_pixels(frame, channels)
+                pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
+                for c, t in uses[i]:
+                    views[c][t] = crop_resize(pixels, boxes[c], specs[c].size, flips[c])[0]
+                done.add(i)
+    except BadSample:
+        raise
+    except Exception as err:
+        raise unreadable("video", err) from err
+    if len(done) < len(uses):
+        raise BadSample("video has no decodable frames")
+    return Cropped(views, boxes, flips, height, width)
