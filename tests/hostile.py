@@ -113,3 +113,13 @@ def no_frames() -> bytes:
         stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
         container.mux(stream.encode())
     return buffer.getvalue()
+
+
+def cut_after(data: bytes, packets: int) -> bytes:
+    """``data`` cut right after its first ``packets`` video packets in file order: the header (at the front, a
+    faststart mp4) still counts them all."""
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        ends = sorted(p.pos + p.size for p in container.demux(container.streams.video[0]) if p.size)
+    return data[: ends[packets - 1]]
