@@ -16,7 +16,7 @@ from selfsup.data.clips import ClipSpec, ClipViews, clip_indices, interval_start
 from selfsup.data.manifest import Manifest
 from selfsup.data.members import decode_video, frame_pixels
 from selfsup.data.module import SSLDataModule
-from selfsup.data.seek import FrameIndex, decode_clip_crops, wanted_frames
+from selfsup.data.seek import FrameIndex, decode_clip_crops, decode_frames, wanted_frames
 from selfsup.data.shards import write_shard_set
 from selfsup.data.sources import Source
 from selfsup.data.stream import ShardStream
@@ -96,6 +96,8 @@ def test_clips_by_seeking_are_the_frames_of_a_full_decode_at_their_indices(frame
         starts = interval_starts(frames, 8, 3, random.Random(seed))  # the same draw
         for start, clip in zip(starts, clips.views):
             np.testing.assert_array_equal(clip, reference[clip_indices(start, 8, 3, frames)])
+    wanted = [7, 3, 3, 59, 0, 64]  # any order, repeats, past the end (modulo the count)
+    np.testing.assert_array_equal(decode_frames(data, 3, wanted), reference[[i % frames for i in wanted]])
 
 
 def test_a_worker_holds_the_clips_not_the_video():

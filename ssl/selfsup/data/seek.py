@@ -20,6 +20,7 @@ import bisect
 import io
 import random
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,11 +100,10 @@ def _sequential(container: Any, stream: Any, wanted: Sequence[int]) -> Iterator[
         yield from ((i, frame) for i in wanted[k:])
 
 
-def decode_clip_crops(data: bytes, channels: int, specs: Sequence[ClipSpec], rng: random.Random,
-                      limits: Limits | None = None) -> Cropped:
-    """CVRL's two clips of the encoded video ``data``, decoded by seeking and cut to ``specs`` (one per clip):
-    ``views`` are uint8 (frames, size, size, C). BadSample if the video is unreadable, has no video stream or no
-    frames, or its frames are over ``limits.max_pixels``."""
+@contextmanager
+def opened(data: bytes, limits: Limits | None = None, threads: int = 1) -> Iterator[tuple[Any, Any, FrameIndex]]:
+    """The container, video stream and frame index of the encoded video ``data``; BadSample if it has no video
+    stream, no frames, or frames over ``limits.max_pixels``. Decoder errors inside become BadSample too."""
     try:
         import av
     except ImportError as err:
@@ -120,28 +120,55 @@ def decode_clip_crops(data: bytes, channels: int, specs: Sequence[ClipSpec], rng
             index = FrameIndex.of(container, stream)
             if index.count == 0:
                 raise BadSample("video has no frames")
-            starts = interval_starts(index.count, specs[0].frames, specs[0].stride, rng)
-            clips = [clip_indices(s, spec.frames, spec.stride, index.count) for s, spec in zip(starts, specs)]
-            boxes = [sample_box(height, width, spec.scale, spec.ratio, rng) for spec in specs]
-            flips = [rng.random() < spec.flip_p for spec in specs]
-            views = [np.empty((spec.frames, spec.size, spec.size, channels), np.uint8) for spec in specs]
-            uses: dict[int, list[tuple[int, int]]] = {}
-            for c, clip in enumerate(clips):
-                for t, i in enumerate(clip):
-                    uses.setdefault(i, []).append((c, t))
-            if specs[0].threads > 1:
-                stream.thread_type, stream.codec_context.thread_count = "AUTO", specs[0].threads
-            done = set()
-            for i, frame in wanted_frames(container, stream, index, sorted(uses)):
-                pixels = frame_pixels(frame, channels)
-                pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
-                for c, t in uses[i]:
-                    views[c][t] = crop_resize(pixels, boxes[c], specs[c].size, flips[c])[0]
-                done.add(i)
+            if threads > 1:
+                stream.thread_type, stream.codec_context.thread_count = "AUTO", threads
+            yield container, stream, index
     except BadSample:
         raise
     except Exception as err:
         raise unreadable("video", err) from err
+
+
+def pixels_of(container: Any, stream: Any, index: FrameIndex, wanted: Sequence[int], channels: int
+              ) -> Iterator[tuple[int, np.ndarray]]:
+    """(i, uint8 (H, W, C) pixels) of the frames ``wanted`` (ascending, distinct), by `wanted_frames`."""
+    for i, frame in wanted_frames(container, stream, index, wanted):
+        pixels = frame_pixels(frame, channels)
+        yield i, pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+
+def decode_frames(data: bytes, channels: int, indices: Sequence[int], limits: Limits | None = None,
+                  threads: int = 1) -> np.ndarray:
+    """uint8 (len(indices), H, W, C): the frames at ``indices`` (any order, repeats allowed; taken modulo the
+    frame count) of the encoded video ``data``, decoded by seeking."""
+    with opened(data, limits, threads) as (container, stream, index):
+        indices = [i % index.count for i in indices]
+        frames = dict(pixels_of(container, stream, index, sorted(set(indices)), channels))
+    if len(frames) < len(set(indices)):
+        raise BadSample("video has no decodable frames")
+    return np.stack([frames[i] for i in indices])
+
+
+def decode_clip_crops(data: bytes, channels: int, specs: Sequence[ClipSpec], rng: random.Random,
+                      limits: Limits | None = None) -> Cropped:
+    """CVRL's two clips of the encoded video ``data``, decoded by seeking and cut to ``specs`` (one per clip):
+    ``views`` are uint8 (frames, size, size, C). BadSample if the video is unreadable, has no video stream or no
+    frames, or its frames are over ``limits.max_pixels``."""
+    views = [np.empty((spec.frames, spec.size, spec.size, channels), np.uint8) for spec in specs]
+    done: set[int] = set()
+    with opened(data, limits, specs[0].threads) as (container, stream, index):
+        width, height = stream.codec_context.width, stream.codec_context.height
+        starts = interval_starts(index.count, specs[0].frames, specs[0].stride, rng)
+        boxes = [sample_box(height, width, spec.scale, spec.ratio, rng) for spec in specs]
+        flips = [rng.random() < spec.flip_p for spec in specs]
+        uses: dict[int, list[tuple[int, int]]] = {}
+        for c, (start, spec) in enumerate(zip(starts, specs)):
+            for t, i in enumerate(clip_indices(start, spec.frames, spec.stride, index.count)):
+                uses.setdefault(i, []).append((c, t))
+        for i, pixels in pixels_of(container, stream, index, sorted(uses), channels):
+            for c, t in uses[i]:
+                views[c][t] = crop_resize(pixels, boxes[c], specs[c].size, flips[c])[0]
+            done.add(i)
     if len(done) < len(uses):
         raise BadSample("video has no decodable frames")
     return Cropped(views, boxes, flips, height, width)
