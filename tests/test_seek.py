@@ -152,3 +152,13 @@ def test_the_device_split_finishes_clips_after_the_transfer(tmp_path):
     for clip, crop in zip(out["views"], crops):
         assert clip.shape == (3, 3, 4, 24, 24)
         torch.testing.assert_close(clip, crop.permute(0, 4, 1, 2, 3).float() / 255)  # no colour drawn: the crops
+
+
+def test_a_video_over_the_pixel_cap_is_refused_from_its_packets():
+    from selfsup.data.limits import Limits
+    from selfsup.data.members import BadSample
+
+    spec = [ClipSpec(8, 2, 1, (0.3, 1.0), (0.5, 2.0))] * 2
+    assert decode_clip_crops(h264(20, 16, 16), 3, spec, random.Random(0), Limits(max_video_pixels=20 * 256))
+    with pytest.raises(BadSample, match="video of over 19 frames of 16x16 is over the cap of 5,119"):
+        decode_clip_crops(h264(20, 16, 16), 3, spec, random.Random(0), Limits(max_video_pixels=20 * 256 - 1))

@@ -42,12 +42,15 @@ class FrameIndex:
     keyframes: list[int]
 
     @classmethod
-    def of(cls, container: Any, stream: Any) -> FrameIndex:
+    def of(cls, container: Any, stream: Any, max_count: int | None = None) -> FrameIndex:
+        """The index of ``stream``, read no further than ``max_count`` + 1 frames."""
         pts, keys, count = [], [], 0
         for packet in container.demux(stream):
             if packet.size == 0:  # the flush packet at the end
                 continue
             count += 1
+            if max_count is not None and count > max_count:
+                break
             if pts is not None and packet.pts is None:
                 pts = None
             if pts is not None:
@@ -103,7 +106,8 @@ def _sequential(container: Any, stream: Any, wanted: Sequence[int]) -> Iterator[
 @contextmanager
 def opened(data: bytes, limits: Limits | None = None, threads: int = 1) -> Iterator[tuple[Any, Any, FrameIndex]]:
     """The container, video stream and frame index of the encoded video ``data``; BadSample if it has no video
-    stream, no frames, or frames over ``limits.max_pixels``. Decoder errors inside become BadSample too."""
+    stream, no frames, or more pixels than ``limits.max_video_pixels`` (frames x width x height, counted from
+    its packets). Decoder errors inside become BadSample too."""
     try:
         import av
     except ImportError as err:
@@ -115,9 +119,11 @@ def opened(data: bytes, limits: Limits | None = None, threads: int = 1) -> Itera
                 raise BadSample("file has no video stream")
             stream = container.streams.video[0]
             width, height = stream.codec_context.width, stream.codec_context.height
-            if width * height > limits.max_pixels:
-                raise BadSample(f"video frames of {width}x{height} are over {limits.describe('max_pixels')}")
-            index = FrameIndex.of(container, stream)
+            most = limits.max_video_pixels // max(width * height, 1)
+            index = FrameIndex.of(container, stream, most)
+            if index.count > most:
+                raise BadSample(f"video of over {most:,} frames of {width}x{height} is over "
+                                f"{limits.describe('max_video_pixels')}")
             if index.count == 0:
                 raise BadSample("video has no frames")
             if threads > 1:
@@ -153,7 +159,7 @@ def decode_clip_crops(data: bytes, channels: int, specs: Sequence[ClipSpec], rng
                       limits: Limits | None = None) -> Cropped:
     """CVRL's two clips of the encoded video ``data``, decoded by seeking and cut to ``specs`` (one per clip):
     ``views`` are uint8 (frames, size, size, C). BadSample if the video is unreadable, has no video stream or no
-    frames, or its frames are over ``limits.max_pixels``."""
+    frames, or is over ``limits.max_video_pixels`` (see `opened`)."""
     views = [np.empty((spec.frames, spec.size, spec.size, channels), np.uint8) for spec in specs]
     done: set[int] = set()
     with opened(data, limits, specs[0].threads) as (container, stream, index):
