@@ -36,6 +36,8 @@ class SSLDataModule(L.LightningDataModule):
             takes time from the step.
         eval_clips: video sources: clips per video that evaluation averages features over (frames and stride
             as the training views' clips; with ``views`` an ``EvalClips``, that recipe is used as it is).
+        label: the label kNN and the probes read: ``cls`` (the sample's class), or a field of the sample's json
+            that the data set declares (``builtin:moving-mnist``: ``direction``, the direction of motion).
 
     Unusable samples are skipped and counted (`selfsup.data.health.DataHealth`), among them those over the caps
     on pixels per image, pixels per video and bytes per tar member (`selfsup.data.limits`: ``SELFSUP_MAX_*``
@@ -54,13 +56,15 @@ class SSLDataModule(L.LightningDataModule):
         seed: int = 0,
         augment_on: Literal["workers", "device"] = "workers",
         eval_clips: int = 4,
+        label: str = "cls",
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
         self.source = Source(source)
+        self.source.label_classes(label)  # a label the data does not have: ConfigError before anything is written
         self.media = self.source.media
-        self.eval_clips = eval_clips
+        self.eval_clips, self.label = eval_clips, label
         self.batch_size, self.num_workers, self.views = batch_size, num_workers, views
         if views is not None:
             self._check_media(views)
@@ -74,7 +78,7 @@ class SSLDataModule(L.LightningDataModule):
     @property
     def num_classes(self) -> int:
         """Number of label classes (0: unlabeled)."""
-        return len(self.source.classes)
+        return len(self.source.label_classes(self.label))
 
     @property
     def num_channels(self) -> int:
@@ -152,6 +156,7 @@ class SSLDataModule(L.LightningDataModule):
         stream = ShardStream(
             split.parts, transform, self.batch_size, self.num_channels, repeat=True, num_classes=self.num_classes,
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world, media=self.media,
+            label=self.label,
         )
         loader = self._loader(stream)
         warn_low_coverage(stream, loader.num_workers or 1, num_batches * self.batch_size)
@@ -177,7 +182,8 @@ class SSLDataModule(L.LightningDataModule):
         key = (split, rank, world)
         if key not in self._eval_loaders:
             stream = ShardStream(parts, self.eval_transform(), self.batch_size, self.num_channels, repeat=False,
-                                 num_classes=self.num_classes, rank=rank, world_size=world, media=self.media)
+                                 num_classes=self.num_classes, rank=rank, world_size=world, media=self.media,
+                                 label=self.label)
             self._eval_loaders[key] = self._loader(stream)
         return self._eval_loaders[key]
 

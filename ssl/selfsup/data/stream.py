@@ -93,9 +93,10 @@ class ShardStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         media: str = "image",
+        label: str = "cls",
     ) -> None:
         super().__init__()
-        self.media = media
+        self.media, self.label = media, label
         self.parts, self.transform, self.batch_size, self.channels = list(parts), transform, batch_size, channels
         self.repeat, self.num_classes, self.shuffle_buffer, self.seed = repeat, num_classes, shuffle_buffer, seed
         self.rank, self.world_size = rank, world_size
@@ -165,9 +166,9 @@ class ShardStream(IterableDataset):
         tally.seen += 1
         try:
             if specs is None:
-                decoded = decode_sample(raw, self.channels, self.num_classes, self.media, self.limits)
+                decoded = decode_sample(raw, self.channels, self.num_classes, self.media, self.limits, self.label)
             else:
-                label = decode_label(raw, self.num_classes)
+                label = decode_label(raw, self.num_classes, self.label)
                 video = self.media == "video"
                 decode = decode_clip_crops if video else decode_crops
                 data = raw[media_member(raw, VIDEO_EXTENSIONS if video else IMAGE_EXTENSIONS)]
