@@ -67,6 +67,12 @@ def test_seeking_gives_the_frames_of_a_full_decode(name, tmp_path):
             assert [i for i, _ in got] == wanted
             for i, frame in got:
                 np.testing.assert_array_equal(frame_pixels(frame, 3), reference[i])
+        unstamped = FrameIndex(None, index.count, [])  # packets without timestamps: decoded from the start
+        wanted = sorted(rng.sample(range(len(reference)), 6))
+        got = list(wanted_frames(container, stream, unstamped, wanted))
+        assert [i for i, _ in got] == wanted
+        for i, frame in got:
+            np.testing.assert_array_equal(frame_pixels(frame, 3), reference[i])
         counting = Counting(container)  # two frames of the last GOP: decoded from its keyframe, not from 0
         last_key = (len(reference) - 2) // 10 * 10
         wanted = [last_key + 1, len(reference) - 1]
