@@ -3,6 +3,7 @@ this process (`cli`)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,70 @@ def photos(root: Path, per_class: int = 3, size: int = SIZE) -> Path:
         for i in range(per_class):
             (root / name / f"{i}.png").write_bytes(png(10 * c + i, size))
     return root
+
+
+def h264(frames: int = 60, width: int = 32, height: int = 32, fmt: str = "mp4", gop: int = 10, bframes: int = 2,
+         frame_ms: list[int] | None = None, faststart: bool = False, tmp: Path | None = None) -> bytes:
+    """An H.264 video of smooth gradients that move every frame: a keyframe every ``gop`` frames (no scene-cut
+    keyframes), ``bframes`` B-frames, ``frame_ms``: the duration of each frame in ms (a variable frame rate);
+    ``faststart`` (mp4, needs the folder ``tmp``): the index at the front of the file."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    path = (tmp or Path()) / f"video.{fmt}"
+    target = path if faststart else io.BytesIO()
+    with av.open(target, mode="w", format=fmt, options={"movflags": "faststart"} if faststart else {}) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"g": str(gop), "bf": str(bframes), "sc_threshold": "0", "preset": "veryfast"}
+        if frame_ms:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        y, x = np.mgrid[0:height, 0:width]
+        for i in range(frames):
+            pixels = np.stack([(x * 7 + i * 5) % 256, (y * 5 + i * 3) % 256, (x + y + i * 11) % 256], -1)
+            frame = av.VideoFrame.from_ndarray(pixels.astype(np.uint8), format="rgb24")
+            if frame_ms:
+                frame.pts, frame.time_base = sum(frame_ms[:i]), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path.read_bytes() if faststart else target.getvalue()
+
+
+def audio_only() -> bytes:
+    """An mp4 with one AAC audio stream and no video."""
+    import av
+    import numpy as np
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=8000)
+        for _ in range(4):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 8000
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def no_frames() -> bytes:
+    """An mp4 with a video stream that holds no frame."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def cut_after(data: bytes, packets: int) -> bytes:
+    """``data`` cut right after its first ``packets`` video packets in file order: the header (at the front, a
+    faststart mp4) still counts them all."""
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        ends = sorted(p.pos + p.size for p in container.demux(container.streams.video[0]) if p.size)
+    return data[: ends[packets - 1]]

@@ -44,7 +44,8 @@ def test_bench_names_unknown_methods(tmp_path):
 @pytest.mark.slow
 def test_bench_data_compares_shards_with_pil_files(tmp_path, mnist5k):
     out = tmp_path / "data.json"
-    proc = selfsup("bench", "data", "--repeats", "1", "--photos", "8", "--out", str(out), cwd=tmp_path)
+    proc = selfsup("bench", "data", "--repeats", "1", "--photos", "8", "--kinetics", "2", "--out", str(out),
+                   cwd=tmp_path)
     rows = json.loads(out.read_text())["rows"]
     assert [(r["data"][:6], r["stage"]) for r in rows] == [
         (name, stage) for name in ("MNIST-", "RGB-64") for stage in ("read", "decode", "decode + views")]
@@ -52,6 +53,9 @@ def test_bench_data_compares_shards_with_pil_files(tmp_path, mnist5k):
     photos = json.loads(out.read_text())["photos"]
     assert [r["method"] for r in photos] == ["decode", "SimCLR", "SwAV", "PixPro", "SimMIM", "RotNet"]
     assert all(r[k] > 0 for r in photos[1:] for k in ("pil_baseline", "workers", "device_split_workers"))
+    videos = {r.get("path", r.get("memory")): r for r in json.loads(out.read_text())["kinetics"]}
+    assert videos["seek to 2 clips"]["ratio"] > 1.5 and videos["CVRL loader (seek, views at 224)"]["ratio"] > 1
+    assert videos["480x360"]["seek_mb"] < videos["480x360"]["decode_all_mb"] / 4
 
 
 def test_bench_knn_times_faiss_and_torch_and_finds_the_same_neighbours(tmp_path):

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from clirun import selfsup
-from hostile import SIZE, cli, photos, png, shard, shard_set
+from hostile import SIZE, audio_only, cli, cut_after, h264, no_frames, photos, png, shard, shard_set
 from selfsup.data.manifest import MANIFEST, Manifest
 from selfsup.data.members import BadSample, decode_video
 from selfsup.data.shards import encode_video, write_shard_set
@@ -87,6 +87,57 @@ def test_a_video_over_the_pixel_cap_is_skipped_and_counted(tmp_path, monkeypatch
         caplog.text)  # from the metadata, before decoding
     with pytest.raises(BadSample, match="video decoded past 7 frames of 16x16, over the cap of 2,000"):
         decode_video(mkv(20), 1)  # no frame count: decoding stops at the cap
+
+
+# ---- decoding clips by seeking (CVRL's training views): hostile videos are skipped and counted or handled ------
+
+def corrupt_gop(data: bytes) -> bytes:
+    """An mp4 with 300 bytes in the middle of its frame data scrambled (a corrupt GOP)."""
+    out, mid = bytearray(data), (data.index(b"mdat") + data.index(b"moov")) // 2
+    out[mid : mid + 300] = bytes(b ^ 0x5A for b in out[mid : mid + 300])
+    return bytes(out)
+
+
+def wrong_duration(data: bytes) -> bytes:
+    """An mp4 whose movie, track and media headers say it lasts 100 times longer than it does."""
+    out = bytearray(data)
+    for box, offset in ((b"mvhd", 20), (b"tkhd", 24), (b"mdhd", 20)):  # version 0 boxes: the duration field
+        at = data.index(box) + offset
+        out[at : at + 4] = (int.from_bytes(out[at : at + 4], "big") * 100).to_bytes(4, "big")
+    return bytes(out)
+
+
+def over_counted(tmp: Path) -> bytes:
+    """An mp4 whose index (at the front) counts 30 frames, cut after the first 12."""
+    return cut_after(h264(30, faststart=True, tmp=tmp), 12)
+
+
+HOSTILE_VIDEOS = {  # name: (maker of the bytes from a folder, usable) for two 8-frame stride-2 clips
+    "no video stream (audio only)": (lambda tmp: audio_only(), False),
+    "zero frames": (lambda tmp: no_frames(), False),
+    "not a video": (lambda tmp: b"\x00" * 1000, False),
+    "a corrupt GOP in the middle": (lambda tmp: corrupt_gop(h264(20)), False),
+    "a wrong duration in the header": (lambda tmp: wrong_duration(h264(40)), True),
+    "a header that counts frames the file lacks": (over_counted, True),
+    "shorter than one clip (its frames loop)": (lambda tmp: h264(5), True),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_VIDEOS)
+def test_hostile_videos_decoded_by_seeking_are_skipped_and_counted_or_handled(name, tmp_path, monkeypatch):
+    from selfsup.data.clips import ClipViews
+
+    monkeypatch.setattr("selfsup.data.stream.decode_sample", lambda *a, **k: pytest.fail("decoded a whole video"))
+    make, usable = HOSTILE_VIDEOS[name]
+    samples = [{"__key__": "good", "mp4": h264(30)}, {"__key__": "hostile", "mp4": make(tmp_path)}]
+    write_shard_set(tmp_path / "v", Manifest("v", 3, media="video"), {"train": samples}, progress=False)
+    parts = Source(f"shards:{tmp_path / 'v'}").split("train").parts
+    stream = ShardStream(parts, ClipViews(size=16, frames=8, stride=2), 2, 3, repeat=False, media="video")
+    batches = list(stream)
+    assert sum(len(b["views"][0]) for b in batches) == 1 + usable
+    assert sum(b["health"]["seen"] for b in batches) == 2
+    assert sum(sum(b["health"]["skipped"].values()) for b in batches) == (not usable)
+    assert all(clip.shape[1:] == (3, 8, 16, 16) for b in batches for clip in b["views"])
 
 
 # ---- reading: parts that end early (D8) or yield nothing (H1) -----------------------------------------------

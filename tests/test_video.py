@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -194,4 +195,35 @@ def test_fit_of_the_moving_mnist_recipe(tmp_path):
             "--data.init_args.num_workers", "0", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
             "--trainer.limit_val_batches", "1", "--trainer.check_val_every_n_epoch", "1",
             "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "null", cwd=tmp_path)
-    assert (tmp_path / "runs/cvrl-moving-mnist/version_0/checkpoints/last.ckpt").is_file()
+    ckpt = tmp_path / "runs/cvrl-moving-mnist/version_0/checkpoints/last.ckpt"
+    assert ckpt.is_file()
+    out = tmp_path / "knn.json"
+    proc = selfsup("knn", "--ckpt", str(ckpt), "-c", str(REPO / "experiments/eval/moving-mnist.yaml"), "--label",
+                   "direction", "--k", "20", "--out", str(out), cwd=tmp_path)
+    result = json.loads(out.read_text())
+    assert "label direction" in proc.stdout and result["label"] == "direction" and result["queries"] == 1000
+    assert 0 < result["results"][0]["top1"] <= 1
+
+
+def test_the_direction_of_motion_is_a_label_of_moving_mnist(tmp_path):
+    from selfsup.data.members import BadSample, decode_label
+    from selfsup.data.module import SSLDataModule
+    from selfsup.errors import ConfigError
+
+    sample = {"__key__": "v", "cls": b"7", "json": b'{"digit": 7, "direction": 5, "speed": 3}'}
+    assert decode_label(sample, 10) == 7 and decode_label(sample, 8, "direction") == 5
+    for bad in (b'{"direction": 9}', b'{"direction": true}', b'{"speed": 3}', b"[5]", b"not json", b"[" * 100000):
+        with pytest.raises(BadSample, match="label"):
+            decode_label({**sample, "json": bad}, 8, "direction")
+    source = Source("builtin:moving-mnist")  # not written: the classes come from the data set's declaration
+    assert source.label_classes("direction") == [f"{d} deg" for d in range(0, 360, 45)]
+    assert len(source.label_classes("cls")) == 10
+    with pytest.raises(ConfigError, match="has no label 'speed'; its labels: cls, direction"):
+        SSLDataModule("builtin:moving-mnist", label="speed")
+    samples = [{**sample, "__key__": f"v{d}", "mp4": encode_video(torch.zeros(3, 1, 8, 8, dtype=torch.uint8)),
+                "json": f'{{"direction": {d}}}'.encode()} for d in (3, 6)]
+    write_shard_set(tmp_path / "v", Manifest("v", 1, [str(c) for c in range(10)], media="video"),
+                    {"train": samples}, progress=False)
+    stream = ShardStream(Source(f"shards:{tmp_path / 'v'}").split("train").parts, EvalClips(8, 2, 1, 1), 2, 1,
+                         repeat=False, num_classes=8, media="video", label="direction")
+    assert next(iter(stream))["label"].tolist() == [3, 6]

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from torchvision.transforms import v2
 
 __version__ = "0.1.0"
-moved.install()  # configs saved before modules moved into training/ and bench/ name their old paths
+moved.install()  # configs saved before the training modules moved into training/ name their old paths
 
 
 def load_backbone(path: str | PathLike) -> tuple[nn.Module, v2.Compose]:

@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from selfsup.eval.checkpoint import BackboneSpec
 
 
-def load_data(config: Path, need_labels: bool, what: str) -> SSLDataModule:
-    """The SSLDataModule of the ``data:`` section of ``config`` (a fit config or just a data block)."""
+def load_data(config: Path, need_labels: bool, what: str, label: str | None = None) -> SSLDataModule:
+    """The SSLDataModule of the ``data:`` section of ``config`` (a fit config or just a data block); ``label``
+    replaces its ``label`` (which label kNN and the probes read)."""
     from jsonargparse import ArgumentParser
 
     from selfsup.data import SSLDataModule
@@ -48,6 +49,8 @@ def load_data(config: Path, need_labels: bool, what: str) -> SSLDataModule:
         raise ConfigError(f"{config} has no data: section; write one as in experiments/eval/mnist5k.yaml")
     section = raw["data"] if "class_path" in (raw["data"] or {}) else {
         "class_path": "selfsup.data.SSLDataModule", "init_args": raw["data"] or {}}
+    if label is not None:
+        section = {**section, "init_args": {**(section.get("init_args") or {}), "label": label}}
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(SSLDataModule, "data")
     data = parser.instantiate_classes(parser.parse_object({"data": section}))["data"]
@@ -114,6 +117,9 @@ def knn_main(argv: list[str]) -> None:
     parser.add_argument("--k", type=int, nargs="+", default=None,
                         help=f"neighbours (default: {' '.join(map(str, DEFAULT_K))}, those up to the bank's size)")
     parser.add_argument("--temperature", type=float, default=0.07)
+    parser.add_argument("--label", default=None,
+                        help="the label to classify: cls (the class, the default) or a json field the data declares "
+                             "(builtin:moving-mnist: direction)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON file (default: RUN/eval/knn-TIME/knn.json, or beside a checkpoint outside a run)")
     args = parser.parse_args(argv)
@@ -127,13 +133,14 @@ def knn_main(argv: list[str]) -> None:
         raise ConfigError(f"--temperature must be a positive number, got {args.temperature} (the default is 0.07)")
     device = _device(args.device)
     existing_checkpoint(args.ckpt)
-    data = load_data(args.config, need_labels=True, what="kNN")
+    data = load_data(args.config, need_labels=True, what="kNN", label=args.label)
     backbone, spec = _backbone_for(args.ckpt, data)
     bank, bank_labels = split_features(backbone.to(device), data, "train", device, progress=True)
     queries, query_labels = split_features(backbone, data, "val", device, progress=True)
     ks = args.k or [k for k in DEFAULT_K if k <= len(bank)] or [len(bank)]
     rows = knn_evaluate(bank, bank_labels, queries, query_labels, ks, args.temperature, data.num_classes)
-    print(f"kNN of {len(queries)} val queries against {len(bank)} train samples ({spec}, T={args.temperature})")
+    print(f"kNN of {len(queries)} val queries against {len(bank)} train samples ({spec}, T={args.temperature}, "
+          f"label {data.label})")
     print(f"{'k':>6} {'top-1':>8} {'top-5':>8}")
     for r in rows:
         print(f"{r['k']:>6} {r['top1']:>8.4f} {r['top5']:>8.4f}")
@@ -142,7 +149,8 @@ def knn_main(argv: list[str]) -> None:
     with writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"checkpoint": str(args.ckpt), "data": data.source.spec, "backbone": str(spec),
-                                   "temperature": args.temperature, "bank": len(bank), "queries": len(queries),
+                                   "label": data.label, "temperature": args.temperature, "bank": len(bank),
+                                   "queries": len(queries),
                                    "results": rows}, indent=1) + "\n")
     print(f"written: {out}")
 
@@ -176,7 +184,7 @@ def plot_main(argv: list[str]) -> None:
     backbone, spec = _backbone_for(args.ckpt, data)
     features, labels = split_features(backbone.to(device), data, "val", device, progress=True)
     with writing(args.out):
-        out = save_embedding_plot(features, labels, args.out, data.source.classes,
+        out = save_embedding_plot(features, labels, args.out, data.source.label_classes(data.label),
                                   f"t-SNE of {len(labels)} val features, {spec.name}")
     print(f"written: {out}")
 

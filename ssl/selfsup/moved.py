@@ -15,8 +15,6 @@ from types import ModuleType
 
 MOVED = {f"selfsup.{name}": f"selfsup.training.{name}" for name in (
     "atomic", "checkpointing", "collapse", "loggers", "nonfinite", "progress", "resume", "runlock", "runs", "slurm")}
-MOVED.update({"selfsup.bench_cli": "selfsup.bench.cli", "selfsup.bench_step": "selfsup.bench.step",
-              "selfsup.bench_data": "selfsup.bench.data", "selfsup.bench_photos": "selfsup.bench.photos"})
 
 
 class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -9,6 +9,9 @@ images in this process (one worker); more workers scale it until the cores run o
 Videos: clips/s of one worker over the built-in moving-MNIST train shards (read, decode every frame with PyAV,
 decode + CVRL's two clips per video as experiments/cvrl/moving-mnist.yaml makes them). No file baseline.
 
+Kinetics-like videos (``--kinetics N``, `selfsup.bench.video`): CVRL's clips decoded by seeking against a decode
+of every frame, the CVRL training loader against a plain decode, and peak memory.
+
 Real photos (``--photos N``, `selfsup.bench.photos`): each image method's ImageNet views from photos of ImageNet's
 sizes, against a per-image PIL pipeline and the decode-only floor.
 """
@@ -26,6 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from selfsup.bench.photos import device_views, photo_rows
+from selfsup.bench.video import video_rows
 from selfsup.data.builtin import cache_dir
 from selfsup.data.folders import list_folder
 from selfsup.data.members import decode_image, decode_sample
@@ -173,6 +177,8 @@ def main(argv: list[str]) -> int:
                         help="also the moving-MNIST video rows (videos/s and clips/s)")
     parser.add_argument("--photos", type=int, default=256,
                         help="images in the real-photo set (ImageNet sizes; 0: skip those rows)")
+    parser.add_argument("--kinetics", type=int, default=12,
+                        help="videos in the Kinetics-like set (10 s, 25 fps, H.264; 0: skip those rows)")
     parser.add_argument("--small", action=argparse.BooleanOptionalAction, default=True,
                         help="also the MNIST-5k and RGB-64 rows")
     args = parser.parse_args(argv)
@@ -199,8 +205,9 @@ def main(argv: list[str]) -> int:
         print(f"{name:<20} {rate:>9.0f} vs {row['shards']:>7.0f} in a worker")
     photos = photo_rows(args.photos, args.repeats, best_rate, device) if args.photos else []
     clips = clip_rows(args.repeats) if args.clips else []
+    videos = video_rows(args.kinetics, args.repeats, best_rate) if args.kinetics else []
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    out = {"rows": rows, "device_views": on_device, "clips": clips, "photos": photos}
+    out = {"rows": rows, "device_views": on_device, "clips": clips, "photos": photos, "kinetics": videos}
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(f"written: {args.out}")
     return 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class Builtin:
     samples: Callable[[], Samples]  # split name -> raw samples, as written to shards
     shard_size: int  # samples per shard in the cache
     media: str = "image"  # or "video"
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)  # json field -> its class names (beside cls)
 
     @property
     def folder(self) -> Path:
@@ -136,7 +137,8 @@ BUILTINS: dict[str, Builtin] = {
     "mnist5k": Builtin("mnist5k", channels=1, classes=tuple(str(c) for c in range(10)), image_size=28,
                        samples=_mnist5k_samples, shard_size=500),
     "moving-mnist": Builtin("moving-mnist", channels=1, classes=tuple(str(c) for c in range(10)),
-                            image_size=MOVING_SIZE, samples=_moving_mnist_samples, shard_size=250, media="video"),
+                            image_size=MOVING_SIZE, samples=_moving_mnist_samples, shard_size=250, media="video",
+                            labels={"direction": tuple(f"{45 * d} deg" for d in range(DIRECTIONS))}),
 }
 
 

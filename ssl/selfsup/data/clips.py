@@ -9,22 +9,29 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from selfsup.data.batch_augment import (
-    colour_jitter_with,
-    gaussian_blur_with,
-    grayscale_where,
-    hflip_where,
-    jitter_params,
-    random_crop_boxes,
-    resized_crops,
-    solarize_where,
-)
+from selfsup.data.batch_augment import hflip_where, random_crop_boxes, resized_crops
+from selfsup.data.colour import ColourAugment
 from selfsup.data.views import ViewRecipe, _blur_kernel
 from selfsup.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """One clip: ``frames`` frames every ``stride``, cropped (area ``scale``, aspect ``ratio``) and resized to
+    ``size``, flipped with p ``flip_p``; ``threads`` > 1 lets PyAV decode with that many threads."""
+
+    size: int
+    frames: int
+    stride: int
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    flip_p: float = 0.0
+    threads: int = 1
 
 
 def sample_gap(max_start: int, rng: random.Random) -> int:
@@ -66,6 +73,13 @@ class ClipViews(ViewRecipe):
     with p ``jitter_p``, grayscale p ``grayscale_p``, Gaussian blur (sigma U(0.1, 2), kernel 10% of the side)
     with p ``blur_p[i]`` and solarize with p ``solarize_p[i]`` for clip i. ``mean``/``std``: None keeps [0, 1]
     (as CVRL). Output ``{"views": [clip1, clip2]}``, each float (B, C, frames, size, size).
+
+    ``seek`` (default): loader workers decode only the frames of the two clips, seeking to the keyframe before
+    each (`selfsup.data.seek`), and crop, resize and flip each frame as it is decoded, so clips of videos of any
+    size and length batch together and a worker never holds a whole video; the colour part then runs on the
+    batch of clips (OpenCV in the workers, or torch on the device with ``data.augment_on: device``).
+    ``decode_threads`` > 1 lets each worker's decoder use that many threads. Off: every frame is decoded and the
+    clips are cut from the decoded video (``batch``).
     """
 
     kind = "clips"
@@ -86,17 +100,40 @@ class ClipViews(ViewRecipe):
         solarize_p: Sequence[float] = (0.0, 0.2),
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        seek: bool = True,
+        decode_threads: int = 1,
     ) -> None:
         if len(blur_p) != 2 or len(solarize_p) != 2:
             raise ConfigError(f"ClipViews needs two blur_p and two solarize_p (one per clip); got "
                               f"blur_p={list(blur_p)}, solarize_p={list(solarize_p)}")
-        if frames < 1 or stride < 1:
-            raise ConfigError(f"ClipViews needs frames >= 1 and stride >= 1, got frames={frames}, stride={stride}")
+        if frames < 1 or stride < 1 or decode_threads < 1:
+            raise ConfigError(f"ClipViews needs frames, stride and decode_threads >= 1, got frames={frames}, "
+                              f"stride={stride}, decode_threads={decode_threads}")
         self._set_normalization(mean, std)
         self.size, self.frames, self.stride = size, frames, stride
         self.scale, self.ratio, self.flip_p = tuple(scale), tuple(ratio), flip_p
         self.jitter_strength, self.jitter_p, self.grayscale_p = jitter_strength, jitter_p, grayscale_p
         self.blur_p, self.solarize_p = tuple(blur_p), tuple(solarize_p)
+        self.seek, self.decode_threads = seek, decode_threads
+        s = jitter_strength if jitter_p > 0 else 0.0
+        self._colour = [ColourAugment((0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s), jitter_p, grayscale_p,
+                                      _blur_kernel(size) if blur > 0 else 0, blur, solarize_p=solarize)
+                        for blur, solarize in zip(self.blur_p, self.solarize_p)]
+
+    @property
+    def crop_specs(self) -> list[ClipSpec] | None:
+        """The two clips, cut while decoding (with ``seek``)."""
+        spec = ClipSpec(self.size, self.frames, self.stride, self.scale, self.ratio, self.flip_p, self.decode_threads)
+        return [spec, spec] if self.seek else None
+
+    def from_crops(self, crops: dict[str, Any], on_device: bool = False) -> dict[str, Any]:
+        """The clips from their uint8 crops ``views`` (two of (B, frames, size, size, C)): the colour part."""
+        out = []
+        for colour, clips in zip(self._colour, crops["views"]):
+            b, t = clips.shape[:2]
+            x = colour.views(clips.flatten(0, 1), on_device, self.normalization, repeat=t)
+            out.append(x.reshape(b, t, *x.shape[1:]).transpose(1, 2))
+        return {"views": out}
 
     def __call__(self, video: torch.Tensor) -> dict[str, Any]:
         return {"views": [clip[0] for clip in self.batch(video[None])["views"]]}
@@ -116,22 +153,11 @@ class ClipViews(ViewRecipe):
         """Clip ``index`` (0 or 1) augmentation of uint8 clips (B, T, C, H, W), one parameter set per clip:
         float (B, C, T, size, size)."""
         b, t, c, h, w = clips.shape
-
-        def per_frame(values: torch.Tensor) -> torch.Tensor:  # one draw per clip -> the same for its frames
-            return values.repeat_interleave(t, dim=0)
-
         x = clips.flatten(0, 1).float().div_(255)
-        x = resized_crops(x, per_frame(random_crop_boxes(b, h, w, self.scale, self.ratio)), self.size).clamp_(0, 1)
-        x = hflip_where(x, per_frame(torch.rand(b) < self.flip_p))
-        s = self.jitter_strength
-        if self.jitter_p > 0 and s > 0:
-            params = jitter_params(b, torch.tensor([0.8 * s] * 3), self.jitter_p, 0.2 * s)
-            x = colour_jitter_with(x, *(per_frame(p) for p in params))
-        x = grayscale_where(x, per_frame(torch.rand(b) < self.grayscale_p))
-        if self.blur_p[index] > 0:
-            sigma = per_frame(torch.empty(b).uniform_(0.1, 2.0))
-            x = gaussian_blur_with(x, _blur_kernel(self.size), sigma, per_frame(torch.rand(b) < self.blur_p[index]))
-        x = solarize_where(x, per_frame(torch.rand(b) < self.solarize_p[index]))
+        boxes = random_crop_boxes(b, h, w, self.scale, self.ratio).repeat_interleave(t, 0)
+        x = hflip_where(resized_crops(x, boxes, self.size).clamp_(0, 1),
+                        (torch.rand(b) < self.flip_p).repeat_interleave(t))
+        x = self._colour[index].on_tensors(x, self._colour[index].draw(b, repeat=t))
         return self._normalize(x).reshape(b, t, c, self.size, self.size).transpose(1, 2)
 
 

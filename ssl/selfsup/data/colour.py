@@ -56,19 +56,21 @@ class ColourAugment:
     exact_blur: bool = False
     exact_hue: bool = False
 
-    def draw(self, b: int, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
-        """The random parameters of ``b`` images, drawn on ``device``."""
+    def draw(self, b: int, device: torch.device | str | None = None, repeat: int = 1) -> dict[str, torch.Tensor]:
+        """The random parameters of ``b`` images, drawn on ``device``; ``repeat`` > 1: each draw is repeated
+        for that many consecutive images (the frames of a clip)."""
         apply, factors, hues, order = jitter_params(b, torch.tensor(self.jitter[:3]), self.jitter_p,
                                                     self.jitter[3], device)
         if not any(self.jitter):
             apply = torch.zeros_like(apply)
-        return {
+        params = {
             "jitter": apply, "factors": factors, "hues": hues, "order": order,
             "gray": torch.rand(b, device=device) < self.grayscale_p,
             "blur": (torch.rand(b, device=device) < self.blur_p) & (self.blur_kernel > 0),
             "sigma": torch.empty(b, device=device).uniform_(*self.blur_sigma),
             "solarize": torch.rand(b, device=device) < self.solarize_p,
         }
+        return {k: v.repeat_interleave(repeat, 0) for k, v in params.items()} if repeat > 1 else params
 
     def on_tensors(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """The augmented batch of float images (B, C, H, W) in [0, 1], with torch (any device)."""
@@ -117,11 +119,11 @@ class ColourAugment:
         out = cv2.GaussianBlur(view, (kernel, kernel), sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
         return out.reshape(view.shape)
 
-    def views(self, crops: torch.Tensor, on_device: bool, normalization: tuple[Sequence[float], ...] | None
-              ) -> torch.Tensor:
+    def views(self, crops: torch.Tensor, on_device: bool, normalization: tuple[Sequence[float], ...] | None,
+              repeat: int = 1) -> torch.Tensor:
         """Augmented, normalised float views (B, C, H, W) of uint8 crops (B, H, W, C): with torch on the crops'
-        device (``on_device``), else with OpenCV."""
-        params = self.draw(len(crops), crops.device)
+        device (``on_device``), else with OpenCV; ``repeat``: one draw per that many consecutive crops."""
+        params = self.draw(len(crops) // repeat, crops.device, repeat)
         if on_device:
             x = self.on_tensors(crops.permute(0, 3, 1, 2).float().div_(255), params)
             return normalize(x, *normalization) if normalization else x

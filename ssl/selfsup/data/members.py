@@ -8,6 +8,7 @@ Shards come from other people, so nothing is ever unpickled: only images (Pillow
 from __future__ import annotations
 
 import io
+import json
 import math
 import warnings
 from typing import Any
@@ -133,7 +134,7 @@ def decode_video(data: bytes, channels: int, max_frames: int | None = None, limi
                 if pixels > limits.max_video_pixels:
                     raise BadSample(f"video decoded past {len(frames)} frames of {frame.width}x{frame.height}, "
                                     f"over {limits.describe('max_video_pixels')}")
-                frames.append(_frame_pixels(frame, channels))
+                frames.append(frame_pixels(frame, channels))
                 if max_frames is not None and len(frames) >= max_frames:
                     break
     except BadSample:
@@ -149,7 +150,7 @@ def decode_video(data: bytes, channels: int, max_frames: int | None = None, limi
 FULL_RANGE_LUMA = ("gray", "yuvj420p", "yuvj422p", "yuvj444p")
 
 
-def _frame_pixels(frame: Any, channels: int) -> np.ndarray:
+def frame_pixels(frame: Any, channels: int) -> np.ndarray:
     """(H, W) luma or (H, W, 3) RGB of a decoded frame. Full-range luma is read straight from the Y plane: a
     swscale conversion per frame costs several times the decoding of a small video."""
     if channels == 1 and frame.format.name in FULL_RANGE_LUMA:
@@ -158,22 +159,27 @@ def _frame_pixels(frame: Any, channels: int) -> np.ndarray:
     return frame.to_ndarray(format="gray" if channels == 1 else "rgb24")
 
 
-def decode_label(sample: dict[str, Any], num_classes: int) -> int:
-    """The sample's class index (``cls`` or ``txt``); -1 for unlabeled data (``num_classes == 0``)."""
+def decode_label(sample: dict[str, Any], num_classes: int, label: str = "cls") -> int:
+    """The sample's class index: ``cls`` (or ``txt``), or the integer field ``label`` of its ``json``; -1 for
+    unlabeled data (``num_classes == 0``)."""
     if num_classes == 0:
         return -1
-    raw = sample.get("cls", sample.get("txt"))
+    raw = sample.get("cls", sample.get("txt")) if label == "cls" else sample.get("json")
     try:
-        label = int(raw.decode().strip())
-    except (AttributeError, UnicodeDecodeError, ValueError):
-        raise BadSample(f"sample {sample.get('__key__')} has no usable label (cls: {raw!r:.40})") from None
-    if not 0 <= label < num_classes:
-        raise BadSample(f"sample {sample.get('__key__')} has label {label}, outside 0..{num_classes - 1}")
-    return label
+        value = raw.decode().strip() if label == "cls" else json.loads(raw)[label]
+        if isinstance(value, (bool, float)):
+            raise ValueError
+        index = int(value)
+    except (AttributeError, UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError):
+        where = "cls" if label == "cls" else f"json field {label!r}"
+        raise BadSample(f"sample {sample.get('__key__')} has no usable label ({where}: {raw!r:.40})") from None
+    if not 0 <= index < num_classes:
+        raise BadSample(f"sample {sample.get('__key__')} has label {index}, outside 0..{num_classes - 1}")
+    return index
 
 
 def decode_sample(sample: dict[str, Any], channels: int, num_classes: int = 0, media: str = "image",
-                  limits: Limits | None = None) -> dict[str, Any]:
+                  limits: Limits | None = None, label: str = "cls") -> dict[str, Any]:
     """Decode one raw sample to ``{"image": uint8 (C, H, W), "label": int}`` (``media="video"``: the image is the
     whole clip, uint8 (T, C, H, W)); BadSample if unusable.
 
@@ -186,7 +192,7 @@ def decode_sample(sample: dict[str, Any], channels: int, num_classes: int = 0, m
         image = decode_video(sample[media_member(sample, VIDEO_EXTENSIONS)], channels, limits=limits)
     else:
         image = decode_image(sample[media_member(sample)], channels, limits)
-    return {"image": image, "label": decode_label(sample, num_classes)}
+    return {"image": image, "label": decode_label(sample, num_classes, label)}
 
 
 def load_npy(data: bytes) -> np.ndarray:

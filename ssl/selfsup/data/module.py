@@ -36,6 +36,8 @@ class SSLDataModule(L.LightningDataModule):
             takes time from the step.
         eval_clips: video sources: clips per video that evaluation averages features over (frames and stride
             as the training views' clips; with ``views`` an ``EvalClips``, that recipe is used as it is).
+        label: the label kNN and the probes read: ``cls`` (the sample's class), or a field of the sample's json
+            that the data set declares (``builtin:moving-mnist``: ``direction``, the direction of motion).
 
     Unusable samples are skipped and counted (`selfsup.data.health.DataHealth`), among them those over the caps
     on pixels per image, pixels per video and bytes per tar member (`selfsup.data.limits`: ``SELFSUP_MAX_*``
@@ -54,13 +56,15 @@ class SSLDataModule(L.LightningDataModule):
         seed: int = 0,
         augment_on: Literal["workers", "device"] = "workers",
         eval_clips: int = 4,
+        label: str = "cls",
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be at least 1, got {batch_size}")
         self.source = Source(source)
+        self.source.label_classes(label)  # a label the data does not have: ConfigError before anything is written
         self.media = self.source.media
-        self.eval_clips = eval_clips
+        self.eval_clips, self.label = eval_clips, label
         self.batch_size, self.num_workers, self.views = batch_size, num_workers, views
         if views is not None:
             self._check_media(views)
@@ -68,16 +72,13 @@ class SSLDataModule(L.LightningDataModule):
         self.eval_resize, self.shuffle_buffer, self.seed = eval_resize, shuffle_buffer, seed
         if augment_on not in ("workers", "device"):
             raise ConfigError(f"data.augment_on must be 'workers' or 'device', got {augment_on!r}")
-        if augment_on == "device" and self.media == "video":
-            raise ConfigError("data.augment_on: device makes image views; video clips are made in the loader "
-                              "workers: set data.augment_on: workers")
         self.augment_on = augment_on
         self._eval_loaders: dict[tuple[str, int, int], DataLoader] = {}  # reused: their workers persist
 
     @property
     def num_classes(self) -> int:
         """Number of label classes (0: unlabeled)."""
-        return len(self.source.classes)
+        return len(self.source.label_classes(self.label))
 
     @property
     def num_channels(self) -> int:
@@ -147,11 +148,15 @@ class SSLDataModule(L.LightningDataModule):
                 f"{split.num_samples} training samples of {self.source.spec}; lower data.batch_size"
             )
         transform = self.views
+        if self.augment_on == "device" and self.media == "video" and not self.views.crop_specs:
+            raise ConfigError("data.augment_on: device needs clips cut while decoding: set seek: true in the "
+                              "ClipViews, or data.augment_on: workers")
         if self.augment_on == "device":
             transform = WorkerCrops(self.views) if self.views.crop_specs else DecodedImages()
         stream = ShardStream(
             split.parts, transform, self.batch_size, self.num_channels, repeat=True, num_classes=self.num_classes,
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world, media=self.media,
+            label=self.label,
         )
         loader = self._loader(stream)
         warn_low_coverage(stream, loader.num_workers or 1, num_batches * self.batch_size)
@@ -177,7 +182,8 @@ class SSLDataModule(L.LightningDataModule):
         key = (split, rank, world)
         if key not in self._eval_loaders:
             stream = ShardStream(parts, self.eval_transform(), self.batch_size, self.num_channels, repeat=False,
-                                 num_classes=self.num_classes, rank=rank, world_size=world, media=self.media)
+                                 num_classes=self.num_classes, rank=rank, world_size=world, media=self.media,
+                                 label=self.label)
             self._eval_loaders[key] = self._loader(stream)
         return self._eval_loaders[key]
 

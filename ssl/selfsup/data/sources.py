@@ -118,6 +118,16 @@ class Source:
             return self.listing.classes
         return list(self.builtin.classes) if self.builtin else self._manifest.classes
 
+    def label_classes(self, label: str) -> list[str]:
+        """The class names of ``label``: ``cls`` (the sample's class) or a json field the data set declares."""
+        if label == "cls":
+            return self.classes
+        declared = self.builtin.labels if self.builtin else {}
+        if label not in declared:
+            raise ConfigError(f"data source {self.spec!r} has no label {label!r}; its labels: "
+                              f"{', '.join(['cls', *declared])}")
+        return list(declared[label])
+
     @property
     def media(self) -> str:
         return self.listing.media if self.scheme == "folder" else self.resolve().media

@@ -15,8 +15,17 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from selfsup.data.crops import Cropped, collate_crops, decode_crops
 from selfsup.data.limits import Limits
-from selfsup.data.members import BadSample, decode_label, decode_sample, media_member, refused_members
+from selfsup.data.members import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    BadSample,
+    decode_label,
+    decode_sample,
+    media_member,
+    refused_members,
+)
 from selfsup.data.parts import PartError
+from selfsup.data.seek import decode_clip_crops
 from selfsup.data.views import ViewRecipe
 from selfsup.errors import DataError
 
@@ -59,10 +68,12 @@ class ShardStream(IterableDataset):
     shuffle and (in workers) view randomness depend only on (seed, e, rank, worker), so a run resumed at an
     epoch boundary reads and augments exactly what the uninterrupted run would have (`set_epoch`).
 
-    ``media="video"``: samples are videos, decoded to uint8 (T, C, H, W), and the transform gets a batch
-    (B, T, C, H, W) when the videos share a shape. Unusable samples (undecodable image or video, bad label) are
-    skipped; a part that breaks off (truncated or missing shard) or ends before the sample count of its manifest
-    (cut at a member boundary, zero-filled) is skipped with a warning and its missing samples count as skipped.
+    ``media="video"``: samples are videos; with a transform that cuts its clips while decoding (``crop_specs``,
+    `selfsup.data.seek`) only the clips' frames are decoded, else the whole video, to uint8 (T, C, H, W), and
+    the transform gets a batch (B, T, C, H, W) when the videos share a shape. Unusable samples (undecodable
+    image or video, bad label) are skipped; a part that breaks off (truncated or missing shard) or ends before
+    the sample count of its manifest (cut at a member boundary, zero-filled) is skipped with a warning and its
+    missing samples count as skipped.
     Training (``repeat=True``) stops with a DataError when a whole pass over a worker's parts yields no usable
     sample, rather than looping forever. Each batch carries the counts under ``"health"`` (see
     `selfsup.data.health.DataHealth`).
@@ -82,9 +93,10 @@ class ShardStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         media: str = "image",
+        label: str = "cls",
     ) -> None:
         super().__init__()
-        self.media = media
+        self.media, self.label = media, label
         self.parts, self.transform, self.batch_size, self.channels = list(parts), transform, batch_size, channels
         self.repeat, self.num_classes, self.shuffle_buffer, self.seed = repeat, num_classes, shuffle_buffer, seed
         self.rank, self.world_size = rank, world_size
@@ -146,18 +158,21 @@ class ShardStream(IterableDataset):
 
     def _decoded(self, raw: dict[str, Any], tally: HealthTally, rng: random.Random, specs: list | None
                  ) -> dict[str, Any] | None:
-        """The sample's image (or, with the crop ``specs`` of views cut while decoding, its `Cropped` views) and
-        label; None (counted as skipped) if unusable."""
+        """The sample's image (or, with the crop ``specs`` of views cut while decoding, its `Cropped` views or
+        clips) and label; None (counted as skipped) if unusable."""
         refused = refused_members(raw)
         if refused:
             tally.refused[raw["__part__"]] += len(refused)
         tally.seen += 1
         try:
             if specs is None:
-                decoded = decode_sample(raw, self.channels, self.num_classes, self.media, self.limits)
+                decoded = decode_sample(raw, self.channels, self.num_classes, self.media, self.limits, self.label)
             else:
-                label = decode_label(raw, self.num_classes)
-                crops = decode_crops(raw[media_member(raw)], self.channels, specs, rng, self.limits)
+                label = decode_label(raw, self.num_classes, self.label)
+                video = self.media == "video"
+                decode = decode_clip_crops if video else decode_crops
+                data = raw[media_member(raw, VIDEO_EXTENSIONS if video else IMAGE_EXTENSIONS)]
+                crops = decode(data, self.channels, specs, rng, self.limits)
                 decoded = {"image": crops, "label": label}
         except BadSample as err:
             tally.skipped[raw["__part__"]] += 1
@@ -175,7 +190,7 @@ class ShardStream(IterableDataset):
         if info is not None:  # views draw from the worker's RNG: make it a function of (seed, epoch, rank, worker)
             torch.manual_seed(hash((self.seed, pass_index, self.rank, worker)) & (2**63 - 1))
         rng = random.Random(int(torch.randint(2**62, ())))  # crop boxes: cheap per-image draws, seeded as the views
-        specs = self.transform.crop_specs if self.media == "image" else None
+        specs = self.transform.crop_specs
         tally = HealthTally()
         images: list[torch.Tensor] = []
         labels: list[int] = []
