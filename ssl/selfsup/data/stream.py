@@ -65,9 +65,9 @@ class ShardStream(IterableDataset):
     (cut at a member boundary, zero-filled) is skipped with a warning and its missing samples count as skipped.
     ``segments`` > 0 (a dense run: classes, background included): each sample's ``mask.png`` is decoded too and
     the batch carries ``"mask"`` (B, H, W) as the transform's ``mask`` makes it (un-augmented views only); a
-    sample without a usable mask is skipped. Training (``repeat=True``) stops with a DataError when a whole pass over a worker's parts yields no usable
-    sample, rather than looping forever. Each batch carries the counts under ``"health"`` (see
-    `selfsup.data.health.DataHealth`).
+    sample without a usable mask is skipped. Training (``repeat=True``) stops with a DataError when a whole pass
+    over a worker's parts yields no usable sample, rather than looping forever. Each batch carries the counts
+    under ``"health"`` (see `selfsup.data.health.DataHealth`).
     """
 
     def __init__(
