@@ -12,8 +12,9 @@ video's split and index, so the set is the same on every machine. 250 videos per
 ``mnist-scenes``: 4,000 train and 1,000 val 64x64 grayscale scenes of 2-5 MNIST-5k digits each (digits of the
 train split in train scenes only, likewise val), each digit scaled to 20-40 px and placed at random, later
 digits drawn over earlier ones (overlapping boxes allowed up to an IoU of 0.3). The ``mask.png`` member is the
-per-pixel label map: 0 background, ``c + 1`` for a stroke pixel (scaled digit intensity above 0.5) of digit
-class ``c``; ``cls`` is the class covering the most pixels. Drawn from a generator seeded by the scene's split
+per-pixel label map: 0 background, ``c + 1`` for a pixel of a digit of class ``c``: within 3 px of its strokes
+(scaled intensity above 0.5), so a digit is a region a stride-8 feature map can draw, not 2-4 px lines that
+no 8 px cell is mostly made of; ``cls`` is the class covering the most pixels. Drawn from a generator seeded by the scene's split
 and index. 500 scenes per shard.
 """
 
@@ -139,7 +140,7 @@ def _moving_mnist_samples() -> Samples:
     return {split: samples(split, indices) for split, indices in splits.items()}
 
 
-SCENE_SIZE, SCENE_DIGITS, SCENE_SCALES, SCENE_MAX_IOU = 64, (2, 5), (20, 40), 0.3
+SCENE_SIZE, SCENE_DIGITS, SCENE_SCALES, SCENE_MAX_IOU, SCENE_MARGIN = 64, (2, 5), (20, 40), 0.3, 3
 SCENE_COUNTS = {"train": 4000, "val": 1000}
 
 
@@ -153,7 +154,8 @@ def _box_iou(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
 def digit_scene(digits: torch.Tensor, labels: np.ndarray, rng: np.random.Generator
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A uint8 scene (1, 64, 64) of 2-5 digits drawn from ``digits`` (N, 1, 28, 28) and its label map (1, 64, 64):
-    0 background, ``label + 1`` on the strokes (intensity > 0.5) of each digit, the last drawn on top."""
+    0 background, ``label + 1`` within ``SCENE_MARGIN`` px of the strokes (intensity > 0.5) of each digit, the
+    last drawn on top."""
     import torch.nn.functional as F
 
     image = torch.zeros(1, SCENE_SIZE, SCENE_SIZE)
@@ -174,7 +176,8 @@ def digit_scene(digits: torch.Tensor, labels: np.ndarray, rng: np.random.Generat
         x, y, _ = box
         window = (slice(None), slice(y, y + side), slice(x, x + side))
         image[window] = torch.maximum(image[window], digit)
-        mask[window] = torch.where(digit > 0.5, torch.tensor(int(labels[j]) + 1, dtype=torch.uint8), mask[window])
+        region = F.max_pool2d((digit > 0.5).float(), 2 * SCENE_MARGIN + 1, stride=1, padding=SCENE_MARGIN) > 0
+        mask[window] = torch.where(region, torch.tensor(int(labels[j]) + 1, dtype=torch.uint8), mask[window])
     return (image * 255).round().to(torch.uint8), mask
 
 
