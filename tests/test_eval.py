@@ -150,7 +150,7 @@ def test_ignored_pixels_leave_the_confusion_and_ious_are_per_class():
 
 def test_dense_probe_learns_from_mask_members_and_logs_per_class_iou(tiny_ckpt):
     probe = DenseProbe(init_from=str(tiny_ckpt), backbone="resnet18", backbone_args={"width": 16, "cifar_stem": True},
-                       in_channels=1, num_classes=0, segments=3, batch_size=8)  # masks without image labels
+                       in_channels=1, num_classes=0, segments=3, batch_size=8, feature_bn=True)  # no image labels
     g = torch.Generator().manual_seed(2)
     batches = [{"image": torch.rand(8, 1, 16, 16, generator=g), "label": torch.full((8,), -1),
                 "mask": torch.randint(0, 3, (8, 16, 16), generator=g)} for _ in range(2)]
@@ -160,6 +160,7 @@ def test_dense_probe_learns_from_mask_members_and_logs_per_class_iou(tiny_ckpt):
                 val_dataloaders=DataLoader(batches, batch_size=None))
     metrics = trainer.callback_metrics
     assert probe.num_segments == 3 and {"val/iou_bg", "val/miou"} <= set(metrics)
+    assert not probe.head[0].affine and probe.head[0].running_mean.abs().sum() > 0  # standardised maps
     assert all(0 <= float(metrics[k]) <= 1 for k in metrics if k.startswith("val/iou"))
 
 

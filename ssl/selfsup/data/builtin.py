@@ -14,8 +14,8 @@ train split in train scenes only, likewise val), each digit scaled to 20-40 px a
 digits drawn over earlier ones (overlapping boxes allowed up to an IoU of 0.3). The ``mask.png`` member is the
 per-pixel label map: 0 background, ``c + 1`` for a pixel of a digit of class ``c``: within 3 px of its strokes
 (scaled intensity above 0.5), so a digit is a region a stride-8 feature map can draw, not 2-4 px lines that
-no 8 px cell is mostly made of; ``cls`` is the class covering the most pixels. Drawn from a generator seeded by the scene's split
-and index. 500 scenes per shard.
+no 8 px cell is mostly made of; ``cls`` is the class covering the most pixels. Drawn from a generator seeded
+by the scene's split and index. 500 scenes per shard.
 """
 
 from __future__ import annotations

@@ -64,11 +64,13 @@ class DenseProbe(FrozenProbe):
         segments: classes of the masks, background included (default: the data's classes + 1); for mask data
             without class labels, e.g. a ``folder:`` of ``NAME.png`` + ``NAME.mask.png``.
         cache_features: embed the training images once and train the head on their cached maps (masks only).
+        feature_bn: standardise the map with a BatchNorm without scale and shift before the 1x1 conv (as the
+            linear probe's option; still linear at test time): one lr for every backbone, whatever its scale.
         **kwargs: the options of ``FrozenProbe`` (checkpoint, architecture, optimizer).
     """
 
     def __init__(self, threshold: float | None = None, segments: int | None = None, cache_features: bool = False,
-                 **kwargs: Any) -> None:
+                 feature_bn: bool = False, **kwargs: Any) -> None:
         if segments is not None:
             if segments < 2:
                 raise ConfigError(f"model.segments must be at least 2 (background and one class), got {segments}")
@@ -78,7 +80,9 @@ class DenseProbe(FrozenProbe):
         super().__init__(**kwargs)
         self.threshold, self.cache_features = threshold, cache_features
         self.num_segments = self.hparams.num_classes + 1
-        self.head = nn.Conv2d(self.backbone.num_features, self.num_segments, kernel_size=1)
+        width = self.backbone.num_features
+        conv = nn.Conv2d(width, self.num_segments, kernel_size=1)
+        self.head = nn.Sequential(nn.BatchNorm2d(width, affine=False), conv) if feature_bn else conv
         self._confusion: torch.Tensor | None = None
 
     def setup(self, stage: str) -> None:
