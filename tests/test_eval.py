@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from selfsup.backbones import build_backbone
 from selfsup.errors import ConfigError
 from selfsup.eval.checkpoint import load_backbone, load_checkpoint
-from selfsup.eval.dense import DenseProbe, confusion_matrix, digit_masks, mean_iou
+from selfsup.eval.dense import DenseProbe, class_ious, confusion_matrix, digit_masks, mean_iou
 from selfsup.eval.export import export_backbone
 from selfsup.eval.probe import LinearProbe, _FeatureBatches
 from selfsup.methods import SimCLR
@@ -140,9 +140,33 @@ def test_digit_masks_and_miou_by_hand():
     assert mean_iou(confusion) == pytest.approx((1 / 3 + 2 / 3 + 0) / 3)
 
 
+def test_ignored_pixels_leave_the_confusion_and_ious_are_per_class():
+    target = torch.tensor([0, 0, 1, 255, 255])
+    confusion = confusion_matrix(torch.tensor([0, 1, 1, 1, 2]), target, 3)
+    assert confusion.sum() == 3  # the two ignored pixels are not counted
+    ious = class_ious(confusion)
+    assert ious[:2].tolist() == [pytest.approx(1 / 2), pytest.approx(1 / 2)] and ious[2].isnan()
+
+
+def test_dense_probe_learns_from_mask_members_and_logs_per_class_iou(tiny_ckpt):
+    probe = DenseProbe(init_from=str(tiny_ckpt), backbone="resnet18", backbone_args={"width": 16, "cifar_stem": True},
+                       in_channels=1, num_classes=0, segments=3, batch_size=8, feature_bn=True)  # no image labels
+    g = torch.Generator().manual_seed(2)
+    batches = [{"image": torch.rand(8, 1, 16, 16, generator=g), "label": torch.full((8,), -1),
+                "mask": torch.randint(0, 3, (8, 16, 16), generator=g)} for _ in range(2)]
+    batches[0]["mask"][:, 0] = 255  # ignored pixels
+    trainer = _trainer(2)
+    trainer.fit(probe, train_dataloaders=DataLoader(batches, batch_size=None),
+                val_dataloaders=DataLoader(batches, batch_size=None))
+    metrics = trainer.callback_metrics
+    assert probe.num_segments == 3 and {"val/iou_bg", "val/miou"} <= set(metrics)
+    assert not probe.head[0].affine and probe.head[0].running_mean.abs().sum() > 0  # standardised maps
+    assert all(0 <= float(metrics[k]) <= 1 for k in metrics if k.startswith("val/iou"))
+
+
 def test_dense_probe_predicts_every_pixel_and_reports_miou(tiny_ckpt):
     probe = DenseProbe(init_from=str(tiny_ckpt), backbone="resnet18", backbone_args={"width": 16, "cifar_stem": True},
-                       in_channels=1, num_classes=3, batch_size=8)
+                       in_channels=1, num_classes=3, batch_size=8, threshold=0.5)
     assert probe(torch.rand(2, 1, 16, 16)).shape == (2, 4, 16, 16)
     trainer = _trainer(2)
     trainer.limit_val_batches = 2

@@ -124,3 +124,16 @@ def test_bad_evaluation_input_is_one_clear_message(args, message, trained, unlab
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_dense_probe_on_mnist_scenes_reports_class_ious_and_draws_predictions(tmp_path):
+    proc = selfsup("fit", "-c", str(REPO / "experiments/eval/dense-mnist-scenes.yaml"), "--model.init_from", "null",
+                   "--model.backbone", "resnet18", "--model.backbone_args", "{width: 4, cifar_stem: true}",
+                   "--model.cache_features", "false", "--data.init_args.num_workers", "0",
+                   "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                   "--trainer.check_val_every_n_epoch", "1", "--trainer.limit_val_batches", "1", cwd=tmp_path)
+    line = next(x for x in (proc.stdout + proc.stderr).splitlines() if x.startswith("DenseProbe on val"))
+    assert "iou_bg" in line and "miou" in line and "iou_9" in line  # background and digit 9: 11 classes
+    picture = next(tmp_path.glob("runs/dense-mnist-scenes/version_*/dense-val.png"))
+    assert picture.stat().st_size > 5000

@@ -7,6 +7,10 @@ Layouts (``ROOT`` is the folder given):
 - ``ROOT/CLASS/*``: one ``train`` split, labeled by class sub-folder.
 - ``ROOT/*``: one ``train`` split, unlabeled.
 
+A segmentation mask goes beside its image as ``NAME.mask.png`` (for ``NAME.jpg``, ``NAME.png`` ...): an 8-bit
+grayscale or palette PNG of class indices, the image's size, 0 for background (255: ignored). It becomes the
+sample's ``mask.png`` member, and is not an image of the set itself.
+
 Files are listed in sorted order and shuffled with a fixed seed, so that shards (and a folder source's parts)
 mix classes; a random fraction of each class can be held out as ``val``.
 """
@@ -22,7 +26,7 @@ from typing import Any
 
 from PIL import Image
 
-from selfsup.data.members import HIGH_DEPTH_MODES, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from selfsup.data.members import HIGH_DEPTH_MODES, IMAGE_EXTENSIONS, MASK, VIDEO_EXTENSIONS
 from selfsup.errors import ConfigError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -67,8 +71,8 @@ def _media_files(folder: Path, passed_over: list[tuple[Path, str]]) -> list[Path
 
     for top, _, names in os.walk(folder, onerror=unreadable):
         for path in (Path(top, name) for name in names):
-            if not path.is_file():
-                continue
+            if not path.is_file() or path.name.lower().endswith(f".{MASK}"):
+                continue  # a mask travels with its image (`file_samples`)
             if path.suffix[1:].lower() in MEDIA_EXTENSIONS:
                 found.append(path)
             else:
@@ -140,10 +144,14 @@ def list_folder(root: str | Path, val_fraction: float = 0.0, seed: int = 0) -> F
 
 def file_samples(files: list[tuple[Path, int]], root: Path) -> Iterator[dict[str, Any]]:
     """Raw webdataset samples of files: ``__key__`` (the path below ``root``), the encoded bytes under the file's
-    lower-cased extension, and ``cls`` when labeled. Exactly what a shard written from them holds."""
+    lower-cased extension, ``cls`` when labeled and ``mask.png`` when the file has a mask beside it. Exactly what
+    a shard written from them holds."""
     for path, label in files:
         key = path.relative_to(root).with_suffix("").as_posix().replace(".", "_")
         sample = {"__key__": key, path.suffix[1:].lower(): path.read_bytes()}
         if label >= 0:
             sample["cls"] = str(label).encode()
+        mask = path.with_name(f"{path.stem}.{MASK}")
+        if mask.is_file():
+            sample[MASK] = mask.read_bytes()
         yield sample

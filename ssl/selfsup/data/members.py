@@ -1,7 +1,8 @@
 """What a sample may hold and how it is decoded: the one place that decides which bytes from a shard get parsed.
 
 Shards come from other people, so nothing is ever unpickled: only images (Pillow), videos (PyAV), json,
-``cls``/``txt`` labels and plain numpy arrays (``allow_pickle=False``) are accepted. Any other member
+``cls``/``txt`` labels, ``mask.png`` segmentation masks and plain numpy arrays (``allow_pickle=False``) are
+accepted. Any other member
 (``.pyd``, ``.pickle``, ``.pth`` ...) is refused: dropped unread and counted.
 """
 
@@ -25,7 +26,9 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff")
 VIDEO_EXTENSIONS = ("mp4", "webm", "avi", "mkv", "mov")
 LABEL_EXTENSIONS = ("cls", "txt")
-ACCEPTED = frozenset((*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS, *LABEL_EXTENSIONS, "json", "npy"))
+MASK = "mask.png"  # a segmentation mask: one class index per pixel (8-bit grayscale or palette PNG)
+IGNORE = 255  # a mask value that marks pixels left out of training and scoring (as in Pascal VOC)
+ACCEPTED = frozenset((*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS, *LABEL_EXTENSIONS, MASK, "json", "npy"))
 
 
 class BadSample(ValueError):
@@ -178,13 +181,41 @@ def decode_label(sample: dict[str, Any], num_classes: int, label: str = "cls") -
     return index
 
 
-def decode_sample(sample: dict[str, Any], channels: int, num_classes: int = 0, media: str = "image",
-                  limits: Limits | None = None, label: str = "cls") -> dict[str, Any]:
-    """Decode one raw sample to ``{"image": uint8 (C, H, W), "label": int}`` (``media="video"``: the image is the
-    whole clip, uint8 (T, C, H, W)); BadSample if unusable.
+def decode_mask(sample: dict[str, Any], segments: int, size: tuple[int, int], limits: Limits | None = None
+                ) -> torch.Tensor:
+    """The sample's segmentation mask, uint8 (H, W) of class indices 0..segments - 1 (or ``IGNORE``); BadSample
+    when it is missing, unreadable, not one channel of indices, of another size than its image (``size``: H, W)
+    or holds a value outside the classes."""
+    key = sample.get("__key__")
+    if MASK not in sample:
+        raise BadSample(f"sample {key} has no {MASK} member (a dense run needs one per image)")
+    with open_image(sample[MASK], limits) as image:
+        if image.mode not in ("L", "P"):
+            raise BadSample(f"sample {key}: its mask is a {image.mode} image; write class indices as an 8-bit "
+                            "grayscale or palette PNG")
+        try:
+            mask = np.array(image)
+        except Exception as err:
+            raise unreadable("mask", err) from err
+    if mask.shape != size:
+        raise BadSample(f"sample {key}: its mask is {mask.shape[1]}x{mask.shape[0]}, its image "
+                        f"{size[1]}x{size[0]}")
+    bad = (mask >= segments) & (mask != IGNORE)
+    if bad.any():
+        raise BadSample(f"sample {key}: its mask holds label {int(mask[bad].max())}, outside 0..{segments - 1} "
+                        f"(and {IGNORE}, ignored)")
+    return torch.from_numpy(mask)
 
-    Only the image (or video) member and the label are parsed; refused members are never touched. A sample the
-    reader marked ``__error__`` (a file it could not read, a member over a cap) is BadSample with that reason.
+
+def decode_sample(sample: dict[str, Any], channels: int, num_classes: int = 0, media: str = "image",
+                  limits: Limits | None = None, label: str = "cls", segments: int = 0) -> dict[str, Any]:
+    """Decode one raw sample to ``{"image": uint8 (C, H, W), "label": int}`` (``media="video"``: the image is the
+    whole clip, uint8 (T, C, H, W)); with ``segments`` (classes of a dense run, background included) also
+    ``"mask"`` (see `decode_mask`). BadSample if unusable.
+
+    Only the image (or video) member, the label and the mask are parsed; refused members are never touched. A
+    sample the reader marked ``__error__`` (a file it could not read, a member over a cap) is BadSample with that
+    reason.
     """
     if "__error__" in sample:
         raise BadSample(f"sample {sample.get('__key__')}: {sample['__error__']}")
@@ -192,7 +223,10 @@ def decode_sample(sample: dict[str, Any], channels: int, num_classes: int = 0, m
         image = decode_video(sample[media_member(sample, VIDEO_EXTENSIONS)], channels, limits=limits)
     else:
         image = decode_image(sample[media_member(sample)], channels, limits)
-    return {"image": image, "label": decode_label(sample, num_classes, label)}
+    decoded = {"image": image, "label": decode_label(sample, num_classes, label)}
+    if segments:
+        decoded["mask"] = decode_mask(sample, segments, tuple(image.shape[-2:]), limits)
+    return decoded
 
 
 def load_npy(data: bytes) -> np.ndarray:

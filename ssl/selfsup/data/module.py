@@ -39,6 +39,10 @@ class SSLDataModule(L.LightningDataModule):
         label: the label kNN and the probes read: ``cls`` (the sample's class), or a field of the sample's json
             that the data set declares (``builtin:moving-mnist``: ``direction``, the direction of motion).
 
+    ``segments`` (set by a dense probe, not in configs): classes of the segmentation masks, background included;
+    when set, every batch carries each sample's ``mask.png`` member as ``"mask"``, and samples without a usable
+    mask are skipped and counted.
+
     Unusable samples are skipped and counted (`selfsup.data.health.DataHealth`), among them those over the caps
     on pixels per image, pixels per video and bytes per tar member (`selfsup.data.limits`: ``SELFSUP_MAX_*``
     environment variables); compressed shards are refused.
@@ -73,7 +77,8 @@ class SSLDataModule(L.LightningDataModule):
         if augment_on not in ("workers", "device"):
             raise ConfigError(f"data.augment_on must be 'workers' or 'device', got {augment_on!r}")
         self.augment_on = augment_on
-        self._eval_loaders: dict[tuple[str, int, int], DataLoader] = {}  # reused: their workers persist
+        self.segments = 0
+        self._eval_loaders: dict[tuple[str, int, int, int], DataLoader] = {}  # reused: their workers persist
 
     @property
     def num_classes(self) -> int:
@@ -156,7 +161,7 @@ class SSLDataModule(L.LightningDataModule):
         stream = ShardStream(
             split.parts, transform, self.batch_size, self.num_channels, repeat=True, num_classes=self.num_classes,
             shuffle_buffer=self.shuffle_buffer, seed=self.seed, rank=rank, world_size=world, media=self.media,
-            label=self.label,
+            label=self.label, segments=self.segments,
         )
         loader = self._loader(stream)
         warn_low_coverage(stream, loader.num_workers or 1, num_batches * self.batch_size)
@@ -179,11 +184,11 @@ class SSLDataModule(L.LightningDataModule):
         parts = self.source.split(split).parts
         if len(parts) < world:  # too few shards to split: every rank reads all
             rank, world = 0, 1
-        key = (split, rank, world)
+        key = (split, rank, world, self.segments)
         if key not in self._eval_loaders:
             stream = ShardStream(parts, self.eval_transform(), self.batch_size, self.num_channels, repeat=False,
                                  num_classes=self.num_classes, rank=rank, world_size=world, media=self.media,
-                                 label=self.label)
+                                 label=self.label, segments=self.segments)
             self._eval_loaders[key] = self._loader(stream)
         return self._eval_loaders[key]
 

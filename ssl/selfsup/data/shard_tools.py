@@ -17,10 +17,12 @@ from selfsup.data.limits import Limits
 from selfsup.data.manifest import MANIFEST, Manifest
 from selfsup.data.members import (
     IMAGE_EXTENSIONS,
+    MASK,
     VIDEO_EXTENSIONS,
     BadSample,
     decode_image,
     decode_label,
+    decode_mask,
     load_npy,
     media_member,
     refused_members,
@@ -98,6 +100,7 @@ class ShardReport:
     size: int
     samples: int = 0
     classes: Counter = field(default_factory=Counter)
+    members: Counter = field(default_factory=Counter)  # samples holding each member type
     problems: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
 
@@ -106,12 +109,16 @@ def check_sample(sample: dict, manifest: Manifest | None, report: ShardReport) -
     """Decode every accepted member of one sample the way a reader would, recording what fails."""
     key = sample["__key__"]
     report.refused += [f"{key}.{ext}" for ext in refused_members(sample)]
+    report.members.update(ext for ext in sample if not ext.startswith("__"))
     try:
         if "__error__" in sample:
             raise BadSample(sample["__error__"])
         media = media_member(sample, IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
         if media in IMAGE_EXTENSIONS:
-            decode_image(sample[media], manifest.channels if manifest else 3)
+            image = decode_image(sample[media], manifest.channels if manifest else 3)
+            if MASK in sample:  # background + the manifest's classes; any 8-bit index without classes
+                decode_mask(sample, manifest.num_classes + 1 if manifest and manifest.classes else 256,
+                            tuple(image.shape[-2:]))
         elif not sample[media]:
             raise BadSample(f"empty {media} member")
         num_classes = manifest.num_classes if manifest else (1 << 30 if "cls" in sample else 0)
@@ -173,6 +180,8 @@ def inspect(args: argparse.Namespace) -> int:
         samples, size = sum(r.samples for r in reports), sum(r.size for r in reports)
         print(f"{name}: {len(reports)} shards, {samples} samples, {size / 1e6:.1f} MB "
               f"({size / max(samples, 1) / 1e3:.1f} kB per sample)")
+        members = sum((r.members for r in reports), Counter())
+        print("  members: " + ", ".join(f"{ext} ({n})" for ext, n in sorted(members.items())))
         classes = sum((r.classes for r in reports), Counter())
         if classes:
             names = manifest.classes if manifest else [str(c) for c in range(max(classes) + 1)]

@@ -71,12 +71,14 @@ class ShardStream(IterableDataset):
     ``media="video"``: samples are videos; with a transform that cuts its clips while decoding (``crop_specs``,
     `selfsup.data.seek`) only the clips' frames are decoded, else the whole video, to uint8 (T, C, H, W), and
     the transform gets a batch (B, T, C, H, W) when the videos share a shape. Unusable samples (undecodable
-    image or video, bad label) are skipped; a part that breaks off (truncated or missing shard) or ends before
-    the sample count of its manifest (cut at a member boundary, zero-filled) is skipped with a warning and its
-    missing samples count as skipped.
-    Training (``repeat=True``) stops with a DataError when a whole pass over a worker's parts yields no usable
-    sample, rather than looping forever. Each batch carries the counts under ``"health"`` (see
-    `selfsup.data.health.DataHealth`).
+    image or video, bad label) are skipped; a part that breaks off (truncated or missing shard) or ends before the
+    sample count of its manifest (cut at a member boundary, zero-filled) is skipped with a warning and its missing
+    samples count as skipped.
+    ``segments`` > 0 (a dense run: classes, background included): each sample's ``mask.png`` is decoded too and
+    the batch carries ``"mask"`` (B, H, W) as the transform's ``mask`` makes it (un-augmented views only); a
+    sample without a usable mask is skipped. Training (``repeat=True``) stops with a DataError when a whole pass
+    over a worker's parts yields no usable sample, rather than looping forever. Each batch carries the counts
+    under ``"health"`` (see `selfsup.data.health.DataHealth`).
     """
 
     def __init__(
@@ -94,9 +96,10 @@ class ShardStream(IterableDataset):
         world_size: int = 1,
         media: str = "image",
         label: str = "cls",
+        segments: int = 0,
     ) -> None:
         super().__init__()
-        self.media, self.label = media, label
+        self.media, self.label, self.segments = media, label, segments
         self.parts, self.transform, self.batch_size, self.channels = list(parts), transform, batch_size, channels
         self.repeat, self.num_classes, self.shuffle_buffer, self.seed = repeat, num_classes, shuffle_buffer, seed
         self.rank, self.world_size = rank, world_size
@@ -166,7 +169,8 @@ class ShardStream(IterableDataset):
         tally.seen += 1
         try:
             if specs is None:
-                decoded = decode_sample(raw, self.channels, self.num_classes, self.media, self.limits, self.label)
+                decoded = decode_sample(raw, self.channels, self.num_classes, self.media, self.limits, self.label,
+                                        self.segments)
             else:
                 label = decode_label(raw, self.num_classes, self.label)
                 video = self.media == "video"
@@ -194,20 +198,23 @@ class ShardStream(IterableDataset):
         tally = HealthTally()
         images: list[torch.Tensor] = []
         labels: list[int] = []
+        masks: list[torch.Tensor] = []
         for raw in self._samples(pass_index, worker, num_workers, tally):
             decoded = self._decoded(raw, tally, rng, specs)
             if decoded is None:
                 continue
             images.append(decoded["image"])
             labels.append(decoded["label"])
+            if "mask" in decoded:
+                masks.append(decoded["mask"])
             if len(images) == self.batch_size:
-                yield self._views(images, labels, tally)
-                images, labels = [], []
+                yield self._views(images, labels, tally, masks)
+                images, labels, masks = [], [], []
         if images:
-            yield self._views(images, labels, tally)
+            yield self._views(images, labels, tally, masks)
 
-    def _views(self, images: list[torch.Tensor | Cropped], labels: list[int], tally: HealthTally
-               ) -> dict[str, Any]:
+    def _views(self, images: list[torch.Tensor | Cropped], labels: list[int], tally: HealthTally,
+               masks: list[torch.Tensor] = ()) -> dict[str, Any]:
         """The transform of a batch: from its crops when they were cut while decoding, else batched when all
         images share a size, image by image otherwise."""
         if isinstance(images[0], Cropped):
@@ -217,6 +224,8 @@ class ShardStream(IterableDataset):
         else:
             out = default_collate([self.transform(image) for image in images])
         out["label"] = torch.tensor(labels)
+        if masks:
+            out["mask"] = torch.stack([self.transform.mask(mask) for mask in masks]).long()
         out["health"] = tally.take()
         return out
 

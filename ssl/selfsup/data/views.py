@@ -381,3 +381,10 @@ class EvalView(ViewRecipe):
             x = self._transform(image)
         return {"image": self._normalize(x)}
 
+    def mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """A segmentation mask (H, W) resized (nearest) and centre-cropped as its image is."""
+        if mask.shape[-1] == mask.shape[-2] == self.size == self.resize:
+            return mask
+        mask = v2.functional.resize(mask[None], self.resize, interpolation=v2.InterpolationMode.NEAREST_EXACT)
+        return v2.functional.center_crop(mask, self.size)[0]
+

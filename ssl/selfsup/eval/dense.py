@@ -1,9 +1,10 @@
-"""Dense probe: a per-pixel linear classifier (1x1 conv) on a frozen feature map, scored by mIoU.
+"""Dense probe: a per-pixel linear classifier (1x1 conv) on a frozen feature map, scored by mIoU and per-class IoU.
 
-The segmentation task is built on the fly from labelled digits: a pixel is of its image's class when its
-intensity is above ``threshold``, else background. Class 0 is background, class c + 1 is label c.
+Targets are the data's segmentation masks (the ``mask.png`` member: 0 background, ``c + 1`` for class ``c``, 255
+ignored), e.g. ``builtin:mnist-scenes``; or, with ``threshold`` set, built on the fly from labelled single digits
+(MNIST-5k): a pixel is of its image's class when its intensity is above ``threshold``, else background.
 
-    selfsup fit -c experiments/eval/dense-mnist5k.yaml --model.init_from runs/.../last.ckpt
+    selfsup fit -c experiments/eval/dense-mnist-scenes.yaml --model.init_from runs/.../last.ckpt
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+from torch.utils.data import DataLoader
 
+from selfsup.data.members import IGNORE
+from selfsup.data.views import EvalView
 from selfsup.errors import ConfigError
-from selfsup.eval.probe import FrozenProbe
+from selfsup.eval.probe import FrozenProbe, _FeatureBatches
 
 
 def digit_masks(images: torch.Tensor, labels: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -26,45 +31,112 @@ def digit_masks(images: torch.Tensor, labels: torch.Tensor, threshold: float) ->
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Counts (C, C) of pixels with target class i (row) predicted as class j (column)."""
-    flat = target.flatten() * num_classes + pred.flatten()
+    """Counts (C, C) of pixels with target class i (row) predicted as class j (column); ``IGNORE`` targets are
+    left out."""
+    keep = target != IGNORE
+    flat = target[keep] * num_classes + pred[keep]
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def class_ious(confusion: torch.Tensor) -> torch.Tensor:
+    """IoU = TP / (TP + FP + FN) of each class; NaN for a class in neither target nor prediction."""
+    confusion = confusion.double()
+    tp = confusion.diag()
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
 
 
 def mean_iou(confusion: torch.Tensor) -> float:
     """Mean over classes present (in target or prediction) of intersection / union = TP / (TP + FP + FN)."""
-    confusion = confusion.double()
-    tp = confusion.diag()
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    present = union > 0
-    return (tp[present] / union[present]).mean().item()
+    ious = class_ious(confusion)
+    return ious[~ious.isnan()].mean().item()
 
 
 class DenseProbe(FrozenProbe):
-    """A 1x1 conv from the frozen ``forward_features`` map to background + the data's classes, logits upsampled
-    (bilinear) to the input; per-pixel cross-entropy. Logs ``val/miou`` and ``val/pixel_acc``.
+    """A 1x1 conv from the frozen ``forward_features`` map (a ResNet's last stage: stride 8 with the CIFAR stem
+    and no max-pool, 8x8 on 64 px scenes) to background + the classes, logits upsampled (bilinear) to the input;
+    per-pixel cross-entropy. Logs ``val/miou``, ``val/pixel_acc`` and ``val/iou_NAME`` per class (``iou_bg``:
+    background). Masks need un-augmented images (data.views unset or EvalView), so they stay aligned.
 
     Args:
-        threshold: intensity (0-1) above which a pixel is of its image's class.
+        threshold: None: targets are the data's masks (samples without a usable one are skipped and counted);
+            a number: digit masks (intensity above it is the image's class).
+        segments: classes of the masks, background included (default: the data's classes + 1); for mask data
+            without class labels, e.g. a ``folder:`` of ``NAME.png`` + ``NAME.mask.png``.
+        cache_features: embed the training images once and train the head on their cached maps (masks only).
+        feature_bn: standardise the map with a BatchNorm without scale and shift before the 1x1 conv (as the
+            linear probe's option; still linear at test time): one lr for every backbone, whatever its scale.
         **kwargs: the options of ``FrozenProbe`` (checkpoint, architecture, optimizer).
     """
 
-    def __init__(self, threshold: float = 0.5, **kwargs: Any) -> None:
+    def __init__(self, threshold: float | None = None, segments: int | None = None, cache_features: bool = False,
+                 feature_bn: bool = False, **kwargs: Any) -> None:
+        if segments is not None:
+            if segments < 2:
+                raise ConfigError(f"model.segments must be at least 2 (background and one class), got {segments}")
+            kwargs["num_classes"] = segments - 1
+        if cache_features and threshold is not None:
+            raise ConfigError("model.cache_features needs mask targets; drop model.threshold or cache_features")
         super().__init__(**kwargs)
-        self.threshold = threshold
+        self.threshold, self.cache_features = threshold, cache_features
         self.num_segments = self.hparams.num_classes + 1
-        self.head = nn.Conv2d(self.backbone.num_features, self.num_segments, kernel_size=1)
+        width = self.backbone.num_features
+        conv = nn.Conv2d(width, self.num_segments, kernel_size=1)
+        self.head = nn.Sequential(nn.BatchNorm2d(width, affine=False), conv) if feature_bn else conv
         self._confusion: torch.Tensor | None = None
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        data = self.trainer.datamodule if self._trainer else None
+        if self.threshold is None and data is not None:
+            views = getattr(data, "views", None)
+            if views is not None and not isinstance(views, EvalView):
+                raise ConfigError(f"DenseProbe reads masks, which only un-augmented images keep aligned, but "
+                                  f"data.views is {type(views).__name__}; drop data.views")
+            data.segments = self.num_segments
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Per-pixel logits (B, classes + 1, H, W) at the input's resolution."""
         with torch.no_grad():
-            fmap = self.backbone.forward_features(images)
+            fmap = self.feature_map(images)
+        return self._upsampled(self.head(fmap), images.shape[-2:])
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen backbone's dense map (B, C, h, w)."""
+        fmap = self.backbone.forward_features(images)
         if fmap.ndim != 4:
             raise ConfigError(f"DenseProbe needs a 2-D feature map (B, C, h, w); this backbone gives {fmap.ndim}-D")
-        return F.interpolate(self.head(fmap), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return fmap
+
+    @staticmethod
+    def _upsampled(logits: torch.Tensor, size: torch.Size) -> torch.Tensor:
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+    def cached_train_dataloader(self) -> DataLoader | None:
+        """With ``cache_features``: batches of the training images' feature maps and masks, embedded once."""
+        if not self.cache_features:
+            return None
+        data = self.trainer.datamodule
+        maps, labels, masks = [], [], []
+        with torch.no_grad():
+            for batch in data.eval_dataloader("train", all_ranks=True):
+                maps.append(self.feature_map(batch["image"].to(self.device)).cpu())
+                labels.append(batch["label"])
+                masks.append(batch["mask"])
+        if not maps:
+            raise ConfigError("the train data holds no usable sample with a mask; check it with `selfsup shards "
+                              "inspect`")
+        features = torch.cat(maps)
+        rank_zero_info(f"cached {len(features)} training feature maps of {tuple(features.shape[1:])}")
+        return DataLoader(_FeatureBatches(features, torch.cat(labels), data.batch_size, self.global_rank,
+                                          self.trainer.world_size, data.seed, masks=torch.cat(masks)),
+                          batch_size=None)
 
     def _logits_and_masks(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        if "features" in batch:
+            return self._upsampled(self.head(batch["features"]), batch["mask"].shape[-2:]), batch["mask"]
+        if self.threshold is None:
+            return self(batch["image"]), batch["mask"]
         images, labels = batch["image"], batch["label"]
         keep = labels >= 0
         images, labels = images[keep], labels[keep]
@@ -72,7 +144,7 @@ class DenseProbe(FrozenProbe):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits, masks = self._logits_and_masks(batch)
-        loss = F.cross_entropy(logits, masks)
+        loss = F.cross_entropy(logits, masks, ignore_index=IGNORE)
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(masks))
         return loss
 
@@ -83,7 +155,15 @@ class DenseProbe(FrozenProbe):
         logits, masks = self._logits_and_masks(batch)
         self._confusion += confusion_matrix(logits.argmax(1), masks, self.num_segments)
 
+    def segment_names(self) -> list[str]:
+        """``bg`` and the data's class names (their indices without names)."""
+        data = self.trainer.datamodule if self._trainer else None
+        classes = list(data.source.classes) if data is not None and hasattr(data, "source") else []
+        return ["bg", *(classes[i] if i < len(classes) else str(i) for i in range(self.num_segments - 1))]
+
     def on_validation_epoch_end(self) -> None:
         confusion = self.trainer.strategy.reduce(self._confusion, reduce_op="sum")
         pixel_acc = (confusion.diag().sum() / confusion.sum().clamp(min=1)).item()
-        self.log_dict({"val/miou": mean_iou(confusion), "val/pixel_acc": pixel_acc})
+        ious = {f"val/iou_{name}": iou for name, iou in zip(self.segment_names(), class_ious(confusion).tolist())
+                if iou == iou}  # NaN: a class in neither target nor prediction
+        self.log_dict({"val/miou": mean_iou(confusion), "val/pixel_acc": pixel_acc, **ious})

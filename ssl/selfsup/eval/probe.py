@@ -103,12 +103,13 @@ class FrozenProbe(L.LightningModule):
 
 
 class _FeatureBatches(IterableDataset):
-    """Shuffled batches ``{"features", "label"}`` of cached features: a fresh permutation each epoch, this rank's
-    share of it, whole batches only (every rank takes the same number of steps)."""
+    """Shuffled batches ``{"features", "label"}`` (and ``"mask"`` with ``masks``) of cached features: a fresh
+    permutation each epoch, this rank's share of it, whole batches only (every rank takes the same number of
+    steps)."""
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, rank: int, world: int,
-                 seed: int = 0) -> None:
-        self.features, self.labels, self.batch_size = features, labels, batch_size
+                 seed: int = 0, masks: torch.Tensor | None = None) -> None:
+        self.features, self.labels, self.masks, self.batch_size = features, labels, masks, batch_size
         self.rank, self.world, self.seed, self._epoch = rank, world, seed, 0
 
     def __len__(self) -> int:
@@ -120,7 +121,8 @@ class _FeatureBatches(IterableDataset):
         mine = order[self.rank :: self.world]
         for i in range(len(self)):
             idx = mine[i * self.batch_size : (i + 1) * self.batch_size]
-            yield {"features": self.features[idx], "label": self.labels[idx]}
+            batch = {"features": self.features[idx], "label": self.labels[idx]}
+            yield batch if self.masks is None else {**batch, "mask": self.masks[idx]}
 
 
 class LinearProbe(FrozenProbe):
