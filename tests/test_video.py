@@ -20,6 +20,7 @@ from selfsup.data.shards import encode_video, write_shard_set
 from selfsup.data.sources import Source
 from selfsup.data.stream import ShardStream
 from selfsup.data.views import SimCLRViews
+from selfsup.errors import ConfigError
 from selfsup.heads import MLP
 from selfsup.losses import nt_xent
 from selfsup.methods import CVRL
@@ -158,6 +159,34 @@ def test_video_backbones_give_dense_maps_and_pooled_features(name, frames, size,
     torch.testing.assert_close(backbone(x), dense.mean(dim=(2, 3, 4)))
 
 
+def test_frames_backbone_is_the_mean_of_its_image_backbone_over_frames_and_blind_to_their_order():
+    torch.manual_seed(0)
+    frames = build_backbone("frames", image="resnet18", image_args={"width": 4, "cifar_stem": True},
+                            in_channels=1).eval()
+    clips = torch.rand(2, 1, 3, 16, 16)
+    per_frame = torch.stack([frames.image(clips[:, :, t]) for t in range(3)], dim=1).mean(dim=1)
+    torch.testing.assert_close(frames(clips), per_frame)
+    torch.testing.assert_close(frames(clips.flip(2)), frames(clips))  # time reversed: no motion seen
+    assert frames.forward_features(clips).shape[:3] == (2, frames.num_features, 3) and frames.media == "video"
+    with pytest.raises(ConfigError, match="applies an image backbone to each frame, but 'r3d_tiny' reads videos"):
+        build_backbone("frames", image="r3d_tiny")
+
+
+def test_an_image_checkpoint_loads_into_the_frames_backbone(tmp_path):
+    from selfsup.eval.checkpoint import backbone_from, load_backbone
+
+    image = build_backbone("resnet18", width=4, in_channels=1)
+    ckpt = tmp_path / "image.ckpt"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in image.state_dict().items()},
+                "hyper_parameters": {"backbone": "resnet18", "backbone_args": {"width": 4}, "in_channels": 1}}, ckpt)
+    loaded, spec = load_backbone(ckpt, frames=True)
+    probed, same = backbone_from("frames", None, 1, ckpt, "LinearProbe")
+    assert spec == same and spec.name == "frames" and spec.args == {"image": "resnet18", "image_args": {"width": 4}}
+    for backbone in (loaded, probed):
+        for key, value in image.state_dict().items():
+            assert torch.equal(backbone.state_dict()[f"image.{key}"], value)
+
+
 def test_r3d_50_has_cvrl_temporal_kernels():
     backbone = build_backbone("r3d_50")
     stem = backbone.stem[0]
@@ -203,6 +232,23 @@ def test_fit_of_the_moving_mnist_recipe(tmp_path):
     result = json.loads(out.read_text())
     assert "label direction" in proc.stdout and result["label"] == "direction" and result["queries"] == 1000
     assert 0 < result["results"][0]["top1"] <= 1
+
+
+@pytest.mark.slow
+def test_knn_runs_an_image_checkpoint_on_each_frame_of_the_videos(trained, tmp_path):
+    _, ckpt = trained
+    data = tmp_path / "frames.yaml"  # two frames of one clip per video: cheap
+    data.write_text("data:\n  source: builtin:moving-mnist\n  num_workers: 0\n  views:\n"
+                    "    class_path: selfsup.data.clips.EvalClips\n"
+                    "    init_args: {size: 32, frames: 2, stride: 8, clips: 1}\n")
+    args = ("knn", "--ckpt", str(ckpt), "-c", str(data), "--label", "direction", "--k", "20")
+    proc = selfsup(*args, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "--frames runs an image backbone on each frame" in proc.stderr, proc.stderr
+    out = tmp_path / "knn.json"
+    proc = selfsup(*args, "--frames", "--out", str(out), cwd=tmp_path)
+    result = json.loads(out.read_text())
+    assert result["backbone"].startswith("frames(image=resnet18, image_args={'cifar_stem': True, 'width': 4}")
+    assert result["label"] == "direction" and result["queries"] == 1000 and 0 < result["results"][0]["top1"] <= 1
 
 
 def test_the_direction_of_motion_is_a_label_of_moving_mnist(tmp_path):

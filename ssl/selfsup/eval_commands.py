@@ -82,16 +82,17 @@ def _device(name: str | None) -> torch.device:
         raise ConfigError(f"--device {name!r} is not a device ({err}); use cpu or cuda") from None
 
 
-def _backbone_for(ckpt: Path, data: SSLDataModule) -> tuple[torch.nn.Module, BackboneSpec]:
-    """The checkpoint's backbone, refused with one line when it cannot read the data's media (a 2-D backbone
-    and video clips, or the reverse) or channels."""
+def _backbone_for(ckpt: Path, data: SSLDataModule, frames: bool = False) -> tuple[torch.nn.Module, BackboneSpec]:
+    """The checkpoint's backbone (with ``frames``, its image backbone run on each frame), refused with one line
+    when it cannot read the data's media (a 2-D backbone and video clips, or the reverse) or channels."""
     from selfsup.eval.checkpoint import load_backbone
 
-    backbone, spec = load_backbone(ckpt)
+    backbone, spec = load_backbone(ckpt, frames=frames)
     if backbone.media != data.media:
+        hint = " (--frames runs an image backbone on each frame of the videos)" if data.media == "video" else ""
         raise ConfigError(f"checkpoint {ckpt} holds an {backbone.media} backbone ({spec}), but data source "
                           f"{data.source.spec!r} holds {data.media}s; give {backbone.media} data (-c) or a "
-                          f"checkpoint trained on {data.media}s")
+                          f"checkpoint trained on {data.media}s{hint}")
     if spec.in_channels != data.num_channels:
         raise ConfigError(f"checkpoint {ckpt} holds a backbone of {spec.in_channels} input channel(s), but data "
                           f"source {data.source.spec!r} has {data.num_channels}; give data like the pretraining's")
@@ -106,6 +107,11 @@ def _common(parser: argparse.ArgumentParser, data: bool = True) -> None:
         parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
+def _frames_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--frames", action="store_true", help="video data: run the checkpoint's image backbone on "
+                        "each frame and average (a single-frame baseline, blind to motion)")
+
+
 DEFAULT_K = (10, 20, 100, 200)
 
 
@@ -114,6 +120,7 @@ def knn_main(argv: list[str]) -> None:
     stdout and ``knn.json`` in the run's ``eval/knn-TIME/`` (``<checkpoint>.knn.json`` outside a run folder)."""
     parser = argparse.ArgumentParser(prog="selfsup knn", description=knn_main.__doc__.split(";")[0])
     _common(parser)
+    _frames_flag(parser)
     parser.add_argument("--k", type=int, nargs="+", default=None,
                         help=f"neighbours (default: {' '.join(map(str, DEFAULT_K))}, those up to the bank's size)")
     parser.add_argument("--temperature", type=float, default=0.07)
@@ -134,7 +141,7 @@ def knn_main(argv: list[str]) -> None:
     device = _device(args.device)
     existing_checkpoint(args.ckpt)
     data = load_data(args.config, need_labels=True, what="kNN", label=args.label)
-    backbone, spec = _backbone_for(args.ckpt, data)
+    backbone, spec = _backbone_for(args.ckpt, data, args.frames)
     bank, bank_labels = split_features(backbone.to(device), data, "train", device, progress=True)
     queries, query_labels = split_features(backbone, data, "val", device, progress=True)
     ks = args.k or [k for k in DEFAULT_K if k <= len(bank)] or [len(bank)]
@@ -172,6 +179,7 @@ def plot_main(argv: list[str]) -> None:
     """t-SNE of the val features of a checkpoint's backbone, coloured by label, as a PNG."""
     parser = argparse.ArgumentParser(prog="selfsup plot", description=plot_main.__doc__)
     _common(parser)
+    _frames_flag(parser)
     parser.add_argument("--out", type=Path, default=Path("embedding.png"))
     args = parser.parse_args(argv)
     from selfsup.eval.checkpoint import existing_checkpoint
@@ -181,7 +189,7 @@ def plot_main(argv: list[str]) -> None:
     device = _device(args.device)
     existing_checkpoint(args.ckpt)
     data = load_data(args.config, need_labels=False, what="plot")
-    backbone, spec = _backbone_for(args.ckpt, data)
+    backbone, spec = _backbone_for(args.ckpt, data, args.frames)
     features, labels = split_features(backbone.to(device), data, "val", device, progress=True)
     with writing(args.out):
         out = save_embedding_plot(features, labels, args.out, data.source.label_classes(data.label),

@@ -4,7 +4,7 @@ Every backbone is an ``nn.Module`` with ``num_features``, ``forward(x) -> (B, nu
 ``forward_features(x) -> (B, C, h, w)`` (or ``(B, C, t, h, w)`` for video), the dense map before pooling.
 """
 
-from selfsup.backbones import pixels, resnet, swin, video, vit  # noqa: F401  (register them all)
+from selfsup.backbones import frames, pixels, resnet, swin, video, vit  # noqa: F401  (register them all)
 from selfsup.backbones.base import (
     Backbone,
     available_backbones,

@@ -95,12 +95,21 @@ def backbone_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
 
 
-def load_backbone(path: str | Path) -> tuple[Backbone, BackboneSpec]:
-    """The checkpoint's backbone with its trained weights (in eval mode), and its spec."""
+def per_frame(spec: BackboneSpec, state: dict[str, torch.Tensor]) -> tuple[BackboneSpec, dict[str, torch.Tensor]]:
+    """The ``frames`` backbone that runs the image backbone ``spec`` on each frame of a clip, and its weights."""
+    return (BackboneSpec("frames", {"image": spec.name, "image_args": dict(spec.args)}, spec.in_channels),
+            {f"image.{k}": v for k, v in state.items()})
+
+
+def load_backbone(path: str | Path, frames: bool = False) -> tuple[Backbone, BackboneSpec]:
+    """The checkpoint's backbone with its trained weights (in eval mode), and its spec; with ``frames`` its image
+    backbone applied to each frame of a clip (``per_frame``)."""
     ckpt = load_checkpoint(path)
-    spec = backbone_spec(ckpt, path)
+    spec, state = backbone_spec(ckpt, path), backbone_state(ckpt)
+    if frames:
+        spec, state = per_frame(spec, state)
     backbone = spec.build()
-    backbone.load_state_dict(backbone_state(ckpt))
+    backbone.load_state_dict(state)
     return backbone.eval(), spec
 
 
@@ -108,7 +117,8 @@ def backbone_from(name: str | None, args: dict[str, Any] | None, in_channels: in
                   who: str) -> tuple[Backbone, BackboneSpec]:
     """The backbone of ``who`` (a probe, a fine-tune) and its spec: the architecture of checkpoint ``init_from``
     with its weights, unless ``name``/``args`` (None: the checkpoint's) ask for another one, which is refused.
-    Without ``init_from``, ``name`` randomly initialised, with a warning."""
+    ``name`` ``frames`` with an image checkpoint applies its backbone to each frame (``per_frame``). Without
+    ``init_from``, ``name`` randomly initialised, with a warning."""
     from lightning.pytorch.utilities import rank_zero_warn
 
     if not init_from:
@@ -119,11 +129,13 @@ def backbone_from(name: str | None, args: dict[str, Any] | None, in_channels: in
         spec = BackboneSpec(name, dict(args or {}), in_channels)
         return spec.build(), spec
     ckpt = load_checkpoint(init_from)
-    found = backbone_spec(ckpt, init_from)
+    found, state = backbone_spec(ckpt, init_from), backbone_state(ckpt)
+    if name == "frames" != found.name:
+        found, state = per_frame(found, state)
     spec = BackboneSpec(name or found.name, dict(found.args if args is None else args), in_channels)
     check_same_architecture(found, spec, init_from)
     backbone = spec.build()
-    backbone.load_state_dict(backbone_state(ckpt))
+    backbone.load_state_dict(state)
     return backbone, spec
 
 
