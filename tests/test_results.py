@@ -24,7 +24,7 @@ def test_the_pixels_backbone_is_the_flattened_image() -> None:
 @pytest.mark.slow
 def test_results_runs_the_recipes_and_marks_a_failing_one(tmp_path: Path) -> None:
     recipes = yaml.safe_load((REPO / "experiments/results.yaml").read_text())
-    simclr = recipes["recipes"]["simclr"]  # kNN and the linear probe
+    simclr = {**recipes["recipes"]["simclr"], "seeds": [0, 1]}  # kNN and the linear probe; judged by kNN
     broken = {"name": "Broken", "pretrain": "experiments/simclr/no-such-recipe.yaml", "evaluate": {}}
     spec = tmp_path / "recipes.yaml"
     spec.write_text(yaml.safe_dump({"quick_eval": recipes["quick_eval"],
@@ -40,9 +40,11 @@ def test_results_runs_the_recipes_and_marks_a_failing_one(tmp_path: Path) -> Non
     assert "| Broken (pretraining failed) |" in table and "no-such-recipe.yaml" in table, table
     simclr_row = next(line for line in table.splitlines() if line.startswith("| SimCLR |"))
     knn, linear = ([float(v) for v in simclr_row.split("|")[i].split("/")] for i in (5, 6))
+    assert simclr_row.split("|")[9].strip().endswith("2 seeds)"), simclr_row  # median (range) of seeds 0 and 1
     assert len(knn) == len(linear) == 3 and all(0 < v <= 1 for v in knn + linear)  # pretrained / random / pixels
     assert knn[2] > 0.9  # raw pixels on MNIST-5k: about 0.94
     assert out.with_suffix(".png").stat().st_size > 1000
     rows = json.loads((tmp_path / "w/results.json").read_text())
     assert rows[1]["scores"]["knn"].keys() == rows[1]["scores"]["linear"].keys() == {"pretrained", "random", "pixels"}
+    assert rows[1]["seed_scores"]["0"] == rows[1]["scores"]["knn"]["pretrained"] and "1" in rows[1]["seed_scores"]
     assert "written:" in proc.stdout

@@ -5,6 +5,9 @@ init and the raw pixels, and write one table (``docs/results.md``) and a chart (
     selfsup results --only simclr swav      # some of them
     selfsup results --quick                 # seconds-long smoke runs of the same steps (tests)
 
+A recipe with ``seeds: [0, 1, 2]`` is pretrained once per seed; every evaluation runs on the first seed's backbone,
+and the evaluation it is judged by on every seed's too, so the table gives the median and the spread.
+
 Every step is the real command a user would type (`selfsup fit`, `selfsup knn`), run as a child process with its
 output in ``<work>/<recipe>/<step>.log``; a step that fails marks its cells with the reason and the rest goes on.
 """
@@ -16,6 +19,7 @@ import csv
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -36,7 +40,8 @@ COLUMNS = ("knn", "linear", "finetune", "dense")
 
 @dataclass
 class Row:
-    """One recipe's outcome: pretraining wall time, scores[evaluation][variant], and failures by step."""
+    """One recipe's outcome: pretraining wall time (first seed), scores[evaluation][variant], the judged-by score
+    of each seed's pretrained backbone, and failures by step."""
 
     key: str
     name: str
@@ -44,6 +49,7 @@ class Row:
     backbone: str = ""
     seconds: float | None = None
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    seed_scores: dict[int, float] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
 
 
@@ -111,24 +117,40 @@ def evaluate(kind: str, config: str, ckpt: Path, work: Path, quick: list[str]) -
     raise ConfigError(reason)
 
 
+def pretrain(recipe: dict[str, Any], name: str, work: Path, quick: bool, seed: int | None, say: Any) -> Path:
+    """Pretrain ``recipe`` (with ``seed`` when given) into ``work/name``; its last checkpoint, or ConfigError with
+    the reason."""
+    log = work / f"{name}.log"
+    say(f"{recipe.get('name')}: pretraining ({recipe['pretrain']}"
+        + (f", seed {seed}" if seed is not None else "") + f"), log in {log}")
+    run_dir = work / name
+    reason = run_step(["fit", "-c", recipe["pretrain"], "--run_dir", str(run_dir),
+                       *(["--seed_everything", str(seed)] if seed is not None else []),
+                       *(recipe.get("quick", []) if quick else [])], log)
+    trained = max(run_dir.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime, default=None)
+    if reason is not None or trained is None:
+        raise ConfigError(reason or f"no last.ckpt under {run_dir}")
+    return trained
+
+
 def run_recipe(key: str, recipe: dict[str, Any], work: Path, quick: bool, quick_eval: list[str],
                say: Any) -> Row:
-    """Pretrain one recipe, then evaluate it and its baselines; failures are recorded, never raised."""
+    """Pretrain one recipe (once per seed), then evaluate it and its baselines; failures are recorded, never
+    raised."""
     from selfsup.eval.checkpoint import backbone_spec, load_checkpoint
 
     row = Row(key, recipe.get("name", key), recipe.get("judged_by", "knn"))
     work.mkdir(parents=True, exist_ok=True)
-    say(f"{row.name}: pretraining ({recipe['pretrain']}), log in {work / 'pretrain.log'}")
+    seeds = list(recipe.get("seeds") or [None])
     start = time.perf_counter()
-    pretrain_dir = work / "pretrain"
-    reason = run_step(["fit", "-c", recipe["pretrain"], "--run_dir", str(pretrain_dir),
-                       *(recipe.get("quick", []) if quick else [])], work / "pretrain.log")
-    row.seconds = time.perf_counter() - start
-    trained = max(pretrain_dir.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime, default=None)
-    if reason is not None or trained is None:
-        row.failures["pretrain"] = reason or f"no last.ckpt under {pretrain_dir}"
-        say(f"{row.name}: pretraining failed: {row.failures['pretrain']}")
+    try:
+        trained = pretrain(recipe, "pretrain", work, quick, seeds[0], say)
+    except ConfigError as err:
+        row.failures["pretrain"] = str(err)
+        say(f"{row.name}: pretraining failed: {err}")
         return row
+    finally:
+        row.seconds = time.perf_counter() - start
     checkpoints = {"pretrained": trained, **baseline_checkpoints(trained, recipe.get("pixels"), work)}
     row.backbone = str(backbone_spec(load_checkpoint(trained), trained))
     for kind, config in recipe.get("evaluate", {}).items():
@@ -143,6 +165,19 @@ def run_recipe(key: str, recipe: dict[str, Any], work: Path, quick: bool, quick_
                 continue
             row.scores.setdefault(kind, {})[variant] = score
             say(f"{row.name}: {kind} {variant} {score:.4f}")
+    if seeds[0] is not None and "pretrained" in row.scores.get(row.judged_by, {}):
+        row.seed_scores[seeds[0]] = row.scores[row.judged_by]["pretrained"]
+    for seed in seeds[1:]:
+        try:
+            ckpt = pretrain(recipe, f"pretrain-seed{seed}", work, quick, seed, say)
+            score = evaluate(row.judged_by, recipe["evaluate"][row.judged_by], ckpt, work / f"seed{seed}",
+                             quick_eval if quick else [])
+        except ConfigError as err:
+            row.failures[f"seed {seed}"] = str(err)
+            say(f"{row.name}: seed {seed} failed: {err}")
+            continue
+        row.seed_scores[seed] = score
+        say(f"{row.name}: seed {seed}: {row.judged_by} {score:.4f}")
     return row
 
 
@@ -154,22 +189,31 @@ def cell(row: Row, kind: str) -> str:
     return " / ".join(f"{scores[v]:.3f}" if v in scores else "-" for v in VARIANTS if v in scores or v != "pixels")
 
 
+def seeds_cell(row: Row) -> str:
+    """'median (min-max over N seeds)' of the judged-by score, when the recipe ran several seeds."""
+    if len(row.seed_scores) < 2:
+        return ""
+    values = sorted(row.seed_scores.values())
+    return f"{statistics.median(values):.3f} ({values[0]:.3f}-{values[-1]:.3f}, {len(values)} seeds)"
+
+
 def markdown(rows: list[Row], total_seconds: float, machine: str) -> str:
     """The results page: one table, the chart, failures with their reasons, and how it was made."""
     lines = [
         "Every method's CPU recipe on the built-in data, and the evaluations it is judged by. Each cell is",
         "**pretrained / random init / raw pixels**: the same evaluation of the same architecture before training,",
         "and of the image itself. kNN: top-1, k=20, T=0.07, bank = train; linear: frozen-backbone linear probe,",
-        "val top-1; fine-tune: val top-1; dense: dense-probe mIoU.",
+        "val top-1; fine-tune: val top-1; dense: dense-probe mIoU. Seeds: the judged-by score of the pretrained",
+        "backbone over the recipe's seeds, median (range); the other cells are the first seed's.",
         "",
-        "| method | backbone | judged by | pretraining | kNN | linear | fine-tune | dense |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | backbone | judged by | pretraining | kNN | linear | fine-tune | dense | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         minutes = f"{r.seconds / 60:.1f} min" if r.seconds is not None else ""
         status = " (pretraining failed)" if "pretrain" in r.failures else ""
         lines.append(f"| {r.name}{status} | {r.backbone} | {r.judged_by} | {minutes} | "
-                     + " | ".join(cell(r, k) for k in COLUMNS) + " |")
+                     + " | ".join(cell(r, k) for k in COLUMNS) + f" | {seeds_cell(r)} |")
     failures = [f"- {r.name}, {step}: {reason}" for r in rows for step, reason in r.failures.items()]
     if failures:
         lines += ["", "Failed steps:", "", *failures]
