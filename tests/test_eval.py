@@ -173,3 +173,35 @@ def test_dense_probe_predicts_every_pixel_and_reports_miou(tiny_ckpt):
     batches = DataLoader(_image_batches(2), batch_size=None)
     trainer.fit(probe, train_dataloaders=batches, val_dataloaders=batches)
     assert 0 <= float(trainer.callback_metrics["val/miou"]) <= 1
+
+
+def test_evaluations_feed_a_backbone_the_normalisation_it_was_pretrained_with(tiny_ckpt, tmp_path):
+    """A checkpoint records its views' mean/std; kNN's data, the probes' and fine-tuning's default views apply it,
+    and views that set their own keep theirs (SwAV's MNIST recipe lost 0.03 kNN when `selfsup knn` forgot it)."""
+    from selfsup.data import SSLDataModule
+    from selfsup.data.views import EvalView
+    from selfsup.eval.checkpoint import backbone_spec
+    from selfsup.eval.finetune import FineTune
+    from selfsup.eval_commands import _backbone_for
+
+    norm = ((0.1307,), (0.3081,))
+    ckpt = load_checkpoint(tiny_ckpt)
+    ckpt["eval_transform"] = {"media": "image", "channels": 1, "size": 16, "resize": 16, "mean": [0.1307],
+                              "std": [0.3081]}
+    path = tmp_path / "normalised.ckpt"
+    torch.save(ckpt, path)
+    assert backbone_spec(load_checkpoint(path)).normalization == norm
+    assert backbone_spec(load_checkpoint(tiny_ckpt)).normalization is None  # SimCLR's [0, 1] inputs
+
+    data = SSLDataModule("builtin:mnist5k", num_workers=0)
+    assert data.eval_transform().normalization is None
+    _backbone_for(path, data)
+    assert data.eval_transform().normalization == norm
+    data.views = EvalView(28, normalization=((0.5,), (0.5,)))
+    assert data.eval_transform().normalization == ((0.5,), (0.5,))  # the config's own wins
+
+    probe = LinearProbe(init_from=str(path), in_channels=1, num_classes=10)
+    assert probe.default_views(28).normalization == norm
+    tune = FineTune(init_from=str(path), in_channels=1, num_classes=10, layer_decay=1.0)
+    assert tune.default_views(28).normalization == norm
+    assert LinearProbe(init_from=str(tiny_ckpt), in_channels=1, num_classes=10).default_views(28).normalization is None

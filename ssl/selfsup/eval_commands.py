@@ -84,7 +84,8 @@ def _device(name: str | None) -> torch.device:
 
 def _backbone_for(ckpt: Path, data: SSLDataModule, frames: bool = False) -> tuple[torch.nn.Module, BackboneSpec]:
     """The checkpoint's backbone (with ``frames``, its image backbone run on each frame), refused with one line
-    when it cannot read the data's media (a 2-D backbone and video clips, or the reverse) or channels."""
+    when it cannot read the data's media (a 2-D backbone and video clips, or the reverse) or channels. The data's
+    evaluation images get the backbone's pretraining normalisation (unless its views set one)."""
     from selfsup.eval.checkpoint import load_backbone
 
     backbone, spec = load_backbone(ckpt, frames=frames)
@@ -96,6 +97,7 @@ def _backbone_for(ckpt: Path, data: SSLDataModule, frames: bool = False) -> tupl
     if spec.in_channels != data.num_channels:
         raise ConfigError(f"checkpoint {ckpt} holds a backbone of {spec.in_channels} input channel(s), but data "
                           f"source {data.source.spec!r} has {data.num_channels}; give data like the pretraining's")
+    data.input_normalization = spec.normalization
     return backbone, spec
 
 

@@ -41,7 +41,8 @@ class SSLDataModule(L.LightningDataModule):
 
     ``segments`` (set by a dense probe, not in configs): classes of the segmentation masks, background included;
     when set, every batch carries each sample's ``mask.png`` member as ``"mask"``, and samples without a usable
-    mask are skipped and counted.
+    mask are skipped and counted. ``input_normalization`` (set by `selfsup knn` and the like, not in configs): the
+    mean/std the evaluated backbone was pretrained with, given to evaluation images when the views set none.
 
     Unusable samples are skipped and counted (`selfsup.data.health.DataHealth`), among them those over the caps
     on pixels per image, pixels per video and bytes per tar member (`selfsup.data.limits`: ``SELFSUP_MAX_*``
@@ -78,6 +79,7 @@ class SSLDataModule(L.LightningDataModule):
             raise ConfigError(f"data.augment_on must be 'workers' or 'device', got {augment_on!r}")
         self.augment_on = augment_on
         self.segments = 0
+        self.input_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
         self._eval_loaders: dict[tuple[str, int, int, int], DataLoader] = {}  # reused: their workers persist
 
     @property
@@ -194,7 +196,7 @@ class SSLDataModule(L.LightningDataModule):
 
     def eval_transform(self) -> ViewRecipe:
         """Un-augmented images (or, for videos, ``eval_clips`` clips per video) normalised as training's views."""
-        norm = getattr(self.views, "normalization", None)  # evaluation sees what training saw
+        norm = getattr(self.views, "normalization", None) or self.input_normalization  # what training saw
         if isinstance(self.views, EvalClips):  # un-augmented clips already (a linear probe's or kNN's config)
             return self.views
         if self.media == "video":

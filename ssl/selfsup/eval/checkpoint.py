@@ -17,15 +17,18 @@ import torch
 
 from selfsup.backbones import Backbone, build_backbone
 from selfsup.errors import ConfigError
+from selfsup.eval.transform import KEY as EVAL_TRANSFORM
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What builds a backbone: registry name, keyword arguments, input channels."""
+    """What builds a backbone: registry name, keyword arguments, input channels; and the mean/std its inputs were
+    normalised with in pretraining (None: [0, 1] pixels), which evaluations apply unless their views set one."""
 
     name: str
     args: dict[str, Any] = field(default_factory=dict)
     in_channels: int = 3
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = field(default=None, compare=False)
 
     def build(self) -> Backbone:
         return build_backbone(self.name, in_channels=self.in_channels, **self.args)
@@ -82,11 +85,16 @@ def code_refusal(err: pickle.UnpicklingError, path: str | Path | None = None) ->
 
 
 def backbone_spec(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> BackboneSpec:
-    """The architecture recorded in a checkpoint's hyper-parameters."""
+    """The architecture recorded in a checkpoint's hyper-parameters, and the input normalisation recorded with its
+    evaluation transform."""
     hp = ckpt["hyper_parameters"]
     if "backbone" not in hp:
         raise ConfigError(f"{path} records no backbone in its hyper-parameters; it was not written by selfsup")
-    return BackboneSpec(hp["backbone"], dict(hp.get("backbone_args") or {}), int(hp.get("in_channels", 3)))
+    recorded = ckpt.get(EVAL_TRANSFORM) or {}
+    mean, std = recorded.get("mean"), recorded.get("std")
+    normalization = (tuple(mean), tuple(std)) if mean and std else None
+    return BackboneSpec(hp["backbone"], dict(hp.get("backbone_args") or {}), int(hp.get("in_channels", 3)),
+                        normalization)
 
 
 def backbone_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -97,7 +105,8 @@ def backbone_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def per_frame(spec: BackboneSpec, state: dict[str, torch.Tensor]) -> tuple[BackboneSpec, dict[str, torch.Tensor]]:
     """The ``frames`` backbone that runs the image backbone ``spec`` on each frame of a clip, and its weights."""
-    return (BackboneSpec("frames", {"image": spec.name, "image_args": dict(spec.args)}, spec.in_channels),
+    return (BackboneSpec("frames", {"image": spec.name, "image_args": dict(spec.args)}, spec.in_channels,
+                         spec.normalization),
             {f"image.{k}": v for k, v in state.items()})
 
 
@@ -132,7 +141,8 @@ def backbone_from(name: str | None, args: dict[str, Any] | None, in_channels: in
     found, state = backbone_spec(ckpt, init_from), backbone_state(ckpt)
     if name == "frames" != found.name:
         found, state = per_frame(found, state)
-    spec = BackboneSpec(name or found.name, dict(found.args if args is None else args), in_channels)
+    spec = BackboneSpec(name or found.name, dict(found.args if args is None else args), in_channels,
+                        found.normalization)
     check_same_architecture(found, spec, init_from)
     backbone = spec.build()
     backbone.load_state_dict(state)

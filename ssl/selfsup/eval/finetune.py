@@ -76,14 +76,17 @@ class FineTune(L.LightningModule):
         self.save_hyperparameters()
         self.backbone, spec = backbone_from(backbone, backbone_args, in_channels, init_from, "FineTune")
         self.hparams.update(backbone=spec.name, backbone_args=spec.args)  # what a checkpoint of this records
+        self.input_normalization = spec.normalization  # the pretraining's mean/std, for the default views
         if layer_decay != 1.0 and not hasattr(self.backbone, "layer_id"):
             raise ConfigError(f"model.layer_decay {layer_decay} needs a backbone with transformer blocks (vit_*, "
                               f"swin_*), but {spec.name} has none; set model.layer_decay: 1.0")
         self.head = LinearClassifier(self.backbone.num_features, num_classes)
 
     def default_views(self, size: int) -> ViewRecipe:
-        """Random resized crops and flips (set data.views for a recipe's own, e.g. with its normalisation)."""
-        return CropViews(size)
+        """Random resized crops and flips, normalised as the backbone's pretraining (set data.views for a
+        recipe's own)."""
+        mean, std = self.input_normalization or (None, None)
+        return CropViews(size, mean=mean, std=std)
 
     def setup(self, stage: str) -> None:
         views = getattr(self.trainer.datamodule, "views", None) if self._trainer else None

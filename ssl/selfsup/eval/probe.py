@@ -74,6 +74,7 @@ class FrozenProbe(L.LightningModule):
         self.save_hyperparameters()
         self.backbone, spec = backbone_from(backbone, backbone_args, in_channels, init_from, type(self).__name__)
         self.hparams.update(backbone=spec.name, backbone_args=spec.args)  # what a checkpoint of this records
+        self.input_normalization = spec.normalization  # the pretraining's mean/std, for the default views
         self.backbone.requires_grad_(False)
         self.backbone.eval()
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
@@ -85,8 +86,9 @@ class FrozenProbe(L.LightningModule):
         return self
 
     def default_views(self, size: int) -> ViewRecipe:
-        """Un-augmented training images (set data.views for augmentation, e.g. CropViews)."""
-        return EvalView(size)
+        """Un-augmented training images, normalised as the backbone's pretraining (set data.views for
+        augmentation, e.g. CropViews)."""
+        return EvalView(size, normalization=self.input_normalization)
 
     def setup(self, stage: str) -> None:
         views = getattr(self.trainer.datamodule, "views", None) if self._trainer else None
