@@ -48,3 +48,10 @@ def test_results_runs_the_recipes_and_marks_a_failing_one(tmp_path: Path) -> Non
     assert rows[1]["scores"]["knn"].keys() == rows[1]["scores"]["linear"].keys() == {"pretrained", "random", "pixels"}
     assert rows[1]["seed_scores"]["0"] == rows[1]["scores"]["knn"]["pretrained"] and "1" in rows[1]["seed_scores"]
     assert "written:" in proc.stdout
+
+    # rerun one recipe: the other rows stay, read back from results.json beside the page
+    selfsup("results", "--recipes", str(spec), "--quick", "--only", "broken", "--out", str(out), "--work",
+            str(tmp_path / "w2"), cwd=tmp_path)
+    again = out.read_text()
+    assert simclr_row in again.splitlines() and "| Broken (pretraining failed) |" in again
+    assert [r["key"] for r in json.loads(out.with_suffix(".json").read_text())] == ["broken", "simclr"]

@@ -1,8 +1,9 @@
 """`selfsup results`: run every method's CPU recipe and the evaluations it is judged by, against its random
-init and the raw pixels, and write one table (``docs/results.md``) and a chart (``docs/results.png``).
+init and the raw pixels, and write one table (``docs/results.md``), a chart (``docs/results.png``) and the figures
+(``docs/results.json``, from which ``--only`` keeps the rows it does not rerun).
 
     selfsup results                         # every recipe of experiments/results.yaml (about 40 min on 2 cores)
-    selfsup results --only simclr swav      # some of them
+    selfsup results --only simclr swav      # some of them (the other rows are kept from docs/results.json)
     selfsup results --quick                 # seconds-long smoke runs of the same steps (tests)
 
 A recipe with ``seeds: [0, 1, 2]`` is pretrained once per seed; every evaluation runs on the first seed's backbone,
@@ -40,14 +41,15 @@ COLUMNS = ("knn", "linear", "finetune", "dense")
 
 @dataclass
 class Row:
-    """One recipe's outcome: pretraining wall time (first seed), scores[evaluation][variant], the judged-by score
-    of each seed's pretrained backbone, and failures by step."""
+    """One recipe's outcome: pretraining wall time (first seed), wall time of all its steps, scores[evaluation]
+    [variant], the judged-by score of each seed's pretrained backbone, and failures by step."""
 
     key: str
     name: str
     judged_by: str
     backbone: str = ""
     seconds: float | None = None
+    total_seconds: float = 0.0
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     seed_scores: dict[int, float] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
@@ -79,14 +81,17 @@ def last_metric(run_dir: Path, name: str) -> float:
 
 
 def baseline_checkpoints(trained: Path, pixels: dict[str, Any] | None, out: Path) -> dict[str, Path]:
-    """Checkpoints of the baselines beside ``trained``: the same architecture at a seeded random init, and (if
-    ``pixels`` gives its image size) the identity ``pixels`` backbone; both hold only the backbone and its spec,
-    which is all that `selfsup knn` and the probes' ``init_from`` read."""
+    """Checkpoints of the baselines beside ``trained``: the same architecture at a seeded random init (fed the
+    trained one's normalised inputs), and (if ``pixels`` gives its image size) the identity ``pixels`` backbone
+    (raw pixels); both hold only the backbone and its spec, which is all that `selfsup knn` and the probes'
+    ``init_from`` read."""
     import torch
 
     from selfsup.eval.checkpoint import BackboneSpec, backbone_spec, load_checkpoint
+    from selfsup.eval.transform import KEY
 
-    spec = backbone_spec(load_checkpoint(trained), trained)
+    ckpt = load_checkpoint(trained)
+    spec = backbone_spec(ckpt, trained)
     specs = {"random": spec}
     if pixels:
         specs["pixels"] = BackboneSpec("pixels", dict(pixels), spec.in_channels)
@@ -96,7 +101,8 @@ def baseline_checkpoints(trained: Path, pixels: dict[str, Any] | None, out: Path
         state = {f"backbone.{k}": v for k, v in s.build().state_dict().items()}
         hparams = {"backbone": s.name, "backbone_args": s.args, "in_channels": s.in_channels}
         paths[variant] = out / f"{variant}.ckpt"
-        torch.save({"state_dict": state, "hyper_parameters": hparams}, paths[variant])
+        recorded = {KEY: ckpt[KEY]} if variant == "random" and KEY in ckpt else {}
+        torch.save({"state_dict": state, "hyper_parameters": hparams, **recorded}, paths[variant])
     return paths
 
 
@@ -181,6 +187,17 @@ def run_recipe(key: str, recipe: dict[str, Any], work: Path, quick: bool, quick_
     return row
 
 
+def previous_rows(path: Path) -> dict[str, Row]:
+    """The rows an earlier run wrote to ``path`` (results.json beside the page), by recipe key; none if absent."""
+    if not path.is_file():
+        return {}
+    rows = {}
+    for raw in json.loads(path.read_text()):
+        raw["seed_scores"] = {int(k): v for k, v in raw.get("seed_scores", {}).items()}
+        rows[raw["key"]] = Row(**raw)
+    return rows
+
+
 def cell(row: Row, kind: str) -> str:
     """'pretrained / random / pixels' of one evaluation ('-' for a failed one, no pixels where it does not apply)."""
     scores = row.scores.get(kind)
@@ -197,7 +214,7 @@ def seeds_cell(row: Row) -> str:
     return f"{statistics.median(values):.3f} ({values[0]:.3f}-{values[-1]:.3f}, {len(values)} seeds)"
 
 
-def markdown(rows: list[Row], total_seconds: float, machine: str) -> str:
+def markdown(rows: list[Row], machine: str) -> str:
     """The results page: one table, the chart, failures with their reasons, and how it was made."""
     lines = [
         "Every method's CPU recipe on the built-in data, and the evaluations it is judged by. Each cell is",
@@ -218,7 +235,8 @@ def markdown(rows: list[Row], total_seconds: float, machine: str) -> str:
     if failures:
         lines += ["", "Failed steps:", "", *failures]
     lines += ["", "![results](results.png)", "",
-              f"Made by `make results` (`selfsup results`) in {total_seconds / 60:.0f} min on {machine}."]
+              f"Made by `make results` (`selfsup results`) in {sum(r.total_seconds for r in rows) / 60:.0f} min "
+              f"(pretraining and evaluations of every row) on {machine}."]
     return "\n".join(lines) + "\n"
 
 
@@ -286,10 +304,18 @@ def main(argv: list[str]) -> None:
     def say(message: str) -> None:
         print(f"[{time.perf_counter() - start:7.0f} s] {message}", flush=True)
 
-    rows = [run_recipe(k, recipes[k], work / k, args.quick, list(spec.get("quick_eval", [])), say) for k in keys]
+    kept = previous_rows(args.out.with_suffix(".json")) if args.only else {}
+    done = {}
+    for k in keys:
+        began = time.perf_counter()
+        done[k] = run_recipe(k, recipes[k], work / k, args.quick, list(spec.get("quick_eval", [])), say)
+        done[k].total_seconds = time.perf_counter() - began
+    rows = [done.get(k) or kept[k] for k in recipes if k in done or k in kept]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     chart(rows, args.out.with_suffix(".png"))
-    write_table(args.out, markdown(rows, time.perf_counter() - start, machine_line()))
-    (work / "results.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1) + "\n")
+    write_table(args.out, markdown(rows, machine_line()))
+    figures = json.dumps([r.__dict__ for r in rows], indent=1) + "\n"
+    (work / "results.json").write_text(figures)
+    args.out.with_suffix(".json").write_text(figures)
     print(args.out.read_text())
-    print(f"written: {args.out}, {args.out.with_suffix('.png')}, {work / 'results.json'}")
+    print(f"written: {args.out}, {args.out.with_suffix('.png')}, {args.out.with_suffix('.json')} (the figures)")
