@@ -205,3 +205,23 @@ def test_evaluations_feed_a_backbone_the_normalisation_it_was_pretrained_with(ti
     tune = FineTune(init_from=str(path), in_channels=1, num_classes=10, layer_decay=1.0)
     assert tune.default_views(28).normalization == norm
     assert LinearProbe(init_from=str(tiny_ckpt), in_channels=1, num_classes=10).default_views(28).normalization is None
+
+
+def test_a_block_probe_reads_the_pooled_map_of_that_block_and_adds_no_state(tiny_ckpt):
+    from selfsup.eval.blocks import BlockFeatures
+
+    probe = LinearProbe(init_from=str(tiny_ckpt), in_channels=1, num_classes=3, block=2, block_grid=2)
+    assert probe.features.num_features == 32 * 2 * 2  # stage 2 of a width-16 ResNet-18: 32 channels
+    pooled = LinearProbe(init_from=str(tiny_ckpt), in_channels=1, num_classes=3)
+    assert probe.state_dict().keys() == pooled.state_dict().keys()  # the backbone once, and the head
+    x = torch.rand(2, 1, 16, 16)
+    b = probe.backbone
+    with torch.no_grad():
+        expected = b.layer2(b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(x))))))
+        assert torch.allclose(probe.features(x), torch.nn.functional.adaptive_avg_pool2d(expected, 2).flatten(1))
+    assert probe(x).shape == (2, 3)
+    _trainer(2).fit(probe, train_dataloaders=DataLoader(_image_batches(2), batch_size=None))
+    with pytest.raises(ConfigError, match="model.block must be 0 .the stem. to 4"):
+        BlockFeatures(b, 5)
+    with pytest.raises(ConfigError, match="model.block needs a ResNet backbone"):
+        BlockFeatures(build_backbone("vit_tiny", in_channels=1, image_size=16, patch_size=4), 1)

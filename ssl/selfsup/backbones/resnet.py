@@ -88,9 +88,15 @@ class ResNet(Backbone):
                 if isinstance(m, (BasicBlock, Bottleneck)) and last_bn is not None:
                     nn.init.zeros_(last_bn.weight)
 
+    def stages(self) -> list[nn.Module]:
+        """The stem and the four stages in order (block 0 to 4); applied in turn they are ``forward_features``."""
+        return [nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool),
+                self.layer1, self.layer2, self.layer3, self.layer4]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for stage in self.stages():
+            x = stage(x)
+        return x
 
 
 def _family(name: str, depth: int, **fixed) -> None:

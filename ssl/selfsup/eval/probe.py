@@ -20,6 +20,7 @@ from selfsup.backbones import pooled_features
 from selfsup.data.clips import EvalClips
 from selfsup.data.views import EvalView, ViewRecipe
 from selfsup.errors import ConfigError
+from selfsup.eval.blocks import BlockFeatures
 from selfsup.eval.checkpoint import backbone_from
 from selfsup.eval.features import split_features
 from selfsup.eval.knn import topk_accuracy
@@ -136,12 +137,16 @@ class LinearProbe(FrozenProbe):
         feature_bn: standardise the features with a BatchNorm without scale and shift before the linear layer
             (as MAE's and MoCo v3's linear probes; still linear at test time). Makes the probe insensitive to
             the features' scale; the SimCLR paper's recipe has none.
+        block, block_grid: probe the map of an inner block instead (a ResNet: 0 the stem, 1-4 its stages),
+            average-pooled to block_grid x block_grid (`selfsup.eval.blocks`); None: the pooled last map.
         **kwargs: the options of ``FrozenProbe``.
     """
 
-    def __init__(self, cache_features: bool = False, feature_bn: bool = False, **kwargs: Any) -> None:
+    def __init__(self, cache_features: bool = False, feature_bn: bool = False, block: int | None = None,
+                 block_grid: int = 4, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        width = self.backbone.num_features
+        self._block = None if block is None else BlockFeatures(self.backbone, block, block_grid)
+        width = self.features.num_features
         classifier = LinearClassifier(width, self.hparams.num_classes)
         self.head = nn.Sequential(nn.BatchNorm1d(width, affine=False), classifier) if feature_bn else classifier
         self.cache_features = cache_features
@@ -154,13 +159,18 @@ class LinearProbe(FrozenProbe):
             raise ConfigError(f"model.cache_features needs un-augmented training images, but data.views is "
                               f"{type(views).__name__}; drop data.views or set cache_features: false")
 
+    @property
+    def features(self) -> nn.Module:
+        """What the head reads: the backbone's pooled features, or those of the probed block."""
+        return self.backbone if self._block is None else self._block
+
     def cached_train_dataloader(self) -> DataLoader | None:
         """With ``cache_features``: batches of the training images' features, embedded once (the data module
         asks for this before it streams images)."""
         if not self.cache_features:
             return None
         data = self.trainer.datamodule
-        features, labels = split_features(self.backbone, data, "train", self.device, progress=True)
+        features, labels = split_features(self.features, data, "train", self.device, progress=True)
         keep = labels >= 0
         rank_zero_info(f"cached {int(keep.sum())} training features of width {features.shape[1]}")
         batches = _FeatureBatches(features[keep], labels[keep], data.batch_size, self.global_rank,
@@ -170,7 +180,7 @@ class LinearProbe(FrozenProbe):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits of images."""
         with torch.no_grad():
-            features = pooled_features(self.backbone, images)
+            features = pooled_features(self.features, images)
         return self.head(features)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
