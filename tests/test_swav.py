@@ -320,6 +320,17 @@ def test_prototypes_get_no_gradient_while_frozen():
 
 
 # ---- collapse diagnostics -----------------------------------------------------------------------------------
+def test_loss_minus_ln_k_is_not_reported_while_the_prototypes_are_frozen():
+    """Frozen random prototypes make every prediction nearly uniform (the recipe's first epoch: loss - ln K =
+    0.008): reporting it then made the collapse monitor warn on healthy runs."""
+    model = attach_fake_trainer(SwAV(num_prototypes=7, freeze_prototypes_iters=2, **TINY), global_step=1)
+    scores, loss = torch.rand(4, 7), torch.tensor(math.log(7))
+    assert set(model._prototype_use(scores, loss)) == {"train/prototypes_used"}
+    model.trainer.global_step = 2
+    logs = model._prototype_use(scores, loss)
+    assert logs["train/loss_minus_lnK"].item() == pytest.approx(0.0) and logs["train/prototypes_used"].item() >= 1
+
+
 def test_health_logs_read_one_for_collapsed_embeddings_and_agreeing_codes():
     model = SwAV(num_prototypes=5, **TINY)
     same = F.normalize(torch.ones(6, 128), dim=1)

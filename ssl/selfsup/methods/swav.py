@@ -113,9 +113,13 @@ class SwAV(SSLMethod):
 
     def _prototype_use(self, scores: torch.Tensor, loss: torch.Tensor) -> dict[str, torch.Tensor]:
         """How many prototypes are the nearest of at least one image of the batch (first crop), and the loss
-        minus ln K: 0 when every prediction is uniform over the K prototypes, the collapsed state."""
+        minus ln K: 0 when every prediction is uniform over the K prototypes, the collapsed state. Not while the
+        prototypes are frozen: their random directions make every prediction nearly uniform by design, and the
+        collapse monitor would take a healthy first epoch for a collapse."""
         k = scores.shape[1]
         used = torch.zeros(k, dtype=torch.bool, device=scores.device).index_fill_(0, scores.argmax(1), True)
+        if self.global_step < self.hparams.freeze_prototypes_iters:
+            return {"train/prototypes_used": used.sum().float()}
         return {"train/prototypes_used": used.sum().float(), "train/loss_minus_lnK": loss - math.log(k)}
 
     def _queue_full(self) -> bool:
