@@ -2,7 +2,7 @@
 init and the raw pixels, and write one table (``docs/results.md``), a chart (``docs/results.png``) and the figures
 (``docs/results.json``, from which ``--only`` keeps the rows it does not rerun).
 
-    selfsup results                         # every recipe of experiments/results.yaml (about 40 min on 2 cores)
+    selfsup results                         # every recipe of experiments/results.yaml (about an hour on 2 cores)
     selfsup results --only simclr swav      # some of them (the other rows are kept from docs/results.json)
     selfsup results --quick                 # seconds-long smoke runs of the same steps (tests)
 
