@@ -255,18 +255,20 @@ def write_table(out: Path, table: str) -> None:
 
 
 def chart(rows: list[Row], out: Path) -> None:
-    """Grouped bars per method (pretrained, random init, raw pixels) for kNN and the linear probe."""
+    """Grouped bars per method (pretrained, random init, raw pixels) for kNN and the linear probe, for the rows
+    that have them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    rows = [r for r in rows if r.scores.get("knn") or r.scores.get("linear")]  # not the dense-only rows
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, kind in zip(axes, ("knn", "linear")):
         for i, variant in enumerate(VARIANTS):
             values = [r.scores.get(kind, {}).get(variant, 0.0) for r in rows]
             ax.bar([x + (i - 1) * 0.27 for x in range(len(rows))], values, width=0.27, label=variant)
-        ax.set_xticks(range(len(rows)), [r.name for r in rows])
+        ax.set_xticks(range(len(rows)), [r.name for r in rows], rotation=30, ha="right")
         ax.set_title({"knn": "kNN top-1 (k=20)", "linear": "linear probe top-1"}[kind])
         ax.set_ylim(0, 1)
     axes[0].legend(loc="lower left")
