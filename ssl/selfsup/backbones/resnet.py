@@ -89,14 +89,14 @@ class ResNet(Backbone):
                     nn.init.zeros_(last_bn.weight)
 
     def stages(self) -> list[nn.Module]:
-        """The stem and the four stages in order (block 0 to 4); applied in turn they are ``forward_features``."""
+        """The stem and the four stages in order (block 0 to 4), for probes of an inner block; applied in turn
+        they are ``forward_features`` (which calls the layers directly: no containers built on every step)."""
         return [nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool),
                 self.layer1, self.layer2, self.layer3, self.layer4]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages():
-            x = stage(x)
-        return x
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
 def _family(name: str, depth: int, **fixed) -> None:

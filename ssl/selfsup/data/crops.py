@@ -140,8 +140,7 @@ def crop_resize(pixels: np.ndarray, box: Sequence[int], size: int, flip: bool
     mirrored if ``flip``, and the box it covers (at least one pixel, inside the image).
 
     Bicubic when the crop shrinks by at most 2x (as a JPEG draft decode leaves it) or grows, as torchvision's
-    per-image crop: bilinear blurs an enlarged crop, and on 28 px digits that alone cost SwAV 0.06 kNN
-    (docs/methods/swav.md). Pixel-area averaging (antialiased) when it shrinks by more."""
+    per-image crop and SimCLR's; pixel-area averaging (antialiased) when it shrinks by more."""
     height, width = pixels.shape[:2]
     x0, y0 = min(box[0], width - 1), min(box[1], height - 1)
     x1, y1 = min(max(box[2], x0 + 1), width), min(max(box[3], y0 + 1), height)
