@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv with selfsup, faiss-cpu, PyAV, the test and docs tools, at the pinned versions
 
-demo: $(STAMP)  ## pretrain SimCLR on built-in MNIST-5k (CPU, ~3 min), then print its kNN and linear-probe accuracy
+demo: $(STAMP)  ## pretrain SimCLR on built-in MNIST-5k (CPU, ~5 min), then print its kNN and linear-probe accuracy
 	$(BIN)/selfsup fit -c experiments/simclr/mnist5k.yaml
 	ckpt=$$(ls -td runs/simclr-mnist5k/version_*/checkpoints/last.ckpt | head -1) && \
 	$(BIN)/selfsup knn --ckpt $$ckpt -c experiments/eval/mnist5k.yaml --k 20 200 && \
