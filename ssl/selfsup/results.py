@@ -271,8 +271,8 @@ def chart(rows: list[Row], out: Path) -> None:
         ax.set_xticks(range(len(rows)), [r.name for r in rows], rotation=30, ha="right")
         ax.set_title({"knn": "kNN top-1 (k=20)", "linear": "linear probe top-1"}[kind])
         ax.set_ylim(0, 1)
-    axes[0].legend(loc="lower left")
-    fig.tight_layout()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(VARIANTS), frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))  # the legend below the bars, never over them
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
