@@ -117,6 +117,11 @@ class SelfsupCLI(LightningCLI):
             "trainer.log_every_n_steps": 10,
         })
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse ``args``: the command line after selfsup rewrote it (recipe names to configs), so without
+        Lightning's warning that ``args`` and ``sys.argv`` were both given, which every run printed first."""
+        self.config = parser.parse_args(args)
+
     def _parse_ckpt_path(self) -> None:
         """Refuse a remote ``ckpt_path``. Unlike LightningCLI, do not merge the checkpoint's hyper-parameters into
         the config: the command line and config decide the model (checked against the checkpoint after
