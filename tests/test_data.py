@@ -1,19 +1,23 @@
 """Built-in MNIST-5k shards and the streaming reader: counts, exactly-once evaluation, equal epochs."""
 
+import io
 import json
 import os
 import socket
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from selfsup.data import SSLDataModule
+from selfsup.data.limits import Limits
 from selfsup.data.manifest import Manifest
-from selfsup.data.members import decode_sample
+from selfsup.data.members import BadSample, decode_image, decode_sample
 from selfsup.data.shards import encode_png, write_shard_set
 from selfsup.data.sources import Source
 from selfsup.data.stream import ShardStream
@@ -95,6 +99,55 @@ def test_png_round_trip_is_pixel_exact(channels):
     sample = {"__key__": "x", "png": encode_png(image), "cls": b"3", "pyd": b"not unpickled"}
     decoded = decode_sample(sample, channels, num_classes=10)
     assert torch.equal(decoded["image"], image) and decoded["label"] == 3
+
+
+def _png(array: np.ndarray, mode: str | None, convert: str | None = None, **save) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    image = Image.fromarray(array, mode)
+    (image.convert(convert) if convert else image).save(buffer, "PNG", **save)
+    return buffer.getvalue()
+
+
+def _with_chunk(png: bytes, kind: bytes, body: bytes) -> bytes:
+    """``png`` with one more chunk right after its header chunk (signature 8 bytes + IHDR 25)."""
+    chunk = len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+    return png[:33] + chunk + png[33:]
+
+
+_rng = np.random.default_rng(0)
+_GRAY, _RGB = _rng.integers(0, 256, (13, 11), np.uint8), _rng.integers(0, 256, (13, 11, 3), np.uint8)
+PNG_KINDS = {  # OpenCV decodes the plain 8-bit ones (channels as wanted), Pillow the rest: the same pixels
+    "gray": _png(_GRAY, "L"), "rgb": _png(_RGB, "RGB"),
+    "gamma": _with_chunk(_png(_RGB, "RGB"), b"gAMA", (45455).to_bytes(4, "big")),
+    "gray-key": _png(_GRAY, "L", transparency=7), "rgb-key": _png(_RGB, "RGB", transparency=(1, 2, 3)),
+    "gray-alpha": _png(_RGB, "RGB", "LA"), "rgba": _png(_RGB, "RGB", "RGBA"), "palette": _png(_RGB, "RGB", "P"),
+    "gray16": _png(_GRAY.astype(np.uint16) * 257, None),
+}
+OPENCV_DECODES = {("gray", 1), ("rgb", 3), ("gamma", 3), ("gray-key", 1), ("rgb-key", 3)}
+
+
+@pytest.mark.parametrize("kind", PNG_KINDS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_png_decoders_agree_with_pillow(kind, channels):
+    from PIL import Image
+
+    from selfsup.data.members import _plain_png, image_pixels
+
+    data = PNG_KINDS[kind]
+    assert (_plain_png(data, channels, Limits()) is not None) == ((kind, channels) in OPENCV_DECODES)
+    with Image.open(io.BytesIO(data)) as image:
+        expected = torch.from_numpy(image_pixels(image, channels).copy()).permute(2, 0, 1)
+    assert torch.equal(decode_image(data, channels), expected)
+
+
+def test_broken_or_oversized_png_is_a_bad_sample():
+    data = PNG_KINDS["gray"]
+    with pytest.raises(BadSample, match="unreadable image"):
+        decode_image(data[: len(data) // 2], 1)
+    with pytest.raises(BadSample, match="pixels is over"):
+        decode_image(data, 1, Limits(max_pixels=100))
 
 
 def test_mnist5k_train_and_val_are_disjoint(mnist5k):

@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import struct
 import warnings
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -105,9 +107,33 @@ def _to_8bit(values: np.ndarray) -> np.ndarray:
 def decode_image(data: bytes, channels: int, limits: Limits | None = None) -> torch.Tensor:
     """uint8 (C, H, W) pixels of encoded image bytes, converted to 1 (grayscale) or 3 (RGB) channels; BadSample
     if they do not decode or are over the pixel cap (see `open_image` and `image_pixels`)."""
-    with open_image(data, limits) as image:
-        pixels = image_pixels(image, channels)
+    pixels = _plain_png(data, channels, limits or Limits.from_env())
+    if pixels is None:
+        with open_image(data, limits) as image:
+            pixels = image_pixels(image, channels)
     return torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy()).permute(2, 0, 1)
+
+
+_PNG_HEAD = struct.Struct(">8sI4sIIBB")  # signature, IHDR length and type, width, height, bit depth, colour type
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_PLAIN = {(1, 0): cv2.IMREAD_GRAYSCALE, (3, 2): cv2.IMREAD_COLOR_RGB}  # (channels, colour type) -> flag
+
+
+def _plain_png(data: bytes, channels: int, limits: Limits) -> np.ndarray | None:
+    """(H, W, C) pixels of an 8-bit PNG already in the wanted channels (grayscale, or RGB without alpha), decoded
+    by OpenCV: about 4x faster than Pillow on small images, with the same pixels. None for anything else (other
+    formats, depths, palettes, alpha, a conversion, an image over the pixel cap, bytes OpenCV cannot decode):
+    Pillow then decodes it, or says why it cannot."""
+    if len(data) < _PNG_HEAD.size:
+        return None
+    signature, _, chunk, width, height, depth, colour = _PNG_HEAD.unpack_from(data)
+    flag = _PNG_PLAIN.get((channels, colour))
+    if (signature, chunk, depth) != (_PNG_SIGNATURE, b"IHDR", 8) or flag is None or width * height > limits.max_pixels:
+        return None
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if pixels is None or pixels.shape[:2] != (height, width) or pixels.size != height * width * channels:
+        return None
+    return pixels.reshape(height, width, channels)
 
 
 def decode_video(data: bytes, channels: int, max_frames: int | None = None, limits: Limits | None = None
