@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from selfsup.backbones import build_backbone
 from selfsup.errors import ConfigError
 from selfsup.eval.checkpoint import load_backbone, load_checkpoint
-from selfsup.eval.dense import DenseProbe, class_ious, confusion_matrix, digit_masks, mean_iou
+from selfsup.eval.dense import DenseFineTune, DenseProbe, class_ious, confusion_matrix, digit_masks, mean_iou
 from selfsup.eval.export import export_backbone
 from selfsup.eval.probe import LinearProbe, _FeatureBatches
 from selfsup.methods import SimCLR
@@ -173,6 +173,34 @@ def test_dense_probe_predicts_every_pixel_and_reports_miou(tiny_ckpt):
     batches = DataLoader(_image_batches(2), batch_size=None)
     trainer.fit(probe, train_dataloaders=batches, val_dataloaders=batches)
     assert 0 <= float(trainer.callback_metrics["val/miou"]) <= 1
+
+
+def test_dense_fine_tuning_trains_the_backbone_at_its_share_of_the_lr(tiny_ckpt):
+    args = {"init_from": str(tiny_ckpt), "backbone": "resnet18", "backbone_args": {"width": 16, "cifar_stem": True},
+            "in_channels": 1, "num_classes": 0, "segments": 3, "batch_size": 8, "feature_bn": True}
+    g = torch.Generator().manual_seed(2)
+    batches = [{"image": torch.rand(8, 1, 16, 16, generator=g), "label": torch.full((8,), -1),
+                "mask": torch.randint(0, 3, (8, 16, 16), generator=g)} for _ in range(2)]
+    changed = {}
+    for cls in (DenseProbe, DenseFineTune):
+        model = cls(**args)
+        before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+        trainer = _trainer(2)
+        trainer.fit(model, train_dataloaders=DataLoader(batches, batch_size=None),
+                    val_dataloaders=DataLoader(batches, batch_size=None))
+        changed[cls] = [k for k, v in model.backbone.state_dict().items() if not torch.equal(v, before[k])]
+        assert 0 <= float(trainer.callback_metrics["val/miou"]) <= 1
+    assert changed[DenseProbe] == []  # frozen: weights and BN statistics as loaded
+    assert any(k.endswith("weight") for k in changed[DenseFineTune])
+    assert any(k.endswith("running_mean") for k in changed[DenseFineTune])  # the backbone's BN trains too
+    head = {id(p) for p in model.head.parameters()}
+    groups = trainer.optimizers[0].param_groups
+    head_lrs = {g["initial_lr"] for g in groups if id(g["params"][0]) in head}
+    backbone_lrs = {g["initial_lr"] for g in groups if id(g["params"][0]) not in head}
+    assert len(head_lrs) == len(backbone_lrs) == 1  # default backbone_lr_scale 0.1
+    assert backbone_lrs.pop() == pytest.approx(0.1 * head_lrs.pop())
+    with pytest.raises(ConfigError, match="cache_features"):
+        DenseFineTune(cache_features=True, **args)
 
 
 def test_evaluations_feed_a_backbone_the_normalisation_it_was_pretrained_with(tiny_ckpt, tmp_path):

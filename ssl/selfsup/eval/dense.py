@@ -1,4 +1,5 @@
-"""Dense probe: a per-pixel linear classifier (1x1 conv) on a frozen feature map, scored by mIoU and per-class IoU.
+"""Dense probe: a per-pixel linear classifier (1x1 conv) on a frozen feature map, scored by mIoU and per-class IoU;
+``DenseFineTune``: the same head with the backbone trained too.
 
 Targets are the data's segmentation masks (the ``mask.png`` member: 0 background, ``c + 1`` for class ``c``, 255
 ignored), e.g. ``builtin:mnist-scenes``; or, with ``threshold`` set, built on the fly from labelled single digits
@@ -21,6 +22,7 @@ from selfsup.data.members import IGNORE
 from selfsup.data.views import EvalView
 from selfsup.errors import ConfigError
 from selfsup.eval.probe import FrozenProbe, _FeatureBatches
+from selfsup.optim import split_decay
 
 
 def digit_masks(images: torch.Tensor, labels: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -78,6 +80,8 @@ class DenseProbe(FrozenProbe):
         if cache_features and threshold is not None:
             raise ConfigError("model.cache_features needs mask targets; drop model.threshold or cache_features")
         super().__init__(**kwargs)
+        if segments is not None:  # a subclass's frame holds the num_classes it was given, which the hparams took
+            self.hparams.num_classes = segments - 1
         self.threshold, self.cache_features = threshold, cache_features
         self.num_segments = self.hparams.num_classes + 1
         width = self.backbone.num_features
@@ -167,3 +171,35 @@ class DenseProbe(FrozenProbe):
         ious = {f"val/iou_{name}": iou for name, iou in zip(self.segment_names(), class_ious(confusion).tolist())
                 if iou == iou}  # NaN: a class in neither target nor prediction
         self.log_dict({"val/miou": mean_iou(confusion), "val/pixel_acc": pixel_acc, **ious})
+
+
+class DenseFineTune(DenseProbe):
+    """The dense probe's head and scores with the backbone trained too (its BN in train mode), at
+    ``backbone_lr_scale`` x the head's lr: the fine-tuned protocol by which dense methods such as PixPro are
+    judged (segmentation, detection), where the frozen probe asks what a linear read-out of the map already holds.
+
+    Args:
+        backbone_lr_scale: the backbone's lr as a fraction of the head's.
+        **kwargs: the options of ``DenseProbe`` (``cache_features`` excepted: the maps change as it trains).
+    """
+
+    def __init__(self, backbone_lr_scale: float = 0.1, **kwargs: Any) -> None:
+        if kwargs.get("cache_features"):
+            raise ConfigError("model.cache_features caches a frozen backbone's maps, but DenseFineTune trains the "
+                              "backbone; set cache_features: false")
+        super().__init__(**kwargs)
+        self.backbone.requires_grad_(True)
+        self.backbone.train()
+
+    def train(self, mode: bool = True) -> DenseFineTune:
+        """Train mode for the backbone too."""
+        nn.Module.train(self, mode)
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self._upsampled(self.head(self.feature_map(images)), images.shape[-2:])
+
+    def parameter_groups(self) -> list[dict]:
+        """The head at the lr, the backbone at ``backbone_lr_scale`` x the lr."""
+        backbone = split_decay(self.backbone.named_parameters(), self.hparams.weight_decay)
+        return [*super().parameter_groups(), *({**g, "lr_scale": self.hparams.backbone_lr_scale} for g in backbone)]

@@ -28,6 +28,7 @@ from selfsup.heads import LinearClassifier
 from selfsup.optim import (
     LRScaling,
     OptimizerName,
+    apply_lr_scale,
     build_optimizer,
     global_batch_size,
     scaled_lr,
@@ -97,11 +98,16 @@ class FrozenProbe(L.LightningModule):
             raise ConfigError(f"{type(self).__name__} trains on single images, but data.views makes "
                               f"{views.kind!r} views; use EvalView or CropViews")
 
+    def parameter_groups(self) -> list[dict]:
+        """What the optimizer trains: the head (a group's ``lr_scale`` multiplies the lr)."""
+        return split_decay(self.head.named_parameters(), self.hparams.weight_decay)
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         lr = scaled_lr(hp.lr, global_batch_size(hp.batch_size, self.trainer), hp.lr_scaling)
-        groups = split_decay(self.head.named_parameters(), hp.weight_decay)
-        opt = build_optimizer(hp.optimizer, groups, lr, hp.momentum, hp.weight_decay, nesterov=hp.nesterov)
+        opt = build_optimizer(hp.optimizer, self.parameter_groups(), lr, hp.momentum, hp.weight_decay,
+                              nesterov=hp.nesterov)
+        apply_lr_scale(opt)
         return {"optimizer": opt, "lr_scheduler": warmup_cosine_scheduler(opt, self.trainer, hp.warmup_epochs)}
 
 
