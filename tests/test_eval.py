@@ -150,16 +150,19 @@ def test_ignored_pixels_leave_the_confusion_and_ious_are_per_class():
 
 def test_dense_probe_learns_from_mask_members_and_logs_per_class_iou(tiny_ckpt):
     probe = DenseProbe(init_from=str(tiny_ckpt), backbone="resnet18", backbone_args={"width": 16, "cifar_stem": True},
-                       in_channels=1, num_classes=0, segments=3, batch_size=8, feature_bn=True)  # no image labels
+                       in_channels=1, num_classes=0, segments=3, batch_size=8, feature_bn=True,  # no image labels
+                       cell_neighbours=True)
     g = torch.Generator().manual_seed(2)
     batches = [{"image": torch.rand(8, 1, 16, 16, generator=g), "label": torch.full((8,), -1),
-                "mask": torch.randint(0, 3, (8, 16, 16), generator=g)} for _ in range(2)]
+                "mask": torch.randint(0, 3, (8, 2, 2), generator=g).repeat_interleave(8, 1).repeat_interleave(8, 2)}
+               for _ in range(2)]  # one label per 8 x 8 cell of the stride-8 map
     batches[0]["mask"][:, 0] = 255  # ignored pixels
     trainer = _trainer(2)
     trainer.fit(probe, train_dataloaders=DataLoader(batches, batch_size=None),
                 val_dataloaders=DataLoader(batches, batch_size=None))
     metrics = trainer.callback_metrics
-    assert probe.num_segments == 3 and {"val/iou_bg", "val/miou"} <= set(metrics)
+    assert probe.num_segments == 3 and {"val/iou_bg", "val/miou", "val/cells_same_class"} <= set(metrics)
+    assert 0 <= float(metrics["val/cells_same_place"]) <= 1 and float(metrics["val/cells_rankme"]) >= 1
     assert not probe.head[0].affine and probe.head[0].running_mean.abs().sum() > 0  # standardised maps
     assert all(0 <= float(metrics[k]) <= 1 for k in metrics if k.startswith("val/iou"))
 

@@ -35,8 +35,9 @@ from selfsup.recipes import recipe_path
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this selfsup, first on the children's path
 VARIANTS = ("pretrained", "random", "pixels")  # the backbones each evaluation runs on
-METRICS = {"linear": "val/top1", "block": "val/top1", "finetune": "val/top1", "dense": "val/miou"}  # fit-based
-COLUMNS = ("knn", "linear", "block", "finetune", "dense")
+METRICS = {"linear": "val/top1", "block": "val/top1", "finetune": "val/top1", "dense": "val/miou",
+           "dense_finetune": "val/miou"}  # the fit-based evaluations
+COLUMNS = ("knn", "linear", "block", "finetune", "dense", "dense_finetune")
 
 
 @dataclass
@@ -221,11 +222,13 @@ def markdown(rows: list[Row], machine: str) -> str:
         "**pretrained / random init / raw pixels**: the same evaluation of the same architecture before training,",
         "and of the image itself. kNN: top-1, k=20, T=0.07, bank = train; linear: frozen-backbone linear probe,",
         "val top-1; block: the linear probe of an inner block's map (RotNet's measure); fine-tune: val top-1;",
-        "dense: dense-probe mIoU. Seeds: the judged-by score of the pretrained",
-        "backbone over the recipe's seeds, median (range); the other cells are the first seed's.",
+        "dense: dense-probe mIoU; dense fine-tune: its mIoU with the backbone trained too. Seeds: the judged-by",
+        "score of the pretrained backbone over the recipe's seeds, median (range); the other cells are the first",
+        "seed's.",
         "",
-        "| method | backbone | judged by | pretraining | kNN | linear | block | fine-tune | dense | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | backbone | judged by | pretraining | kNN | linear | block | fine-tune | dense | dense fine-tune "
+        "| seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         minutes = f"{r.seconds / 60:.1f} min" if r.seconds is not None else ""

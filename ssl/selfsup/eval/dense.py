@@ -21,8 +21,11 @@ from torch.utils.data import DataLoader
 from selfsup.data.members import IGNORE
 from selfsup.data.views import EvalView
 from selfsup.errors import ConfigError
+from selfsup.eval.cells import cell_neighbours
 from selfsup.eval.probe import FrozenProbe, _FeatureBatches
 from selfsup.optim import split_decay
+
+CELL_LIMIT = 65536  # val cells kept for ``cell_neighbours`` per rank (64 x 64 maps of 16 images, 8 x 8 of 1,024)
 
 
 def digit_masks(images: torch.Tensor, labels: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -68,11 +71,14 @@ class DenseProbe(FrozenProbe):
         cache_features: embed the training images once and train the head on their cached maps (masks only).
         feature_bn: standardise the map with a BatchNorm without scale and shift before the 1x1 conv (as the
             linear probe's option; still linear at test time): one lr for every backbone, whatever its scale.
+        cell_neighbours: also log what the map's cells share with their nearest cells in other val images
+            (``val/cells_same_class``, ``val/cells_same_place``, ``val/cells_rankme``: ``selfsup.eval.cells``),
+            from this rank's first ``CELL_LIMIT`` val cells.
         **kwargs: the options of ``FrozenProbe`` (checkpoint, architecture, optimizer).
     """
 
     def __init__(self, threshold: float | None = None, segments: int | None = None, cache_features: bool = False,
-                 feature_bn: bool = False, **kwargs: Any) -> None:
+                 feature_bn: bool = False, cell_neighbours: bool = False, **kwargs: Any) -> None:
         if segments is not None:
             if segments < 2:
                 raise ConfigError(f"model.segments must be at least 2 (background and one class), got {segments}")
@@ -88,6 +94,7 @@ class DenseProbe(FrozenProbe):
         conv = nn.Conv2d(width, self.num_segments, kernel_size=1)
         self.head = nn.Sequential(nn.BatchNorm2d(width, affine=False), conv) if feature_bn else conv
         self._confusion: torch.Tensor | None = None
+        self.cell_neighbours, self._cells = cell_neighbours, []
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -154,10 +161,15 @@ class DenseProbe(FrozenProbe):
 
     def on_validation_epoch_start(self) -> None:
         self._confusion = torch.zeros(self.num_segments, self.num_segments, dtype=torch.long, device=self.device)
+        self._cells = []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits, masks = self._logits_and_masks(batch)
         self._confusion += confusion_matrix(logits.argmax(1), masks, self.num_segments)
+        if self.cell_neighbours and sum(maps[:, 0].numel() for maps, _ in self._cells) < CELL_LIMIT:
+            images = batch["image"] if self.threshold is None else batch["image"][batch["label"] >= 0]
+            with torch.no_grad():
+                self._cells.append((self.feature_map(images).cpu(), masks.cpu()))
 
     def segment_names(self) -> list[str]:
         """``bg`` and the data's class names (their indices without names)."""
@@ -171,6 +183,11 @@ class DenseProbe(FrozenProbe):
         ious = {f"val/iou_{name}": iou for name, iou in zip(self.segment_names(), class_ious(confusion).tolist())
                 if iou == iou}  # NaN: a class in neither target nor prediction
         self.log_dict({"val/miou": mean_iou(confusion), "val/pixel_acc": pixel_acc, **ious})
+        if self._cells:
+            maps, masks = (torch.cat(parts) for parts in zip(*self._cells))
+            stats = cell_neighbours(maps, masks, self.num_segments)
+            self.log_dict({f"val/{name}": value for name, value in stats.items()}, rank_zero_only=True)
+            self._cells = []
 
 
 class DenseFineTune(DenseProbe):
