@@ -31,7 +31,7 @@ bench: $(STAMP)  ## each method's step against its backbone floor; data pipeline
 	$(BIN)/selfsup bench data
 	$(BIN)/selfsup bench knn
 
-results: $(STAMP)  ## every method's CPU recipe + its evaluations vs random init and raw pixels -> docs/results.md (about 80 minutes)
+results: $(STAMP)  ## every method's CPU recipe + its evaluations vs random init and raw pixels -> docs/results.md (about 90 minutes)
 	$(BIN)/selfsup results
 
 docs: $(STAMP)  ## the docs site in site/ (MkDocs + Material + mkdocstrings); broken links or missing pages fail
