@@ -187,6 +187,14 @@ def test_an_image_checkpoint_loads_into_the_frames_backbone(tmp_path):
             assert torch.equal(backbone.state_dict()[f"image.{key}"], value)
 
 
+@pytest.mark.parametrize("args, side", [({}, 1), ({"maxpool": False}, 2), ({"cifar_stem": True}, 4),
+                                         ({"cifar_stem": True, "maxpool": True}, 2)])
+def test_r3d_small_frame_stem_keeps_the_resolution_it_is_asked_to(args, side):
+    backbone = build_backbone("r3d_tiny", in_channels=1, **args)
+    assert backbone.forward_features(torch.zeros(1, 1, 4, 32, 32)).shape == (1, 64, 4, side, side)
+    assert backbone.stem[0].kernel_size[1:] == ((3, 3) if args.get("cifar_stem") else (7, 7))
+
+
 def test_r3d_50_has_cvrl_temporal_kernels():
     backbone = build_backbone("r3d_50")
     stem = backbone.stem[0]

@@ -74,7 +74,8 @@ class ResNet3d(Backbone):
     """A 3-D ResNet: stem conv (``stem_temporal_kernel``, 7, 7) with temporal stride ``stem_temporal_stride`` and
     spatial stride 2, spatial 3x3/2 max-pool, four stages of ``Block3d`` with temporal kernels
     ``temporal_kernels`` (CVRL's R3D-50: 5/2 stem, (1, 1, 3, 3)); stage widths width x (1, 2, 4, 8) (x4 for
-    bottlenecks), so R3D-50 gives 2048 features."""
+    bottlenecks), so R3D-50 gives 2048 features. As the 2-D ResNet's: ``cifar_stem`` makes the stem's spatial
+    part 3x3/1 (small frames such as 32 px), ``maxpool`` keeps its max-pool (default: with the 7x7/2 stem only)."""
 
     media = "video"
 
@@ -86,14 +87,18 @@ class ResNet3d(Backbone):
         stem_temporal_kernel: int = 5,
         stem_temporal_stride: int = 2,
         temporal_kernels: tuple[int, int, int, int] = (1, 1, 3, 3),
+        cifar_stem: bool = False,
+        maxpool: bool | None = None,
     ) -> None:
         super().__init__()
         if depth not in _LAYOUTS_3D:
             raise ValueError(f"depth must be one of {sorted(_LAYOUTS_3D)}, got {depth}")
         bottleneck, blocks = _LAYOUTS_3D[depth]
+        k, s = (3, 1) if cifar_stem else (7, 2)
+        use_maxpool = not cifar_stem if maxpool is None else maxpool
         self.stem = nn.Sequential(
-            *_conv_bn(in_channels, width, (stem_temporal_kernel, 7, 7), (stem_temporal_stride, 2, 2)),
-            nn.ReLU(inplace=True), nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
+            *_conv_bn(in_channels, width, (stem_temporal_kernel, k, k), (stem_temporal_stride, s, s)),
+            nn.ReLU(inplace=True), nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)) if use_maxpool else nn.Identity(),
         )
         stages, cin = [], width
         for i, (count, kt) in enumerate(zip(blocks, temporal_kernels)):
