@@ -71,11 +71,11 @@ _LAYOUTS_3D: dict[int, tuple[bool, list[int]]] = {
 
 
 class ResNet3d(Backbone):
-    """A 3-D ResNet: stem conv (``stem_temporal_kernel``, 7, 7) with temporal stride ``stem_temporal_stride`` and
-    spatial stride 2, spatial 3x3/2 max-pool, four stages of ``Block3d`` with temporal kernels
+    """A 3-D ResNet: a stem conv of temporal kernel ``stem_temporal_kernel`` and stride ``stem_temporal_stride``,
+    spatially 7x7/2 (``cifar_stem``: 3x3/1, for frames of about 32 px) then a 3x3/2 max-pool (``maxpool``; default:
+    with the 7x7/2 stem only, as the 2-D ResNet); four stages of ``Block3d`` with temporal kernels
     ``temporal_kernels`` (CVRL's R3D-50: 5/2 stem, (1, 1, 3, 3)); stage widths width x (1, 2, 4, 8) (x4 for
-    bottlenecks), so R3D-50 gives 2048 features. As the 2-D ResNet's: ``cifar_stem`` makes the stem's spatial
-    part 3x3/1 (small frames such as 32 px), ``maxpool`` keeps its max-pool (default: with the 7x7/2 stem only)."""
+    bottlenecks), so R3D-50 gives 2048 features."""
 
     media = "video"
 
