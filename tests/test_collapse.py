@@ -32,6 +32,8 @@ def test_rankme_matches_its_formula_and_its_extremes() -> None:
         assert rankme(q[:, :r] @ torch.eye(r, 64, dtype=torch.float64)) == pytest.approx(r, rel=1e-3)
     assert rankme(torch.ones(30, 16)) == pytest.approx(1.0, rel=1e-3)
     assert rankme(torch.zeros(30, 16)) == pytest.approx(1.0, rel=1e-3)
+    # a diverged run's NaN rows: no measure (the SVD would raise), the non-finite guard names the step instead
+    assert math.isnan(rankme(torch.full((30, 16), float("nan"))))
 
 
 def test_mean_pairwise_cosine_is_the_mean_over_distinct_pairs() -> None:

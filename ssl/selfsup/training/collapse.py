@@ -22,7 +22,9 @@ RANKME_EPS = 1e-7  # Garrido et al.'s epsilon: keeps log(p) finite for zero sing
 def rankme(z: torch.Tensor, eps: float = RANKME_EPS) -> float:
     """RankMe, the effective rank of the rows of ``z`` (N, D): exp of the entropy of its singular values
     normalised to sum 1, ``p_k = s_k / sum(s) + eps``. Between 1 (every row on one line) and min(N, D) (all
-    directions used equally)."""
+    directions used equally); NaN where ``z`` is not finite (the non-finite guard reports that run)."""
+    if not torch.isfinite(z).all():
+        return float("nan")
     s = torch.linalg.svdvals(z.float())
     p = s / s.sum().clamp_min(torch.finfo(s.dtype).tiny) + eps
     return math.exp(float(-(p * p.log()).sum()))
