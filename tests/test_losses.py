@@ -8,15 +8,18 @@ import torch.nn.functional as F
 from selfsup.losses import nt_xent
 
 
-def naive_nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> float:
-    """Mean over all 2N anchors of -log(exp(s_pos) / sum_{j != i} exp(s_ij)), written as loops."""
+def naive_nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float, negatives: torch.Tensor | None = None) -> float:
+    """Mean over all 2N anchors of -log(exp(s_pos) / (sum_{j != i} exp(s_ij) + sum_k exp(s_ik'))), written as
+    loops; k' runs over the extra ``negatives``."""
     z = F.normalize(torch.cat([z1, z2]).double(), dim=1)
+    extra = F.normalize(negatives.double(), dim=1) if negatives is not None else z[:0]
     n2 = len(z)
     n = n2 // 2
     total = 0.0
     for i in range(n2):
         pos = (i + n) % n2
         denom = sum(math.exp(float(z[i] @ z[j]) / tau) for j in range(n2) if j != i)
+        denom += sum(math.exp(float(z[i] @ e) / tau) for e in extra)
         total += -math.log(math.exp(float(z[i] @ z[pos]) / tau) / denom)
     return total / n2
 
@@ -37,6 +40,13 @@ def test_nt_xent_matches_the_formula_anchor_by_anchor():
     z1, z2 = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
     for tau in (0.1, 0.5):
         assert abs(nt_xent(z1, z2, tau).item() - naive_nt_xent(z1, z2, tau)) < 1e-5
+
+
+def test_extra_negatives_join_every_anchors_denominator():
+    g = torch.Generator().manual_seed(2)
+    z1, z2, extra = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g), torch.randn(3, 4, generator=g)
+    assert abs(nt_xent(z1, z2, 0.2, negatives=extra).item() - naive_nt_xent(z1, z2, 0.2, extra)) < 1e-5
+    assert nt_xent(z1, z2, 0.2, negatives=extra) > nt_xent(z1, z2, 0.2)  # more negatives, never a lower loss
 
 
 def test_convention_is_half_the_official_sum_of_two_directions():

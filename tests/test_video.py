@@ -24,6 +24,7 @@ from selfsup.errors import ConfigError
 from selfsup.heads import MLP
 from selfsup.losses import nt_xent
 from selfsup.methods import CVRL
+from selfsup.methods.cvrl import random_frame
 
 pytest.importorskip("av")
 
@@ -224,6 +225,38 @@ def test_cvrl_is_simclr_loss_on_clips_with_cvrl_projector():
     z1, z2 = model.projector(model.backbone(torch.cat(batch["views"]))).chunk(2)
     torch.testing.assert_close(out.loss, nt_xent(z1, z2, 0.1))
     assert out.features.shape == (6, 64)
+
+
+def test_random_frame_takes_one_frame_of_each_clip_as_a_one_frame_clip():
+    clips = torch.arange(8.0)[None, None, :, None, None] + 100 * torch.arange(5.0)[:, None, None, None, None]
+    clips = clips.expand(5, 2, 8, 3, 3)  # value = 100 x clip + frame
+    frames = random_frame(clips)
+    assert frames.shape == (5, 2, 1, 3, 3)
+    picked = frames[:, 0, 0, 0, 0]
+    assert torch.equal(picked // 100, torch.arange(5.0)) and ((picked % 100) < 8).all()
+    assert torch.equal(frames, frames[:, :1, :, :1, :1].expand_as(frames))  # whole frames, every channel
+
+
+def test_cvrl_frame_loss_and_reversed_negatives_add_to_the_clip_loss():
+    """loss = NT-Xent(clip 1, clip 2; negatives: clip 1 played backwards) + w x NT-Xent over one random frame of
+    each clip, with its own projector."""
+    batch = ClipViews(size=16, frames=4, stride=1).batch(torch.randint(0, 256, (6, 10, 1, 20, 20), dtype=torch.uint8))
+    clip1, clip2 = batch["views"]
+    torch.manual_seed(0)
+    model = CVRL(backbone="r3d_tiny", in_channels=1, proj_hidden_dim=32, frame_loss_weight=0.5,
+                 reversed_negatives=True)
+    torch.manual_seed(1)
+    out = model.ssl_step(batch)
+    z1, z2, backwards = model.projector(model.backbone(torch.cat([clip1, clip2, clip1.flip(2)]))).chunk(3)
+    clip_loss = nt_xent(z1, z2, 0.1, negatives=backwards)
+    torch.manual_seed(1)
+    f1, f2 = model.frame_projector(model.backbone(torch.cat([random_frame(clip1), random_frame(clip2)]))).chunk(2)
+    frame_loss = nt_xent(f1, f2, 0.1)
+    torch.testing.assert_close(out.loss, clip_loss + 0.5 * frame_loss)
+    torch.testing.assert_close(out.logs["train/frame_loss"], frame_loss.detach())
+    assert out.features.shape == (6, 64) and out.embeddings.shape == (6, 128)
+    with pytest.raises(ConfigError, match="frame_loss_weight must be >= 0"):
+        CVRL(backbone="r3d_tiny", in_channels=1, frame_loss_weight=-1)
 
 
 @pytest.mark.slow

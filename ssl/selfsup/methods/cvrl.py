@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
+
+import torch
 
 from selfsup.data.clips import ClipViews
 from selfsup.data.views import ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.heads import LastNorm
+from selfsup.losses import nt_xent
+from selfsup.methods.base import StepOutput
 from selfsup.methods.simclr import SimCLR
 from selfsup.optim import LRScaling, OptimizerName
 
@@ -20,6 +25,12 @@ class CVRL(SimCLR):
     Defaults are CVRL's: tau 0.1, three hidden layers of 2048, output 128 with no norm, SGD (momentum 0.9) at an
     absolute lr (no batch scaling), 5 warmup epochs, cosine, weight decay 1e-6 (**[unverified]**: the paper
     does not give it; SimCLR's). ``default_views``: ``ClipViews`` (16 frames, stride 2).
+
+    ``frame_loss_weight`` > 0 adds a second NT-Xent, with its own projector, on one random frame of each clip (run
+    as a one-frame clip): the two frames of a video come from different times and share no motion, so this loss
+    can only fall by telling the videos' content apart. ``reversed_negatives`` adds each first clip played
+    backwards as a negative for every anchor: the same frames in the other order, which only motion tells apart
+    (neither is part of CVRL; docs/methods/cvrl.md).
     """
 
     view_kinds = ("clips",)
@@ -36,6 +47,8 @@ class CVRL(SimCLR):
         lr: float = 0.32,
         lr_scaling: LRScaling = "none",
         warmup_epochs: float = 5.0,
+        frame_loss_weight: float = 0.0,
+        reversed_negatives: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(temperature, proj_layers, proj_dim, proj_hidden_dim, proj_last_norm, backbone=backbone,
@@ -43,6 +56,38 @@ class CVRL(SimCLR):
         if self.backbone.media != "video":
             raise ConfigError(f"CVRL needs a 3-D (video) backbone, but model.backbone {backbone!r} reads single "
                               "images; use r3d_tiny, r3d_18 or r3d_50")
+        if frame_loss_weight < 0:
+            raise ConfigError(f"model.frame_loss_weight must be >= 0, got {frame_loss_weight}")
+        self.frame_loss_weight, self.reversed_negatives = frame_loss_weight, reversed_negatives
+        self.frame_projector = copy.deepcopy(self.projector) if frame_loss_weight > 0 else None
+
+    def ssl_step(self, batch: dict[str, Any]) -> StepOutput:
+        out = self.clip_step(batch["views"])
+        if self.frame_projector is None:
+            return out
+        frames = torch.cat([random_frame(clip) for clip in batch["views"]])
+        z1, z2 = self.frame_projector(self.backbone(frames)).chunk(2)
+        frame_loss = nt_xent(z1, z2, self.temperature)
+        out.logs.update({"train/clip_loss": out.loss.detach(), "train/frame_loss": frame_loss.detach()})
+        out.loss = out.loss + self.frame_loss_weight * frame_loss
+        return out
 
     def default_views(self, size: int) -> ViewRecipe:
         return ClipViews(size)
+
+    def clip_step(self, clips: list[torch.Tensor]) -> StepOutput:
+        """SimCLR's step on the two clips; with ``reversed_negatives``, the first clips backwards are forwarded
+        with them (so BN sees all three) and join the negatives."""
+        if not self.reversed_negatives:
+            return super().ssl_step({"views": clips})
+        n = len(clips[0])
+        features = self.backbone(torch.cat([*clips, clips[0].flip(2)]))
+        z1, z2, backwards = self.projector(features).split(n)
+        loss = nt_xent(z1, z2, self.temperature, negatives=backwards)
+        return StepOutput(loss=loss, features=features[:n], embeddings=z1)
+
+
+def random_frame(clips: torch.Tensor) -> torch.Tensor:
+    """One frame drawn at random from each clip of (B, C, T, H, W), as one-frame clips (B, C, 1, H, W)."""
+    picks = torch.randint(clips.shape[2], (len(clips),), device=clips.device)
+    return clips[torch.arange(len(clips), device=clips.device), :, picks].unsqueeze(2)
