@@ -11,7 +11,6 @@ from selfsup.data.clips import ClipViews
 from selfsup.data.views import ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.heads import LastNorm
-from selfsup.losses import nt_xent
 from selfsup.methods.base import StepOutput
 from selfsup.methods.simclr import SimCLR
 from selfsup.optim import LRScaling, OptimizerName
@@ -62,29 +61,17 @@ class CVRL(SimCLR):
         self.frame_projector = copy.deepcopy(self.projector) if frame_loss_weight > 0 else None
 
     def ssl_step(self, batch: dict[str, Any]) -> StepOutput:
-        out = self.clip_step(batch["views"])
+        clips = batch["views"]
+        out = self.contrast(clips, negatives=clips[0].flip(2) if self.reversed_negatives else None)
         if self.frame_projector is None:
             return out
-        frames = torch.cat([random_frame(clip) for clip in batch["views"]])
-        z1, z2 = self.frame_projector(self.backbone(frames)).chunk(2)
-        frame_loss = nt_xent(z1, z2, self.temperature)
+        frame_loss = self.contrast([random_frame(clip) for clip in clips], projector=self.frame_projector).loss
         out.logs.update({"train/clip_loss": out.loss.detach(), "train/frame_loss": frame_loss.detach()})
         out.loss = out.loss + self.frame_loss_weight * frame_loss
         return out
 
     def default_views(self, size: int) -> ViewRecipe:
         return ClipViews(size)
-
-    def clip_step(self, clips: list[torch.Tensor]) -> StepOutput:
-        """SimCLR's step on the two clips; with ``reversed_negatives``, the first clips backwards are forwarded
-        with them (so BN sees all three) and join the negatives."""
-        if not self.reversed_negatives:
-            return super().ssl_step({"views": clips})
-        n = len(clips[0])
-        features = self.backbone(torch.cat([*clips, clips[0].flip(2)]))
-        z1, z2, backwards = self.projector(features).split(n)
-        loss = nt_xent(z1, z2, self.temperature, negatives=backwards)
-        return StepOutput(loss=loss, features=features[:n], embeddings=z1)
 
 
 def random_frame(clips: torch.Tensor) -> torch.Tensor:

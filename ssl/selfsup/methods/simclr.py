@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from selfsup.data.views import SimCLRViews, ViewRecipe
 from selfsup.heads import MLP, LastNorm
@@ -46,7 +48,16 @@ class SimCLR(SSLMethod):
         return SimCLRViews(size)
 
     def ssl_step(self, batch: dict[str, Any]) -> StepOutput:
-        view1, view2 = batch["views"]
-        features = self.backbone(torch.cat([view1, view2]))  # BN statistics over both views, as the official code
-        z1, z2 = self.projector(features).chunk(2)
-        return StepOutput(loss=nt_xent(z1, z2, self.temperature), features=features[: len(view1)], embeddings=z1)
+        return self.contrast(batch["views"])
+
+    def contrast(self, views: Sequence[torch.Tensor], negatives: torch.Tensor | None = None,
+                 projector: nn.Module | None = None) -> StepOutput:
+        """NT-Xent of two views after one backbone forward (BN statistics over both, as the official code) and
+        ``projector`` (default: the method's). ``negatives``: inputs forwarded with the views whose projections
+        join every anchor's negatives (CVRL's reversed clips)."""
+        view1, view2 = views
+        extra = [] if negatives is None else [negatives]
+        features = self.backbone(torch.cat([view1, view2, *extra]))
+        z1, z2, *z_extra = (self.projector if projector is None else projector)(features).split(len(view1))
+        loss = nt_xent(z1, z2, self.temperature, negatives=z_extra[0] if z_extra else None)
+        return StepOutput(loss=loss, features=features[: len(view1)], embeddings=z1)
