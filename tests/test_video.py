@@ -129,6 +129,7 @@ def test_eval_clips_spread_over_the_video_and_are_averaged():
     clips = EvalClips(16, frames=4, stride=2, clips=3)
     assert clips.starts(32) == [0, 12, 25]  # the last clip ends on the last frame (25 + 3 x 2 = 31)
     assert clips.starts(5) == [0, 0, 0]
+    assert EvalClips(16, frames=8, stride=2, clips=1).starts(32) == [0]  # the opening clip (direction probe)
     out = clips(torch.randint(0, 256, (32, 1, 32, 32), dtype=torch.uint8))["image"]
     assert out.shape == (3, 1, 4, 16, 16)
     backbone = build_backbone("r3d_tiny", in_channels=1).eval()
@@ -268,8 +269,8 @@ def test_fit_of_the_moving_mnist_recipe(tmp_path):
     ckpt = tmp_path / "runs/cvrl-moving-mnist/version_0/checkpoints/last.ckpt"
     assert ckpt.is_file()
     out = tmp_path / "knn.json"
-    proc = selfsup("knn", "--ckpt", str(ckpt), "-c", str(REPO / "experiments/eval/moving-mnist.yaml"), "--label",
-                   "direction", "--k", "20", "--out", str(out), cwd=tmp_path)
+    proc = selfsup("knn", "--ckpt", str(ckpt), "-c", str(REPO / "experiments/eval/moving-mnist-direction.yaml"),
+                   "--k", "20", "--out", str(out), cwd=tmp_path)
     result = json.loads(out.read_text())
     assert "label direction" in proc.stdout and result["label"] == "direction" and result["queries"] == 1000
     assert 0 < result["results"][0]["top1"] <= 1

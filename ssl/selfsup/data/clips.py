@@ -184,7 +184,8 @@ class EvalClips(ViewRecipe):
         return self._frame.normalization
 
     def starts(self, num_frames: int) -> list[int]:
-        """Evenly spaced starts over the frames where a whole clip fits (all at 0 when none fits)."""
+        """Evenly spaced starts over the frames where a whole clip fits, the first at frame 0 (one clip: the opening
+        clip; all at 0 when none fits)."""
         last = max(num_frames - (self.frames - 1) * self.stride - 1, 0)
         return [round(last * k / max(self.clips - 1, 1)) for k in range(self.clips)]
 
