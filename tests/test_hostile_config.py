@@ -104,6 +104,7 @@ HOSTILE = [
     ([*FIT, "--model.init_args.lr", "-0.1"], "model.lr must be a positive number, got -0.1"),
     ([*FIT, "--trainer.max_epochs", "-2"], "`max_epochs` must be a non-negative integer or -1"),
     ([*FIT, "--data.init_args.num_workers", "-1"], "data.num_workers must be zero or more"),
+    ([*FIT, "--threads", "0"], "threads must be at least 1, got 0"),
     ([*FIT, "--model.init_args.backbone_args", "{width: 0}"], "width must be at least 1, got 0"),
     *[(["knn", "--ckpt", "{ckpt}", "-c", DATA, "--temperature", t], f"--temperature must be a positive number, got {t}")
       for t in ("0.0", "nan", "-0.07")],

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -109,6 +110,10 @@ class SelfsupCLI(LightningCLI):
                             help="One folder for everything the run writes (loggers, checkpoints, requeue "
                                  "checkpoints); fit resumes from the newest checkpoint in it. The SLURM templates "
                                  "set it to runs/slurm/JOBNAME-JOBID.")
+        parser.add_argument("--threads", type=int | None, default=None,
+                            help="torch threads of the training process (default: torch's, one per core). On a "
+                                 "CPU, give it the cores the loader workers leave free: they compete for the same "
+                                 "cores (docs/cli.md)")
         parser.set_defaults({
             "data": {"class_path": "selfsup.data.SSLDataModule"},
             "checkpoint.save_last": True,
@@ -144,6 +149,8 @@ class SelfsupCLI(LightningCLI):
         version = continued.name if continued is not None and self.subcommand == "fit" else None
         share_logger_version(config.trainer.logger, resume=bool(run_dir), version=version)
         check_ranges(config)
+        if config.get("threads"):
+            torch.set_num_threads(config.threads)
         if self.subcommand in EVAL_STAGES:
             write_beside_the_run(config, self.subcommand)
         if not sys.stdout.isatty():  # a log file (CI, SLURM): plain lines only, no progress-bar fragments

@@ -52,6 +52,7 @@ RANGES = (
     ("model.init_args.weight_decay", lambda v: v >= 0, "zero or more"),
     ("data.init_args.batch_size", lambda v: v >= 1, "at least 1"),
     ("data.init_args.num_workers", lambda v: v >= 0, "zero or more (0 loads in the main process)"),
+    ("threads", lambda v: v >= 1, "at least 1"),
 )
 
 

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
 
@@ -44,7 +45,7 @@ def total_steps(trainer: L.Trainer) -> int | None:
 
 
 def summary(trainer: L.Trainer, module: L.LightningModule) -> str:
-    """One line: method, backbone and parameters, data, steps and batch."""
+    """One line: method, backbone and parameters, data, steps and batch (and on a CPU, torch's threads)."""
     hp = getattr(module, "hparams", {})
     backbone = getattr(module, "backbone", None)
     params = sum(p.numel() for p in module.parameters())
@@ -55,6 +56,8 @@ def summary(trainer: L.Trainer, module: L.LightningModule) -> str:
     source = getattr(getattr(data, "source", None), "spec", type(data).__name__ if data else "-")
     batch = getattr(data, "batch_size", None)
     batch = f", batch {batch} x {trainer.world_size} device(s)" if batch else ""
+    if trainer.strategy.root_device.type == "cpu":
+        batch += f", {torch.get_num_threads()} CPU thread(s)"
     weights = f"{params / 1e6:.2f}M params" + (f" ({trainable / 1e6:.2f}M trained)" if trainable != params else "")
     return (f"{type(module).__name__} | backbone {arch}, {weights} | data {source} | "
             f"{total_steps(trainer) or '?'} steps, {trainer.max_epochs} epoch(s){batch}")
