@@ -56,11 +56,10 @@ def summary(trainer: L.Trainer, module: L.LightningModule) -> str:
     source = getattr(getattr(data, "source", None), "spec", type(data).__name__ if data else "-")
     batch = getattr(data, "batch_size", None)
     batch = f", batch {batch} x {trainer.world_size} device(s)" if batch else ""
-    if trainer.strategy.root_device.type == "cpu":
-        batch += f", {torch.get_num_threads()} CPU thread(s)"
+    threads = f", {torch.get_num_threads()} CPU thread(s)" if trainer.strategy.root_device.type == "cpu" else ""
     weights = f"{params / 1e6:.2f}M params" + (f" ({trainable / 1e6:.2f}M trained)" if trainable != params else "")
     return (f"{type(module).__name__} | backbone {arch}, {weights} | data {source} | "
-            f"{total_steps(trainer) or '?'} steps, {trainer.max_epochs} epoch(s){batch}")
+            f"{total_steps(trainer) or '?'} steps, {trainer.max_epochs} epoch(s){batch}{threads}")
 
 
 class ProgressLines(Callback):
