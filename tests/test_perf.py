@@ -16,7 +16,7 @@ from selfsup.bench.step import BackboneCalls, floor_step, peak_memory_mib
 from selfsup.data.health import DataHealth
 from selfsup.errors import DataError
 from selfsup.losses import nt_xent, sinkhorn, swapped_prediction_loss
-from selfsup.methods import RotNet, SimCLR, SwAV
+from selfsup.methods import CVRL, RotNet, SimCLR, SwAV
 from selfsup.training.nonfinite import NonFiniteError, NonFiniteGuard
 
 TINY = {"backbone": "resnet18", "backbone_args": {"width": 4, "cifar_stem": True}, "in_channels": 1}
@@ -75,19 +75,30 @@ def test_rotnet_cross_entropy_is_float32_under_autocast():
 # ---- channels-last and torch.compile ----------------------------------------------------------------------
 
 def simclr_pair(**switches) -> tuple[SimCLR, SimCLR]:
+    return method_pair(SimCLR, TINY, **switches)
+
+
+def method_pair(method: type, config: dict, **switches) -> tuple:
     torch.manual_seed(0)
-    plain = SimCLR(**TINY)
-    fast = SimCLR(**TINY, **switches)
+    plain = method(**config)
+    fast = method(**config, **switches)
     fast.load_state_dict(plain.state_dict())
     return plain, fast
 
 
-def test_channels_last_model_gives_the_same_loss_and_gradients():
-    plain, fast = simclr_pair(channels_last=True)
-    assert fast.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    batch = {"views": [torch.rand(8, 1, 16, 16), torch.rand(8, 1, 16, 16)]}
-    dense = fast.backbone.forward_features(batch["views"][0])  # a plain input: the first conv makes it NHWC
-    assert dense.is_contiguous(memory_format=torch.channels_last) and not dense.is_contiguous()
+TINY_VIDEO = {"backbone": "r3d_tiny", "backbone_args": {"width": 4, "stem_temporal_stride": 2}, "in_channels": 3}
+
+
+@pytest.mark.parametrize("method, config, first_conv, views, layout", [
+    (SimCLR, TINY, "conv1", (8, 1, 16, 16), torch.channels_last),
+    (CVRL, TINY_VIDEO, "stem.0", (8, 3, 4, 16, 16), torch.channels_last_3d),
+])
+def test_channels_last_model_gives_the_same_loss_and_gradients(method, config, first_conv, views, layout):
+    plain, fast = method_pair(method, config, channels_last=True)
+    assert fast.backbone.get_submodule(first_conv).weight.is_contiguous(memory_format=layout)
+    batch = {"views": [torch.rand(views), torch.rand(views)]}
+    dense = fast.backbone.forward_features(batch["views"][0])  # a plain input: the first conv changes its layout
+    assert dense.is_contiguous(memory_format=layout) and not dense.is_contiguous()
     losses = []
     for model in (plain, fast):
         loss = model.ssl_step(batch).loss
@@ -96,6 +107,17 @@ def test_channels_last_model_gives_the_same_loss_and_gradients():
     assert torch.allclose(*losses, atol=1e-5)
     for (name, p), q in zip(plain.named_parameters(), fast.parameters()):  # NHWC sums in another order
         assert (p.grad - q.grad).norm() <= 1e-2 * p.grad.norm() + 1e-6, name
+
+
+def test_cvrl_frame_loss_in_bf16_channels_last_has_finite_gradients():
+    """One-frame clips through 3-frame kernels: oneDNN's bf16 channels-last weight gradient is NaN there unless
+    the backbone convolves them with the kernel's centre alone (ClipConv3d)."""
+    torch.manual_seed(0)
+    model = CVRL(**{**TINY_VIDEO, "in_channels": 1}, frame_loss_weight=1.0, channels_last=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.ssl_step({"views": [torch.rand(16, 1, 4, 32, 32), torch.rand(16, 1, 4, 32, 32)]}).loss
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 @pytest.mark.slow

@@ -317,3 +317,21 @@ def test_the_direction_of_motion_is_a_label_of_moving_mnist(tmp_path):
     stream = ShardStream(Source(f"shards:{tmp_path / 'v'}").split("train").parts, EvalClips(8, 2, 1, 1), 2, 1,
                          repeat=False, num_classes=8, media="video", label="direction")
     assert next(iter(stream))["label"].tolist() == [3, 6]
+
+
+@pytest.mark.parametrize("kernel, stride", [((3, 7, 7), (2, 2, 2)), ((5, 3, 3), (1, 1, 1)), ((1, 3, 3), (1, 2, 2))])
+def test_a_one_frame_clip_is_convolved_with_the_centre_of_the_temporal_kernel_alone(kernel, stride):
+    from selfsup.backbones.video import ClipConv3d
+
+    torch.manual_seed(0)
+    full = torch.nn.Conv3d(2, 4, kernel, stride, tuple(k // 2 for k in kernel), bias=False)
+    clip_conv = ClipConv3d(2, 4, kernel, stride, tuple(k // 2 for k in kernel), bias=False)
+    clip_conv.load_state_dict(full.state_dict())
+    x = torch.randn(3, 2, 1, 12, 12)
+    outputs = [conv(x) for conv in (full, clip_conv)]
+    assert outputs[0].shape == outputs[1].shape and torch.allclose(*outputs, atol=1e-5)
+    for out in outputs:
+        out.square().sum().backward()
+    assert torch.allclose(full.weight.grad, clip_conv.weight.grad, atol=1e-4)
+    clip = torch.randn(3, 2, 4, 12, 12)  # longer clips: the whole kernel
+    assert torch.allclose(full(clip), clip_conv(clip), atol=1e-5)

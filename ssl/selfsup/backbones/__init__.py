@@ -11,8 +11,9 @@ from selfsup.backbones.base import (
     build_backbone,
     pooled_features,
     register_backbone,
+    to_channels_last,
 )
 from selfsup.backbones.masked import MaskedImageBackbone
 
 __all__ = ["Backbone", "MaskedImageBackbone", "available_backbones", "build_backbone", "pooled_features",
-           "register_backbone"]
+           "register_backbone", "to_channels_last"]

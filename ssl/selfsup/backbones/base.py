@@ -26,6 +26,17 @@ class Backbone(nn.Module):
         return self.forward_features(x).flatten(2).mean(dim=2)
 
 
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """``module`` with its convolution weights in channels-last memory format: NHWC for 2-D convolutions, NDHWC for
+    3-D ones; the activations after the first convolution then stay in that format."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv3d):
+            layer.to(memory_format=torch.channels_last_3d)
+        elif isinstance(layer, nn.Conv2d):
+            layer.to(memory_format=torch.channels_last)
+    return module
+
+
 def pooled_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Pooled features (B, D) of images (B, C, H, W) or clips (B, C, T, H, W); for several clips per video
     (B, K, C, T, H, W) the mean of the K clips' features (video evaluation's test-time averaging)."""

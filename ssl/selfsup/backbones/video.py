@@ -7,6 +7,7 @@ space.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import video as tv_video
 
@@ -34,9 +35,26 @@ class TorchvisionVideoResNet(Backbone):
         return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
 
 
+class ClipConv3d(nn.Conv3d):
+    """A ``Conv3d`` (zero padding of half its odd temporal kernel) that convolves a one-frame clip with the centre
+    of that kernel alone.
+
+    The other temporal taps of a one-frame input only ever see padding, so the output and the gradients are those
+    of the full kernel (the other taps' gradients are zero either way). This skips their work and a oneDNN bug:
+    on a CPU, the bf16 weight gradient of a 3-frame kernel over a one-frame channels-last input comes out NaN.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kt = self.kernel_size[0]
+        if x.shape[2] != 1 or kt == 1 or kt % 2 == 0 or self.padding[0] != kt // 2:
+            return super().forward(x)
+        centre = self.weight[:, :, kt // 2 : kt // 2 + 1]
+        return F.conv3d(x, centre, self.bias, self.stride, (0, *self.padding[1:]), self.dilation, self.groups)
+
+
 def _conv_bn(cin: int, cout: int, kernel: tuple[int, int, int], stride: tuple[int, int, int] = (1, 1, 1)) -> list:
     padding = tuple(k // 2 for k in kernel)
-    return [nn.Conv3d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm3d(cout)]
+    return [ClipConv3d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm3d(cout)]
 
 
 class Block3d(nn.Module):

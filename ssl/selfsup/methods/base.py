@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
-from selfsup.backbones import build_backbone, pooled_features
+from selfsup.backbones import build_backbone, pooled_features, to_channels_last
 from selfsup.data.views import ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.heads import LinearClassifier
@@ -89,9 +89,10 @@ class SSLMethod(L.LightningModule):
         warmup_start_factor: lr at step 0 as a fraction of the peak lr.
         final_lr_factor: lr at the last step as a fraction of the peak lr (cosine decay).
         probe_lr: lr of the online linear probe on detached features (not scaled, same schedule).
-        channels_last: keep the backbone's weights in channels-last (NHWC) memory format, which tensor-core
-            convolutions (CUDA, bf16/fp16) run fastest in. The first convolution turns each input batch to NHWC
-            (one copy, what converting the batch would cost) and every activation after it stays NHWC.
+        channels_last: keep the backbone's convolution weights in channels-last memory format (NHWC; NDHWC for a
+            video backbone), which tensor-core convolutions (CUDA, bf16/fp16) run fastest in, and oneDNN's 3-D
+            convolutions on a CPU too. The first convolution turns each input batch to that format (one copy, what
+            converting the batch would cost) and every activation after it stays in it.
         compile_backbone: ``torch.compile`` the backbone's ``forward`` and ``forward_features`` (and the
             momentum backbone's, if the method has one) when training starts; the first steps then compile.
     """
@@ -123,7 +124,7 @@ class SSLMethod(L.LightningModule):
         self.save_hyperparameters()
         self.backbone = build_backbone(backbone, in_channels=in_channels, **(backbone_args or {}))
         if channels_last:  # before subclasses copy the backbone (a momentum encoder keeps the format)
-            self.backbone.to(memory_format=torch.channels_last)
+            to_channels_last(self.backbone)
         self.probe = LinearClassifier(self.backbone.num_features, num_classes) if num_classes > 0 else None
         self._last_batch_end: float | None = None
         self._batch_start: float | None = None
