@@ -127,6 +127,34 @@ def test_decode_threads_give_the_same_clips():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_videos_decode_with_the_threads_asked_for_not_ffmpegs_one_per_core(threads):
+    from selfsup.data.seek import opened
+
+    with opened(h264(10), threads=threads) as (_, stream, _index):
+        assert stream.codec_context.thread_count == threads  # FFmpeg's default is 0: a thread per core
+    counts = []
+
+    class Recording:  # a container that notes the thread count its stream decodes with
+        def __init__(self, container):
+            self.container = container
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            return self.container.__exit__(*exc)
+        def __getattr__(self, name):
+            return getattr(self.container, name)
+        def decode(self, stream):
+            counts.append(stream.codec_context.thread_count)
+            return self.container.decode(stream)
+
+    real_open = av.open
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(av, "open", lambda *args, **kwargs: Recording(real_open(*args, **kwargs)))
+        decode_video(h264(10), 3, threads=threads)
+    assert counts == [threads]
+
+
 def video_shards(root, sizes=((32, 32), (48, 24), (40, 40))):
     samples = [{"__key__": f"v{i}", "mp4": h264(30 + 7 * i, w, h), "cls": b"0"} for i, (w, h) in enumerate(sizes)]
     write_shard_set(root, Manifest("v", 3, ["a"], media="video"), {"train": samples}, progress=False)

@@ -29,7 +29,7 @@ import numpy as np
 from selfsup.data.clips import ClipSpec, clip_indices, interval_starts
 from selfsup.data.crops import Cropped, crop_resize, sample_box
 from selfsup.data.limits import Limits
-from selfsup.data.members import BadSample, frame_pixels, unreadable
+from selfsup.data.members import BadSample, frame_pixels, set_decoder_threads, unreadable
 
 
 @dataclass
@@ -126,8 +126,7 @@ def opened(data: bytes, limits: Limits | None = None, threads: int = 1) -> Itera
                                 f"{limits.describe('max_video_pixels')}")
             if index.count == 0:
                 raise BadSample("video has no frames")
-            if threads > 1:
-                stream.thread_type, stream.codec_context.thread_count = "AUTO", threads
+            set_decoder_threads(stream, threads)
             yield container, stream, index
     except BadSample:
         raise
