@@ -21,6 +21,18 @@ def test_the_pixels_backbone_is_the_flattened_image() -> None:
     assert list(pixels.state_dict()) == []
 
 
+def test_the_pretraining_cell_gives_the_range_of_the_seeds_times_and_old_rows_still_load(tmp_path: Path) -> None:
+    from selfsup.results import Row, minutes_cell, previous_rows
+
+    row = Row("cvrl", "CVRL", "knn", seconds=480.0, seed_seconds={0: 480.0, 1: 504.0})
+    assert minutes_cell(row) == "8.0 min (8.0-8.4)"
+    assert minutes_cell(Row("x", "X", "knn", seconds=90.0)) == "1.5 min" and minutes_cell(Row("x", "X", "knn")) == ""
+    old = tmp_path / "results.json"  # written before seed times were kept
+    old.write_text(json.dumps([{"key": "x", "name": "X", "judged_by": "knn", "seconds": 90.0,
+                                "seed_scores": {"0": 0.5}}]))
+    assert previous_rows(old)["x"].seed_scores == {0: 0.5} and previous_rows(old)["x"].seed_seconds == {}
+
+
 @pytest.mark.slow
 def test_results_runs_the_recipes_and_marks_a_failing_one(tmp_path: Path) -> None:
     recipes = yaml.safe_load((REPO / "experiments/results.yaml").read_text())
@@ -47,6 +59,8 @@ def test_results_runs_the_recipes_and_marks_a_failing_one(tmp_path: Path) -> Non
     rows = json.loads((tmp_path / "w/results.json").read_text())
     assert rows[1]["scores"]["knn"].keys() == rows[1]["scores"]["linear"].keys() == {"pretrained", "random", "pixels"}
     assert rows[1]["seed_scores"]["0"] == rows[1]["scores"]["knn"]["pretrained"] and "1" in rows[1]["seed_scores"]
+    assert rows[1]["seed_seconds"].keys() == {"0", "1"} and rows[1]["seed_seconds"]["0"] == rows[1]["seconds"]
+    assert simclr_row.split("|")[4].strip().endswith(")"), simclr_row  # first seed's minutes (range over seeds)
     assert "written:" in proc.stdout
 
     # rerun one recipe: the other rows stay, read back from results.json beside the page

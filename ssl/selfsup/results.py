@@ -43,7 +43,7 @@ COLUMNS = ("knn", "linear", "block", "finetune", "dense", "dense_finetune")
 @dataclass
 class Row:
     """One recipe's outcome: pretraining wall time (first seed), wall time of all its steps, scores[evaluation]
-    [variant], the judged-by score of each seed's pretrained backbone, and failures by step."""
+    [variant], the judged-by score and pretraining wall time of each seed, and failures by step."""
 
     key: str
     name: str
@@ -53,6 +53,7 @@ class Row:
     total_seconds: float = 0.0
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     seed_scores: dict[int, float] = field(default_factory=dict)
+    seed_seconds: dict[int, float] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
 
 
@@ -174,9 +175,12 @@ def run_recipe(key: str, recipe: dict[str, Any], work: Path, quick: bool, quick_
             say(f"{row.name}: {kind} {variant} {score:.4f}")
     if seeds[0] is not None and "pretrained" in row.scores.get(row.judged_by, {}):
         row.seed_scores[seeds[0]] = row.scores[row.judged_by]["pretrained"]
+        row.seed_seconds[seeds[0]] = row.seconds
     for seed in seeds[1:]:
         try:
+            began = time.perf_counter()
             ckpt = pretrain(recipe, f"pretrain-seed{seed}", work, quick, seed, say)
+            row.seed_seconds[seed] = time.perf_counter() - began
             score = evaluate(row.judged_by, recipe["evaluate"][row.judged_by], ckpt, work / f"seed{seed}",
                              quick_eval if quick else [])
         except ConfigError as err:
@@ -194,7 +198,8 @@ def previous_rows(path: Path) -> dict[str, Row]:
         return {}
     rows = {}
     for raw in json.loads(path.read_text()):
-        raw["seed_scores"] = {int(k): v for k, v in raw.get("seed_scores", {}).items()}
+        for name in ("seed_scores", "seed_seconds"):
+            raw[name] = {int(k): v for k, v in raw.get(name, {}).items()}
         rows[raw["key"]] = Row(**raw)
     return rows
 
@@ -215,6 +220,15 @@ def seeds_cell(row: Row) -> str:
     return f"{statistics.median(values):.3f} ({values[0]:.3f}-{values[-1]:.3f}, {len(values)} seeds)"
 
 
+def minutes_cell(row: Row) -> str:
+    """The first seed's pretraining time, and the range over the seeds when several were timed."""
+    if row.seconds is None:
+        return ""
+    spread = sorted(row.seed_seconds.values())
+    over = f" ({spread[0] / 60:.1f}-{spread[-1] / 60:.1f})" if len(spread) > 1 else ""
+    return f"{row.seconds / 60:.1f} min{over}"
+
+
 def markdown(rows: list[Row], machine: str) -> str:
     """The results page: one table, the chart, failures with their reasons, and how it was made."""
     lines = [
@@ -223,17 +237,16 @@ def markdown(rows: list[Row], machine: str) -> str:
         "and of the image itself. kNN: top-1, k=20, T=0.07, bank = train; linear: frozen-backbone linear probe,",
         "val top-1; block: the linear probe of an inner block's map (RotNet's measure); fine-tune: val top-1;",
         "dense: dense-probe mIoU; dense fine-tune: its mIoU with the backbone trained too. Seeds: the judged-by",
-        "score of the pretrained backbone over the recipe's seeds, median (range); the other cells are the first",
-        "seed's.",
+        "score of the pretrained backbone over the recipe's seeds, median (range); pretraining: the first seed's",
+        "wall time (range over the seeds); the other cells are the first seed's.",
         "",
         "| method | backbone | judged by | pretraining | kNN | linear | block | fine-tune | dense | dense fine-tune "
         "| seeds |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        minutes = f"{r.seconds / 60:.1f} min" if r.seconds is not None else ""
         status = " (pretraining failed)" if "pretrain" in r.failures else ""
-        lines.append(f"| {r.name}{status} | {r.backbone} | {r.judged_by} | {minutes} | "
+        lines.append(f"| {r.name}{status} | {r.backbone} | {r.judged_by} | {minutes_cell(r)} | "
                      + " | ".join(cell(r, k) for k in COLUMNS) + f" | {seeds_cell(r)} |")
     failures = [f"- {r.name}, {step}: {reason}" for r in rows for step, reason in r.failures.items()]
     if failures:
