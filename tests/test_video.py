@@ -335,3 +335,26 @@ def test_a_one_frame_clip_is_convolved_with_the_centre_of_the_temporal_kernel_al
     assert torch.allclose(full.weight.grad, clip_conv.weight.grad, atol=1e-4)
     clip = torch.randn(3, 2, 4, 12, 12)  # longer clips: the whole kernel
     assert torch.allclose(full(clip), clip_conv(clip), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["r3d_18", "mc3_18"])
+def test_torchvisions_video_resnets_give_one_frame_clips_finite_bf16_channels_last_gradients(name):
+    """The oneDNN NaN that ClipConv3d avoids bites torchvision's 3-frame kernels too (every trial before)."""
+    from torchvision.models import video as tv_video
+
+    from selfsup.backbones import to_channels_last
+
+    torch.manual_seed(0)
+    ours = build_backbone(name, in_channels=1)
+    plain = getattr(tv_video, name)()
+    plain.stem[0] = torch.nn.Conv3d(1, 64, plain.stem[0].kernel_size, plain.stem[0].stride, plain.stem[0].padding,
+                                    bias=False)
+    plain.load_state_dict({**plain.state_dict(), **ours.state_dict()})
+    plain.eval(), ours.eval()
+    x = torch.randn(4, 1, 1, 32, 32)
+    features = plain.layer4(plain.layer3(plain.layer2(plain.layer1(plain.stem(x)))))
+    assert torch.allclose(features, ours.forward_features(x), atol=1e-4)  # the same function as torchvision's
+    to_channels_last(ours.train())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours(x).float().square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in ours.parameters() if p.grad is not None)

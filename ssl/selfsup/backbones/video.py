@@ -14,27 +14,6 @@ from torchvision.models import video as tv_video
 from selfsup.backbones.base import Backbone, register_backbone
 
 
-class TorchvisionVideoResNet(Backbone):
-    """torchvision's ``r3d_18`` / ``r2plus1d_18`` / ``mc3_18`` without ``fc`` (parameter names as torchvision's);
-    ``in_channels`` other than 3 replaces the stem's first convolution."""
-
-    media = "video"
-
-    def __init__(self, name: str = "r3d_18", in_channels: int = 3) -> None:
-        super().__init__()
-        model = getattr(tv_video, name)()
-        if in_channels != 3:
-            first = model.stem[0]
-            model.stem[0] = nn.Conv3d(in_channels, first.out_channels, first.kernel_size, first.stride,
-                                      first.padding, bias=False)
-        self.stem, self.layer1, self.layer2 = model.stem, model.layer1, model.layer2
-        self.layer3, self.layer4 = model.layer3, model.layer4
-        self.num_features = model.fc.in_features
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
-
-
 class ClipConv3d(nn.Conv3d):
     """A ``Conv3d`` (zero padding of half its odd temporal kernel) that convolves a one-frame clip with the centre
     of that kernel alone.
@@ -50,6 +29,37 @@ class ClipConv3d(nn.Conv3d):
             return super().forward(x)
         centre = self.weight[:, :, kt // 2 : kt // 2 + 1]
         return F.conv3d(x, centre, self.bias, self.stride, (0, *self.padding[1:]), self.dilation, self.groups)
+
+
+def clip_convs(module: nn.Module) -> nn.Module:
+    """``module`` with every convolution that runs as a plain ``Conv3d`` made a `ClipConv3d` in place (same
+    parameters and names)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv3d) and type(m).forward is nn.Conv3d.forward:
+            m.__class__ = ClipConv3d
+    return module
+
+
+class TorchvisionVideoResNet(Backbone):
+    """torchvision's ``r3d_18`` / ``r2plus1d_18`` / ``mc3_18`` without ``fc`` (parameter names as torchvision's);
+    ``in_channels`` other than 3 replaces the stem's first convolution. Convolutions are `ClipConv3d`s."""
+
+    media = "video"
+
+    def __init__(self, name: str = "r3d_18", in_channels: int = 3) -> None:
+        super().__init__()
+        model = getattr(tv_video, name)()
+        if in_channels != 3:
+            first = model.stem[0]
+            model.stem[0] = nn.Conv3d(in_channels, first.out_channels, first.kernel_size, first.stride,
+                                      first.padding, bias=False)
+        clip_convs(model)
+        self.stem, self.layer1, self.layer2 = model.stem, model.layer1, model.layer2
+        self.layer3, self.layer4 = model.layer3, model.layer4
+        self.num_features = model.fc.in_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
 
 
 def _conv_bn(cin: int, cout: int, kernel: tuple[int, int, int], stride: tuple[int, int, int] = (1, 1, 1)) -> list:
