@@ -350,7 +350,8 @@ def test_torchvisions_video_resnets_give_one_frame_clips_finite_bf16_channels_la
     plain.stem[0] = torch.nn.Conv3d(1, 64, plain.stem[0].kernel_size, plain.stem[0].stride, plain.stem[0].padding,
                                     bias=False)
     plain.load_state_dict({**plain.state_dict(), **ours.state_dict()})
-    plain.eval(), ours.eval()
+    plain.eval()
+    ours.eval()
     x = torch.randn(4, 1, 1, 32, 32)
     features = plain.layer4(plain.layer3(plain.layer2(plain.layer1(plain.stem(x)))))
     assert torch.allclose(features, ours.forward_features(x), atol=1e-4)  # the same function as torchvision's
