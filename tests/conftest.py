@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,3 +37,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mnist5k: Path) -> tuple[Pa
     runs = sorted((cwd / "runs/simclr-mnist5k").glob("version_*"))
     assert len(runs) == 1, runs  # CSV and TensorBoard share one version folder
     return runs[0], runs[0] / "checkpoints/last.ckpt"
+
+
+@pytest.fixture
+def stale_nans():
+    """A function that leaves NaN in the memory the allocator hands out next, so a kernel that reads memory it
+    never wrote shows NaN instead of passing by luck. Call it before each trial."""
+
+    def poison() -> None:
+        for dtype in (torch.float32, torch.bfloat16):
+            torch.full((20_000_000,), float("nan"), dtype=dtype)
+
+    return poison

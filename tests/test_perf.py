@@ -109,15 +109,19 @@ def test_channels_last_model_gives_the_same_loss_and_gradients(method, config, f
         assert (p.grad - q.grad).norm() <= 1e-2 * p.grad.norm() + 1e-6, name
 
 
-def test_cvrl_frame_loss_in_bf16_channels_last_has_finite_gradients():
-    """One-frame clips through 3-frame kernels: oneDNN's bf16 channels-last weight gradient is NaN there unless
-    the backbone convolves them with the kernel's centre alone (ClipConv3d)."""
-    torch.manual_seed(0)
-    model = CVRL(**{**TINY_VIDEO, "in_channels": 1}, frame_loss_weight=1.0, channels_last=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = model.ssl_step({"views": [torch.rand(16, 1, 4, 32, 32), torch.rand(16, 1, 4, 32, 32)]}).loss
-    loss.backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+def test_cvrl_in_bf16_channels_last_has_finite_gradients_on_two_frame_maps_and_one_frame_clips(stale_nans):
+    """4-frame clips are 2 frames after the stem, shorter than the 3-frame kernels of the last stages, and the frame
+    loss's clips are 1 frame: torch's CPU bf16 weight gradient there reads memory it never wrote (before ClipConv3d
+    padded such maps, NaN for 1 or 2 of 12 seeds here; test_video.py has the sharper test, per convolution)."""
+    for seed in range(8):
+        torch.manual_seed(seed)
+        model = CVRL(**{**TINY_VIDEO, "in_channels": 1}, frame_loss_weight=1.0, channels_last=True)
+        stale_nans()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model.ssl_step({"views": [torch.rand(16, 1, 4, 32, 32), torch.rand(16, 1, 4, 32, 32)]}).loss
+        loss.backward()
+        nonfinite = [name for name, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
+        assert not nonfinite, f"seed {seed}: {nonfinite}"
 
 
 @pytest.mark.slow

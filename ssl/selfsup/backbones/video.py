@@ -15,20 +15,25 @@ from selfsup.backbones.base import Backbone, register_backbone
 
 
 class ClipConv3d(nn.Conv3d):
-    """A ``Conv3d`` (zero padding of half its odd temporal kernel) that convolves a one-frame clip with the centre
-    of that kernel alone.
+    """A ``Conv3d`` that never hands oneDNN a clip shorter than its temporal kernel.
 
-    The other temporal taps of a one-frame input only ever see padding, so the output and the gradients are those
-    of the full kernel (the other taps' gradients are zero either way). This skips their work and a oneDNN bug:
-    on a CPU, the bf16 weight gradient of a 3-frame kernel over a one-frame channels-last input comes out NaN.
+    On a CPU, torch 2.14's bf16 weight gradient of a 3-frame kernel over a map of 1 or 2 frames (zero padded in
+    time) is sometimes NaN: it reads memory it never wrote. So a shorter clip is zero padded in time here instead,
+    and a one-frame clip under symmetric padding is convolved with the kernel's centre alone (its other taps only
+    ever see padding). Outputs and gradients are those of the plain ``Conv3d``.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kt = self.kernel_size[0]
-        if x.shape[2] != 1 or kt == 1 or kt % 2 == 0 or self.padding[0] != kt // 2:
+        kt, pad = self.kernel_size[0], self.padding
+        extent = self.dilation[0] * (kt - 1) + 1
+        if x.shape[2] >= extent or isinstance(pad, str) or pad[0] == 0 or self.padding_mode != "zeros":
             return super().forward(x)
-        centre = self.weight[:, :, kt // 2 : kt // 2 + 1]
-        return F.conv3d(x, centre, self.bias, self.stride, (0, *self.padding[1:]), self.dilation, self.groups)
+        spatial = (0, *pad[1:])
+        if x.shape[2] == 1 and self.dilation[0] == 1 and kt == 2 * pad[0] + 1:
+            centre = self.weight[:, :, pad[0] : pad[0] + 1]
+            return F.conv3d(x, centre, self.bias, self.stride, spatial, self.dilation, self.groups)
+        x = F.pad(x, (0, 0, 0, 0, pad[0], pad[0]))
+        return F.conv3d(x, self.weight, self.bias, self.stride, spatial, self.dilation, self.groups)
 
 
 def clip_convs(module: nn.Module) -> nn.Module:
