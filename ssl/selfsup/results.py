@@ -173,9 +173,10 @@ def run_recipe(key: str, recipe: dict[str, Any], work: Path, quick: bool, quick_
                 continue
             row.scores.setdefault(kind, {})[variant] = score
             say(f"{row.name}: {kind} {variant} {score:.4f}")
-    if seeds[0] is not None and "pretrained" in row.scores.get(row.judged_by, {}):
-        row.seed_scores[seeds[0]] = row.scores[row.judged_by]["pretrained"]
+    if seeds[0] is not None:
         row.seed_seconds[seeds[0]] = row.seconds
+        if "pretrained" in row.scores.get(row.judged_by, {}):
+            row.seed_scores[seeds[0]] = row.scores[row.judged_by]["pretrained"]
     for seed in seeds[1:]:
         try:
             began = time.perf_counter()
