@@ -33,6 +33,7 @@ from selfsup.eval.transform import RecordEvalTransform
 from selfsup.training.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_resumable, newest_intact
 from selfsup.training.collapse import CollapseMonitor
 from selfsup.training.nonfinite import NonFiniteGuard
+from selfsup.training.precision import accept_auto, resolve_precision
 from selfsup.training.progress import ProgressLines, results_line, say
 from selfsup.training.resume import resolve_last
 from selfsup.training.runlock import lock_run_folder
@@ -97,6 +98,7 @@ class SelfsupCLI(LightningCLI):
             action = parser._option_string_actions.get(f"--trainer.{name}")
             if action is not None and hasattr(action, "_typehint"):
                 action._typehint = int | float | None
+        accept_auto(parser)  # trainer.precision: auto
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FeatureWriter, "predict_writer")  # acts only in `selfsup predict`
         parser.add_lightning_class_args(DataHealth, "data_health")
@@ -137,6 +139,7 @@ class SelfsupCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         check_accelerator(config.trainer.get("accelerator"))
+        config.trainer.precision = resolve_precision(config.trainer.get("precision"), config.trainer.get("accelerator"))
         name_run(config)
         run_dir = config.get("run_dir")
         last = None  # the checkpoint `--ckpt_path last` found (refused when there is none)
