@@ -36,6 +36,7 @@ def test_bench_measures_the_fast_paths_as_a_training_run_sets_them(tmp_path, mni
     assert "precision=bf16-mixed, channels_last=True" in proc.stdout
     (row,) = result["rows"]
     assert row["backbone_images"] == 16 and row["step_ms"] > 0 and row["floor_ms"] > 0
+    assert row["overhead_low"] <= row["overhead"] <= row["overhead_high"] and "95% interval" in proc.stdout
 
 
 def test_bench_names_unknown_methods(tmp_path):
@@ -67,3 +68,26 @@ def test_bench_knn_times_faiss_and_torch_and_finds_the_same_neighbours(tmp_path)
     (row,) = json.loads(out.read_text())["rows"]
     assert (row["n_train"], row["dim"], row["queries"]) == (3000, 32, 500) and "torch/faiss" in proc.stdout
     assert row["same_neighbours"] == 1.0 and row["faiss_s"] > 0 and row["torch_s"] > 0
+
+
+def test_the_medians_interval_is_the_binomial_order_statistics():
+    from selfsup.bench.step import median_interval
+
+    # distribution-free 95% intervals of the median (ranks from the binomial table): n=10 -> x(2)..x(9),
+    # n=20 -> x(6)..x(15), n=30 -> x(10)..x(21); under 6 values the full range
+    assert median_interval(range(1, 11)) == (2, 9)
+    assert median_interval(list(range(20, 0, -1))) == (6, 15)
+    assert median_interval(range(1, 31)) == (10, 21)
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)
+
+
+def test_step_and_floor_are_timed_in_pairs_of_alternating_order():
+    import torch
+
+    from selfsup.bench.step import paired_seconds
+
+    calls = []
+    steps, floors = paired_seconds(lambda: calls.append("s"), lambda: calls.append("f"), torch.device("cpu"),
+                                   warmup=1, repeats=4)
+    assert "".join(calls) == "sf" + "fs" + "sf" + "fs" + "sf" and len(steps) == len(floors) == 4
+

@@ -24,7 +24,8 @@ def methods_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", default=list(CONFIGS), help=f"of: {', '.join(CONFIGS)}")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="timed step/floor pairs (the 95%% interval of the median ratio narrows with more)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"],
                         help="as trainer.precision: bf16-mixed autocasts the step to bfloat16")
