@@ -91,3 +91,17 @@ def test_step_and_floor_are_timed_in_pairs_of_alternating_order():
                                    warmup=1, repeats=4)
     assert "".join(calls) == "sf" + "fs" + "sf" + "fs" + "sf" and len(steps) == len(floors) == 4
 
+
+def test_the_largest_batch_is_found_by_doubling_then_bisecting():
+    import torch
+
+    from selfsup.bench.maxbatch import largest_batch, needs_checkpointing, tiled
+
+    largest, tried = largest_batch(lambda size: {"peak": size} if size <= 100 else None, start=8, limit=2048)
+    assert largest == 96 and set(tried) == {8, 16, 32, 64, 128, 96, 112, 104}
+    assert largest_batch(lambda size: {}, start=8, limit=50)[0] == 50  # everything fits: the limit itself
+    assert largest_batch(lambda size: None, start=8, limit=50)[0] == 0
+    assert needs_checkpointing(96, 2048, 128) and needs_checkpointing(96, 2048, 64) is False
+    assert needs_checkpointing(32, 32, 128) is None  # the search stopped below the recipe's batch
+    batch = tiled({"views": [torch.arange(3)], "label": torch.arange(3)}, 7)
+    assert batch["views"][0].tolist() == [0, 1, 2, 0, 1, 2, 0] and batch["label"].shape == (7,)

@@ -14,6 +14,8 @@ CONFIGS = {"SimCLR": "experiments/simclr/mnist5k.yaml", "RotNet": "experiments/r
 SUBCOMMANDS = """subcommands:
   selfsup bench data   images/s of the data pipeline: shards against PIL files, views in workers or on the device
   selfsup bench knn    FAISS kNN search against brute-force torch on the same features
+  selfsup bench max-batch  the largest per-device batch of a recipe's step that fits in memory
+  selfsup bench gpu-check  every GPU path in one run, each step with its own time limit (runs/gpu-check/)
 (each with --help)"""
 
 
@@ -45,16 +47,26 @@ def knn_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--against-faiss-cpu", action="store_true",
+                        help="also FAISS on the CPU on the same features (faiss-gpu against faiss-cpu on a GPU)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-knn.json"))
     return parser
 
 
 def main(argv: list[str]) -> int | None:
-    """``selfsup bench [data|knn] ...``."""
+    """``selfsup bench [data|knn|max-batch|gpu-check] ...``."""
     if argv[:1] == ["data"]:
         from selfsup.bench.data import main as bench_data
 
         return bench_data(argv[1:])
+    if argv[:1] == ["max-batch"]:
+        from selfsup.bench.maxbatch import main as max_batch
+
+        return max_batch(argv[1:])
+    if argv[:1] == ["gpu-check"]:
+        from selfsup.bench.gpucheck import main as gpu_check
+
+        return gpu_check(argv[1:])
     if argv[:1] == ["knn"]:
         args = knn_parser().parse_args(argv[1:])
         from selfsup.bench.knn import run_knn

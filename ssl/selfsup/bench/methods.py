@@ -65,18 +65,14 @@ class Switches:
         return plugin.forward_context
 
 
-def bench_method(method: str, config: Path, batch_size: int, device: torch.device, warmup: int = 3,
-                 repeats: int = 20, switches: Switches = Switches()) -> dict[str, Any]:
-    """Median step and floor time, images/s and peak memory of one method on one real training batch of its
-    MNIST-5k recipe, with the fast paths in ``switches``."""
-    model, data, _ = build(config, batch_size, switches)
-    model.to(device).train()
-    model.setup("fit")  # compiles the backbone when asked, as in a training run
-    batch = next(iter(data.train_dataloader()))
-    batch = data.on_after_batch_transfer(move_data_to_device(batch, device), 0)  # as Lightning moves it
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    autocast = switches.autocast(device)
-    momentum = getattr(model, "momentum_backbone", None)
+def first_batch(data: Any, device: torch.device) -> dict[str, Any]:
+    """The data module's first training batch on ``device``, as Lightning moves it."""
+    return data.on_after_batch_transfer(move_data_to_device(next(iter(data.train_dataloader())), device), 0)
+
+
+def training_step(model: Any, batch: dict[str, Any], opt: torch.optim.Optimizer,
+                  autocast: Callable[[], AbstractContextManager]) -> Callable[[], None]:
+    """One training step on ``batch`` as a run takes it: the loss under ``autocast``, backward, ``opt``'s step."""
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -85,6 +81,20 @@ def bench_method(method: str, config: Path, batch_size: int, device: torch.devic
         loss.backward()
         opt.step()
 
+    return step
+
+
+def bench_method(method: str, config: Path, batch_size: int, device: torch.device, warmup: int = 3,
+                 repeats: int = 20, switches: Switches = Switches()) -> dict[str, Any]:
+    """Median step and floor time, images/s and peak memory of one method on one real training batch of its
+    MNIST-5k recipe, with the fast paths in ``switches``."""
+    model, data, _ = build(config, batch_size, switches)
+    model.to(device).train()
+    model.setup("fit")  # compiles the backbone when asked, as in a training run
+    batch = first_batch(data, device)
+    autocast = switches.autocast(device)
+    step = training_step(model, batch, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9), autocast)
+    momentum = getattr(model, "momentum_backbone", None)
     with BackboneCalls(model.backbone) as calls, BackboneCalls(momentum) as momentum_calls:
         step()
     floor = floor_step(model.backbone, calls.calls, momentum, momentum_calls.calls, autocast)
