@@ -29,8 +29,9 @@ def methods_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=20,
                         help="timed step/floor pairs (the 95%% interval of the median ratio narrows with more)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"],
-                        help="as trainer.precision: bf16-mixed autocasts the step to bfloat16")
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed", "auto"],
+                        help="as trainer.precision: bf16-mixed autocasts the step to bfloat16; auto picks it on CUDA "
+                             "and on CPUs with AVX-512 BF16 or AMX")
     parser.add_argument("--channels-last", action="store_true", help="model.channels_last: NHWC convolutions")
     parser.add_argument("--compile", action="store_true", help="model.compile_backbone: torch.compile")
     parser.add_argument("--out", type=Path, default=Path("runs/bench.json"))

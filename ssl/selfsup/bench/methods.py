@@ -28,6 +28,7 @@ from selfsup.bench.cli import CONFIGS
 from selfsup.bench.step import BackboneCalls, floor_step, median_interval, paired_seconds, peak_memory_mib
 from selfsup.errors import ConfigError
 from selfsup.recipes import recipe_path
+from selfsup.training.precision import resolve_precision
 
 
 def build(config: Path, batch_size: int, switches: Switches, overrides: Sequence[str] = ()):
@@ -124,14 +125,15 @@ def run_methods(args: argparse.Namespace) -> None:
     if unknown:
         raise ConfigError(f"no bench config for {', '.join(unknown)}; choose from: {', '.join(CONFIGS)}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    switches = Switches(args.precision, args.channels_last, args.compile)
+    switches = Switches(resolve_precision(args.precision, device.type), args.channels_last, args.compile)
     configs = {m: args.repo / CONFIGS[m] if args.repo else recipe_path(CONFIGS[m]) for m in args.methods}
     rows = [bench_method(m, configs[m], args.batch_size, device, args.warmup, args.repeats, switches)
             for m in args.methods]
     memory = "CUDA max_memory_allocated" if device.type == "cuda" else "torch CPU allocations (profiler)"
     print(f"device: {device}, torch threads: {torch.get_num_threads()}, batch: {args.batch_size} images, "
           f"{', '.join(f'{k}={v}' for k, v in asdict(switches).items())}; {args.repeats} step/floor pairs after "
-          f"{args.warmup} warm-up, overhead: median of the pairs' ratios - 1 [its 95% interval]; peak: MiB above the "
+          f"{args.warmup} warm-up, overhead: median of the pairs' ratios - 1 [its 95% interval"
+          f"{'; under 6 pairs their full range, short of 95%' if args.repeats < 6 else ''}]; peak: MiB above the "
           f"step's start ({memory})")
     print(f"{'method':<8} {'backbone imgs':>13} {'step ms':>9} {'floor ms':>9} {'overhead':>9} {'95% interval':>16} "
           f"{'images/s':>9} {'peak MiB':>9} {'floor MiB':>9}")
