@@ -25,6 +25,7 @@ def test_the_dry_run_on_a_cpu_takes_every_step(tmp_path, mnist5k):
     assert table.count("| ok |") == 7 and "GPU check on CPU" in table
 
 
+@pytest.mark.slow  # three selfsup processes
 def test_a_failed_step_is_reported_with_its_reason_and_the_next_one_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO / "ssl"))  # the steps run this checkout's selfsup
     knn = Step("faiss-gpu", lambda: ["bench", "knn", "--device", "cuda", "--train", "100", "--dims", "4",
