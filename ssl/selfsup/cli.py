@@ -28,7 +28,7 @@ from selfsup.cli_checks import (
 from selfsup.data import SSLDataModule
 from selfsup.data.health import DataHealth
 from selfsup.eval import FeatureWriter
-from selfsup.eval.checkpoint import load_checkpoint
+from selfsup.eval.checkpoint import existing_checkpoint, load_checkpoint
 from selfsup.eval.transform import RecordEvalTransform
 from selfsup.training.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_resumable, newest_intact
 from selfsup.training.collapse import CollapseMonitor
@@ -38,7 +38,6 @@ from selfsup.training.resume import resolve_last
 from selfsup.training.runlock import lock_run_folder
 from selfsup.training.runs import eval_folder, run_folder_of
 from selfsup.training.slurm import SlurmRequeue, resume_candidates, use_run_dir
-from selfsup.trust import check_local_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +127,16 @@ class SelfsupCLI(LightningCLI):
         self.config = parser.parse_args(args)
 
     def _parse_ckpt_path(self) -> None:
-        """Refuse a remote ``ckpt_path``. Unlike LightningCLI, do not merge the checkpoint's hyper-parameters into
-        the config: the command line and config decide the model (checked against the checkpoint after
-        instantiation), and nothing a checkpoint names is imported."""
+        """Refuse a ``ckpt_path`` that is not a local regular file (or ``last``) before anything is fetched, and read
+        it only weights-only. Unlike LightningCLI, do not merge the checkpoint's hyper-parameters into the config: the
+        command line and config decide the model (checked against the checkpoint after instantiation), and nothing a
+        checkpoint names is imported."""
         config = self.config.get(self.config.get("subcommand") or "", {})
-        check_local_checkpoint(config.get("ckpt_path") if config else None)
+        path = config.get("ckpt_path") if config else None
+        if path is not None and path != "last":
+            existing_checkpoint(path)
+        if config and "weights_only" in config:
+            config.weights_only = True
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -158,21 +162,20 @@ class SelfsupCLI(LightningCLI):
         self._resume: tuple[Path, dict] | None = None
         if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
             folders = output_folders(config)
-            folder = Path(run_dir) if run_dir else (folders or [None])[0]  # the run's own folder, locked first
-            if folder is not None and is_first_process():
+            for folder in [Path(run_dir), *folders] if run_dir else folders:  # each locked before it is written
                 check_writable([folder])
-                lock_run_folder(folder)
-            check_writable(folders)
+                if is_first_process():
+                    lock_run_folder(folder)
             self._resume = resume_checkpoint(config, last)
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         path = config.get("ckpt_path")
-        if path and Path(path).is_file():
+        if path:  # through the gate again: `last` and --run_dir resolved to a file only now
             ckpt = self._resume[1] if self._resume and str(self._resume[0]) == path else load_checkpoint(path)
             check_resumable(ckpt, self.model, path)
-        if self.subcommand == "fit" and type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # unless the config chose another
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> L.Trainer:
