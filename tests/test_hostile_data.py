@@ -251,19 +251,32 @@ def test_write_removes_the_temporary_folder_of_a_killed_write(tmp_path, capsys, 
     gone = subprocess.Popen(["true"])
     gone.wait()
     temps = {name: tmp_path / f".out-{suffix}" for name, suffix in
-             (("killed", "0badc0de"), ("old", "00000001"), ("live", "1111aaaa"))}
+             (("killed", "0badc0de"), ("live", "1111aaaa"))}
     for path in temps.values():
         path.mkdir()
         (path / "train-000000.tar").write_bytes(b"half a shard")
     (temps["killed"] / ".writer").write_text(f"{os.uname().nodename} {gone.pid}\n")
     (temps["live"] / ".writer").write_text(f"{os.uname().nodename} {os.getpid()}\n")  # a write still going on
-    os.utime(temps["old"], (0, 0))  # an old temp folder without a writer note (an older selfsup's)
     code, printed = cli("shards", "write", "--from", str(photos(tmp_path / "pics")), "--out", str(tmp_path / "out"),
                         "--quiet", capsys=capsys)
     assert code == 0, printed
-    assert not temps["killed"].exists() and not temps["old"].exists() and temps["live"].exists()
+    assert not temps["killed"].exists() and temps["live"].exists()
+    assert not (tmp_path / "out/.writer").exists()
     said = caplog.text
     assert f"removed {temps['killed']}, the temporary folder of an interrupted write" in said, said
+
+
+def test_write_never_removes_a_hidden_folder_without_its_marker(tmp_path, capsys):
+    """A user's ``.out-archived`` (or an unmarked ``.out-00000001``) beside ``--out`` is theirs, however old."""
+    kept = [tmp_path / ".out-archived", tmp_path / ".out-00000001"]
+    for folder in kept:
+        folder.mkdir()
+        (folder / "backup.tar").write_bytes(b"keep me")
+        os.utime(folder, (0, 0))
+    code, printed = cli("shards", "write", "--from", str(photos(tmp_path / "pics")), "--out", str(tmp_path / "out"),
+                        "--quiet", capsys=capsys)
+    assert code == 0, printed
+    assert all((folder / "backup.tar").read_bytes() == b"keep me" for folder in kept)
 
 
 def test_val_split_is_stratified_by_class(tmp_path, capsys):
