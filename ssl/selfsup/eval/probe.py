@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -114,12 +115,14 @@ class FrozenProbe(L.LightningModule):
 class _FeatureBatches(IterableDataset):
     """Shuffled batches ``{"features", "label"}`` (and ``"mask"`` with ``masks``) of cached features: a fresh
     permutation each epoch, this rank's share of it, whole batches only (every rank takes the same number of
-    steps)."""
+    steps). ``health``: what reading the cached images counted (``"health"`` of the stream's batches), carried by the
+    first batch of each epoch, as a stream re-reading them would, so DataHealth logs and stops on it."""
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, rank: int, world: int,
-                 seed: int = 0, masks: torch.Tensor | None = None) -> None:
+                 seed: int = 0, masks: torch.Tensor | None = None, health: dict[str, Any] | None = None) -> None:
         self.features, self.labels, self.masks, self.batch_size = features, labels, masks, batch_size
         self.rank, self.world, self.seed, self._epoch = rank, world, seed, 0
+        self.health = health
 
     def __len__(self) -> int:
         return len(self.labels) // (self.batch_size * self.world)
@@ -131,7 +134,19 @@ class _FeatureBatches(IterableDataset):
         for i in range(len(self)):
             idx = mine[i * self.batch_size : (i + 1) * self.batch_size]
             batch = {"features": self.features[idx], "label": self.labels[idx]}
-            yield batch if self.masks is None else {**batch, "mask": self.masks[idx]}
+            if self.masks is not None:
+                batch["mask"] = self.masks[idx]
+            if i == 0 and self.health is not None:
+                batch["health"] = self.health
+            yield batch
+
+
+def summed_health(counts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ``"health"`` counts of several stream batches added up (None: there were none)."""
+    if not counts:
+        return None
+    return {"seen": sum(c["seen"] for c in counts),
+            **{key: dict(sum((Counter(c[key]) for c in counts), Counter())) for key in ("skipped", "refused")}}
 
 
 class LinearProbe(FrozenProbe):
