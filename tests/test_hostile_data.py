@@ -219,6 +219,8 @@ OUT = {
         "cannot write a shard set to", "(Read-only file system); choose another folder"]),
     "--out below a file": (lambda tmp, tmpfs: (tmp / "file").write_text("x") and tmp / "file/out", [
         "cannot write a shard set to", "choose another folder"]),
+    "--out a dangling symlink": (lambda tmp, tmpfs: (tmp / "out").symlink_to(tmp / "nowhere") or tmp / "out", [
+        "is a symbolic link; give the path of a new folder"]),
 }
 
 
@@ -233,6 +235,39 @@ def test_write_where_it_cannot_is_one_line_and_keeps_nothing(name, tmp_path, tmp
         assert fragment in printed, printed
     assert not out.exists() or not any(out.iterdir())
     assert not list(out.parent.glob(f".{out.name}-*")) if out.parent.is_dir() else True
+
+
+ARGUMENTS = {
+    "--val-fraction -0.5": (["--val-fraction", "-0.5"], "--val-fraction must be at least 0 (no val split) and below 1"),
+    "--val-fraction 1": (["--val-fraction", "1"], "--val-fraction must be at least 0 (no val split) and below 1"),
+    "--maxcount 0": (["--maxcount", "0"], "--maxcount must be at least 1 sample per shard, got 0"),
+}
+
+
+@pytest.mark.parametrize("name", ARGUMENTS)
+def test_write_refuses_numbers_it_would_ignore(name, tmp_path, capsys):
+    flags, message = ARGUMENTS[name]
+    code, printed = cli("shards", "write", "--from", str(photos(tmp_path / "pics")), "--out", str(tmp_path / "out"),
+                        *flags, "--quiet", capsys=capsys)
+    assert code == 2 and message in printed and not (tmp_path / "out").exists(), printed
+
+
+def test_every_file_is_one_sample_whatever_its_name(tmp_path, capsys):
+    """Two files that share a name (``clip.png``, ``clip.jpg``), a newline, bytes that are not UTF-8, dots and ``%``:
+    each file one sample, read back whole, its name recoverable from its key."""
+    from urllib.parse import unquote_to_bytes
+
+    root = photos(tmp_path / "pics")
+    odd = [b"clip.png", b"clip.jpg", b"new\nline.png", b"caf\xe9.png", b"v1.2.png", b"100%.png"]
+    for i, name in enumerate(odd):
+        Image.open(io.BytesIO(png(50 + i))).save(os.path.join(os.fsencode(root / "cat"), name))
+    code, printed = cli("shards", "write", "--from", str(root), "--out", str(tmp_path / "out"), "--quiet",
+                        capsys=capsys)
+    assert code == 0 and f"train: {6 + len(odd)} samples" in printed, printed
+    keys = [s["__key__"] for part in Source(f"shards:{tmp_path / 'out'}").split("train").parts for s in part.samples()]
+    assert len(keys) == len(set(keys)) == 6 + len(odd)
+    names = {unquote_to_bytes(k) for k in keys}
+    assert {b"cat/clip_png", b"cat/clip_jpg", b"cat/new\nline", b"cat/caf\xe9", b"cat/v1.2", b"cat/100%"} <= names
 
 
 def test_write_is_readable_by_others_as_the_umask_allows(tmp_path, capsys):

@@ -11,8 +11,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from selfsup.errors import ConfigError
 
 
@@ -77,6 +75,8 @@ def atomic_write(target: Path, data: bytes | memoryview, inputs: Iterable[Path] 
 
 def atomic_save(obj: Any, target: Path, inputs: Iterable[Path] = (), replace: bool = True) -> None:
     """``torch.save`` of ``obj`` through ``atomic_write``."""
+    import torch
+
     buffer = io.BytesIO()  # serialised first (as Lightning does), so that a full disk fails in write() with ENOSPC
     torch.save(obj, buffer)
     atomic_write(target, buffer.getbuffer(), inputs, replace)
