@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import re
 import tempfile
@@ -57,12 +58,22 @@ RANGES = (
 
 
 def check_ranges(config: Any) -> None:
-    """Refuse a config value outside its range (a negative lr, batch size or worker count), naming it."""
+    """Refuse a config value outside its range (a negative lr, batch size or worker count), a backbone or image
+    size over its cap, or more threads than the machine has cores, naming it."""
     for key, ok, what in RANGES:
         value = config.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not (math.isfinite(value) and ok(value)):
             raise ConfigError(f"{key.replace('.init_args', '')} must be {what}, got {value}; fix it in the config or "
                               "on the command line")
+    from selfsup.data.limits import check_sizes
+
+    args = config.get("model.init_args.backbone_args")
+    check_sizes(dict(args) if args else {}, "model.backbone_args")
+    check_sizes({"image_size": config.get("data.init_args.image_size")}, "data.image_size")
+    threads, cores = config.get("threads"), os.cpu_count() or 1
+    if isinstance(threads, int) and threads > 4 * cores:
+        raise ConfigError(f"--threads {threads} is more than 4x this machine's {cores} cores; give at most the "
+                          "cores the loader workers leave free")
 
 
 def method_names() -> list[str]:

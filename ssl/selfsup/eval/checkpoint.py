@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from selfsup.backbones import Backbone, build_backbone
+from selfsup.data.limits import check_sizes
 from selfsup.errors import ConfigError
 from selfsup.eval.transform import KEY as EVAL_TRANSFORM
 
@@ -136,11 +137,12 @@ def backbone_spec(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> Back
     try:
         mean, std = recorded.get("mean"), recorded.get("std")
         normalization = (tuple(mean), tuple(std)) if mean and std else None
-        return BackboneSpec(str(hp["backbone"]), dict(hp.get("backbone_args") or {}), int(hp.get("in_channels", 3)),
-                            normalization)
+        args, in_channels = dict(hp.get("backbone_args") or {}), hp.get("in_channels", 3)
     except (TypeError, ValueError, AttributeError) as err:
         raise ConfigError(f"{path} records its backbone in a form selfsup did not write ({err}); give a checkpoint "
                           "written by `selfsup fit`") from None
+    check_sizes({**args, "in_channels": in_channels}, f"{path}'s hyper-parameters")
+    return BackboneSpec(str(hp["backbone"]), args, in_channels, normalization)
 
 
 def backbone_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:

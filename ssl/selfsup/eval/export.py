@@ -15,6 +15,7 @@ import torch
 import torchvision
 from torchvision.transforms import v2
 
+from selfsup.data.limits import check_sizes
 from selfsup.errors import ConfigError
 from selfsup.eval.checkpoint import (
     BackboneSpec,
@@ -116,9 +117,10 @@ def load_exported(path: str | Path) -> tuple[torch.nn.Module, v2.Compose]:
     state = read_weights(path, "exported backbone")
     try:
         info = json.loads(existing_checkpoint(described, "backbone spec").read_text())
-        spec = BackboneSpec(str(info["backbone"]), dict(info.get("backbone_args") or {}), int(info["in_channels"]))
+        spec = BackboneSpec(str(info["backbone"]), dict(info.get("backbone_args") or {}), info["in_channels"])
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ConfigError(f"{described} is not a backbone description written by `selfsup export` ({err})") from None
+    check_sizes({**spec.args, "in_channels": spec.in_channels}, str(described))
     return built_with(spec, state, path).eval(), build_transform(info.get(KEY), str(described))
 
 
