@@ -89,6 +89,8 @@ INSPECT = {
                                 ["names 100,000,000 files, over the cap of 100,000", "SELFSUP_MAX_PATTERN_NAMES"]),
     "unbalanced brace pattern": (lambda tmp: shard_set(tmp / "set") / "train-{000000..000001.tar", {}, 2,
                                  ["is malformed"]),
+    "manifest naming a missing shard": (lambda tmp: (shard(shard_set(tmp / "set"), 1).unlink() or tmp / "set"), {},
+                                        1, ["train-000001.tar is missing or not a file; restore it"]),
 }
 
 

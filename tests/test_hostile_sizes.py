@@ -89,6 +89,9 @@ ROWS = {
                          "--ckpt_path best is not supported by selfsup; give the checkpoint file itself"),
     "--ckpt_path a folder": (lambda d, c: cli(*FIT, "--ckpt_path", str(d), capsys=c),
                              "is a folder; give a checkpoint file written by selfsup"),
+    "plot --out x.txt": (lambda d, c: cli("plot", "--ckpt", str(checkpoint(d / "p.ckpt")), "-c", DATA, "--out",
+                                          "x.txt", capsys=c),
+                         "--out x.txt: a figure is written as png, pdf, svg, jpg, jpeg"),
     "--weights_only false": (lambda d, c: cli(*FIT, "--ckpt_path", str(checkpoint(d / "r.ckpt", _class_path=
                                                                                    "selfsup.methods.RotNet")),
                                               "--weights_only", "false", capsys=c),

@@ -111,3 +111,23 @@ def test_two_runs_that_spell_one_folder_differently_do_not_share_it(mnist5k, tmp
     proc = selfsup(*fit, "--trainer.logger.init_args.save_dir", "runs/./a", "--ckpt_path", "last", cwd=tmp_path,
                    check=False, timeout=120)
     assert proc.returncode == 2 and "is in use by pid" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_validate_in_a_read_only_run_folder_is_one_line(ckpt, tmp_path, capsys):
+    """An evaluation writes into RUN/eval/: a run on a read-only disk is refused before anything runs."""
+    import subprocess
+
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        (mnt / "run/checkpoints").mkdir(parents=True)
+        (mnt / "run/checkpoints/last.ckpt").write_bytes(ckpt.read_bytes())
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        code, printed = cli("validate", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), "--ckpt_path",
+                            str(mnt / "run/checkpoints/last.ckpt"), capsys=capsys)
+        assert code == 2 and "Traceback" not in printed, printed[-2000:]
+        assert printed.count("selfsup: error: cannot write run outputs to") == 1 and "copy the run" in printed
+    finally:
+        subprocess.run(["umount", "--lazy", str(mnt)], check=False)

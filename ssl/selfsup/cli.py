@@ -155,8 +155,10 @@ class SelfsupCLI(LightningCLI):
         check_ranges(config)
         if config.get("threads"):
             torch.set_num_threads(config.threads)
-        if self.subcommand in EVAL_STAGES:
-            write_beside_the_run(config, self.subcommand)
+        evaluation = write_beside_the_run(config, self.subcommand) if self.subcommand in EVAL_STAGES else None
+        if evaluation is not None:
+            check_writable([evaluation.parent], fix="an evaluation writes into the checkpoint's run folder: copy the "
+                           "run (or its checkpoints/ folder) somewhere writable")
         if not sys.stdout.isatty():  # a log file (CI, SLURM): plain lines only, no progress-bar fragments
             config.trainer.enable_progress_bar = False
         self._resume: tuple[Path, dict] | None = None
@@ -266,15 +268,16 @@ def resume_folders(config: Any) -> list[Path]:
     return folders or [Path(config.trainer.get("default_root_dir") or ".")]
 
 
-def write_beside_the_run(config: Any, stage: str) -> None:
+def write_beside_the_run(config: Any, stage: str) -> Path | None:
     """Point every logger (and so the saved config.yaml and predict's features) at ``RUN/eval/STAGE-TIME/`` of
     the checkpoint's run, so an evaluation never rewrites the run's config.yaml, metrics.csv or TensorBoard
-    files."""
+    files; that folder (None: the checkpoint is in no run)."""
     folder = eval_folder(config.ckpt_path, stage) if config.get("ckpt_path") else None
     for logger in config.trainer.logger if folder and isinstance(config.trainer.logger, list) else []:
         args = getattr(logger, "init_args", None)
         if args is not None and "save_dir" in args:
             args.save_dir, args.name, args.version = str(folder.parent), "", folder.name
+    return folder
 
 
 def share_logger_version(loggers: object, resume: bool = False, version: str | None = None) -> None:

@@ -138,19 +138,20 @@ def _unwrapped_from_worker(err: ConfigError) -> ConfigError:
     return type(err)(text[raises[-1].end():].strip()) if raises else err
 
 
-def check_writable(folders: list[Path]) -> None:
-    """Each output folder exists or can be made, and takes a file; a ConfigError names the first that does not."""
+RUN_OUTPUTS_FIX = ("choose a writable folder with --trainer.logger.init_args.save_dir (or the loggers' save_dir in "
+                   "the config) and --checkpoint.dirpath")
+
+
+def check_writable(folders: list[Path], fix: str = RUN_OUTPUTS_FIX) -> None:
+    """Each output folder exists or can be made, and takes a file; a ConfigError names the first that does not,
+    and ``fix``."""
     for folder in folders:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=folder):
                 pass
         except OSError as err:
-            raise ConfigError(
-                f"cannot write run outputs to {folder} ({err.strerror or err}); choose a writable folder with "
-                "--trainer.logger.init_args.save_dir (or the loggers' save_dir in the config) and "
-                "--checkpoint.dirpath"
-            ) from None
+            raise ConfigError(f"cannot write run outputs to {folder} ({err.strerror or err}); {fix}") from None
 
 
 def check_accelerator(accelerator: object) -> None:

@@ -187,8 +187,9 @@ def plot_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from selfsup.eval.checkpoint import existing_checkpoint
     from selfsup.eval.features import split_features
-    from selfsup.eval.plot import save_embedding_plot
+    from selfsup.eval.plot import figure_format, save_embedding_plot
 
+    figure_format(args.out)  # before the evaluation, not after
     device = _device(args.device)
     existing_checkpoint(args.ckpt)
     data = load_data(args.config, need_labels=False, what="plot")
@@ -208,8 +209,10 @@ def reconstruct_main(argv: list[str]) -> None:
     parser.add_argument("--num-images", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="seed of the masks")
     args = parser.parse_args(argv)
+    from selfsup.eval.plot import figure_format
     from selfsup.eval.reconstruction import load_simmim, reconstruction_rows, save_reconstruction_grid
 
+    figure_format(args.out)
     device = _device(args.device)
     model = load_simmim(args.ckpt)
     data = load_data(args.config, need_labels=False, what="reconstruct")

@@ -147,7 +147,11 @@ def check_sample(sample: dict, manifest: Manifest | None, report: ShardReport) -
 
 
 def inspect_shard(part: ShardPart, manifest: Manifest | None) -> ShardReport:
-    report = ShardReport(part.name, part.count if manifest else None, Path(part.path).stat().st_size)
+    path = Path(part.path)
+    report = ShardReport(part.name, part.count if manifest else None, path.stat().st_size if path.is_file() else 0)
+    if not path.is_file():
+        report.problems.append(f"{path} is missing or not a file; restore it or write the shard set again")
+        return report
     try:
         for sample in part.samples():
             report.samples += 1
