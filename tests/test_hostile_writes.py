@@ -125,7 +125,7 @@ def test_validate_in_a_read_only_run_folder_is_one_line(ckpt, tmp_path, capsys):
         (mnt / "run/checkpoints").mkdir(parents=True)
         (mnt / "run/checkpoints/last.ckpt").write_bytes(ckpt.read_bytes())
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
-        code, printed = cli("validate", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), "--ckpt_path",
+        code, printed = cli("validate", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), *TINY, "--ckpt_path",
                             str(mnt / "run/checkpoints/last.ckpt"), capsys=capsys)
         assert code == 2 and "Traceback" not in printed, printed[-2000:]
         assert printed.count("selfsup: error: cannot write run outputs to") == 1 and "copy the run" in printed
