@@ -127,15 +127,18 @@ class SelfsupCLI(LightningCLI):
         self.config = parser.parse_args(args)
 
     def _parse_ckpt_path(self) -> None:
-        """Refuse a ``ckpt_path`` that is not a local regular file (or ``last``) before anything is fetched, and read
-        it only weights-only. Unlike LightningCLI, do not merge the checkpoint's hyper-parameters into the config: the
-        command line and config decide the model (checked against the checkpoint after instantiation), and nothing a
-        checkpoint names is imported."""
+        """Refuse a ``ckpt_path`` or ``model.init_from`` that is not a local regular file (or ``last``) before anything
+        is fetched or built, and read checkpoints only weights-only. Unlike LightningCLI, do not merge the
+        checkpoint's hyper-parameters into the config: the command line and config decide the model (checked against
+        the checkpoint after instantiation), and nothing a checkpoint names is imported."""
         config = self.config.get(self.config.get("subcommand") or "", {})
-        path = config.get("ckpt_path") if config else None
-        if path is not None and path != "last":
-            existing_checkpoint(path)
-        if config and "weights_only" in config:
+        if not config:
+            return
+        init_from = config.get("model.init_args.init_from") if "model.init_args" in config else None
+        for path in (config.get("ckpt_path"), init_from):
+            if path is not None and path != "last":
+                existing_checkpoint(path)
+        if "weights_only" in config:
             config.weights_only = True
 
     def before_instantiate_classes(self) -> None:
