@@ -122,3 +122,17 @@ def test_a_dense_probe_with_cached_features_counts_the_masks_it_skipped(tmp_path
                         "--data.num_workers", "0", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
                         "--trainer.log_every_n_steps", "1", capsys=capsys)
     assert code == 2 and "2 of 5 samples read so far were unusable" in printed, printed[-2000:]
+
+
+def test_a_linear_probe_with_cached_features_counts_the_images_it_skipped(tmp_path, monkeypatch, capsys):
+    """2 of 5 images do not decode: caching skips them, and the health check stops the run as streaming would."""
+    for i, (cls, name) in enumerate((("a", "0"), ("a", "1"), ("b", "2"), ("a", "broken"), ("b", "broken"))):
+        (tmp_path / "photos" / cls).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "photos" / cls / f"{name}.png").write_bytes(b"not a png" if name == "broken" else png(i))
+    monkeypatch.chdir(tmp_path)
+    code, printed = cli("fit", "--model", "LinearProbe", "--model.backbone", "resnet18", "--model.backbone_args",
+                        "{width: 4, cifar_stem: true}", "--model.cache_features", "true", "--data.source",
+                        f"folder:{tmp_path / 'photos'}", "--data.image_size", str(SIZE), "--data.batch_size", "2",
+                        "--data.num_workers", "0", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+                        "--trainer.log_every_n_steps", "1", capsys=capsys)
+    assert code == 2 and "2 of 5 samples read so far were unusable" in printed, printed[-2000:]

@@ -22,7 +22,7 @@ from selfsup.data.members import IGNORE
 from selfsup.data.views import EvalView
 from selfsup.errors import ConfigError
 from selfsup.eval.cells import cell_neighbours
-from selfsup.eval.probe import FrozenProbe, _FeatureBatches, summed_health
+from selfsup.eval.probe import FrozenProbe, Tallied, _FeatureBatches
 from selfsup.optim import split_decay
 
 CELL_LIMIT = 65536  # val cells kept for ``cell_neighbours`` per rank (64 x 64 maps of 16 images, 8 x 8 of 1,024)
@@ -128,13 +128,13 @@ class DenseProbe(FrozenProbe):
         if not self.cache_features:
             return None
         data = self.trainer.datamodule
-        maps, labels, masks, health = [], [], [], []
+        maps, labels, masks = [], [], []
+        loader = Tallied(data.eval_dataloader("train", all_ranks=True))
         with torch.no_grad():
-            for batch in data.eval_dataloader("train", all_ranks=True):
+            for batch in loader:
                 maps.append(self.feature_map(batch["image"].to(self.device)).cpu())
                 labels.append(batch["label"])
                 masks.append(batch["mask"])
-                health += [batch["health"]] if "health" in batch else []
         if not maps:
             raise ConfigError("the train data holds no usable sample with a mask; check it with `selfsup shards "
                               "inspect`")
@@ -142,7 +142,7 @@ class DenseProbe(FrozenProbe):
         rank_zero_info(f"cached {len(features)} training feature maps of {tuple(features.shape[1:])}")
         return DataLoader(_FeatureBatches(features, torch.cat(labels), data.batch_size, self.global_rank,
                                           self.trainer.world_size, data.seed, masks=torch.cat(masks),
-                                          health=summed_health(health)),
+                                          health=loader.health),
                           batch_size=None)
 
     def _logits_and_masks(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import lightning as L
@@ -23,7 +23,7 @@ from selfsup.data.views import EvalView, ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.eval.blocks import BlockFeatures
 from selfsup.eval.checkpoint import backbone_from
-from selfsup.eval.features import split_features
+from selfsup.eval.features import extract_features
 from selfsup.eval.knn import topk_accuracy
 from selfsup.heads import LinearClassifier
 from selfsup.optim import (
@@ -141,12 +141,22 @@ class _FeatureBatches(IterableDataset):
             yield batch
 
 
-def summed_health(counts: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The ``"health"`` counts of several stream batches added up (None: there were none)."""
-    if not counts:
-        return None
-    return {"seen": sum(c["seen"] for c in counts),
-            **{key: dict(sum((Counter(c[key]) for c in counts), Counter())) for key in ("skipped", "refused")}}
+class Tallied:
+    """Iterates a loader of stream batches, adding up the ``"health"`` counts they carry (``health``: None until
+    one did), so what caching read is counted as training's reading is."""
+
+    def __init__(self, loader: Iterable[dict[str, Any]]) -> None:
+        self.loader, self.health = loader, None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            counts = batch.get("health")
+            if counts is not None:
+                self.health = self.health or {"seen": 0, "skipped": {}, "refused": {}}
+                self.health["seen"] += counts["seen"]
+                for key in ("skipped", "refused"):
+                    self.health[key] = dict(Counter(self.health[key]) + Counter(counts[key]))
+            yield batch
 
 
 class LinearProbe(FrozenProbe):
@@ -191,11 +201,12 @@ class LinearProbe(FrozenProbe):
         if not self.cache_features:
             return None
         data = self.trainer.datamodule
-        features, labels = split_features(self.features, data, "train", self.device, progress=True)
+        loader = Tallied(data.eval_dataloader("train", all_ranks=True))
+        features, labels = extract_features(self.features, loader, self.device, progress=True, desc="train")
         keep = labels >= 0
         rank_zero_info(f"cached {int(keep.sum())} training features of width {features.shape[1]}")
         batches = _FeatureBatches(features[keep], labels[keep], data.batch_size, self.global_rank,
-                                  self.trainer.world_size, data.seed)
+                                  self.trainer.world_size, data.seed, health=loader.health)
         return DataLoader(batches, batch_size=None)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
