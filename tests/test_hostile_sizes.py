@@ -89,6 +89,8 @@ ROWS = {
                          "--ckpt_path best is not supported by selfsup; give the checkpoint file itself"),
     "--ckpt_path a folder": (lambda d, c: cli(*FIT, "--ckpt_path", str(d), capsys=c),
                              "is a folder; give a checkpoint file written by selfsup"),
+    "SELFSUP_TRUST=jsonargparse": (lambda d, c: cli(*FIT, "--print_config", capsys=c),
+                                   "SELFSUP_TRUST=jsonargparse is refused: Import paths under 'jsonargparse' can't be"),
     "plot --out x.txt": (lambda d, c: cli("plot", "--ckpt", str(checkpoint(d / "p.ckpt")), "-c", DATA, "--out",
                                           "x.txt", capsys=c),
                          "--out x.txt: a figure is written as png, pdf, svg, jpg, jpeg"),
@@ -102,8 +104,8 @@ ROWS = {
 @pytest.mark.parametrize("name", ROWS)
 def test_hostile_sizes_and_inputs_are_one_line(name, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    if name.startswith("SELFSUP_MAX_PIXELS"):
-        monkeypatch.setenv("SELFSUP_MAX_PIXELS", "inf")
+    if name.startswith("SELFSUP_"):
+        monkeypatch.setenv(*name.split("="))
     run, message = ROWS[name]
     code, printed = run(tmp_path, capsys)
     errors = [line for line in printed.splitlines() if line.startswith("selfsup: error:")]

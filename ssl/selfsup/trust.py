@@ -52,7 +52,11 @@ def enforce_import_policy() -> None:
     if bad:
         raise ConfigError(f"{TRUST_VARIABLE} entry {bad[0]!r} is not a dotted module or class path; "
                           "give e.g. SELFSUP_TRUST=mypackage,other.module.MyCallback")
-    set_parsing_settings(import_path_denylist=["*", *DENIED], import_path_allowlist=[*ALLOWED, *extra])
+    try:
+        set_parsing_settings(import_path_denylist=["*", *DENIED], import_path_allowlist=[*ALLOWED, *extra])
+    except ValueError as err:  # jsonargparse refuses to allow itself (it would let a config change the policy)
+        raise ConfigError(f"{TRUST_VARIABLE}={','.join(extra)} is refused: {str(err).splitlines()[0]} Remove that "
+                          "entry") from None
 
 
 _DENIED_MESSAGE = re.compile(r"Importing '([\w.]+)' is not allowed")
