@@ -183,6 +183,40 @@ def test_step_on_a_batch_of_two_views(cls):
     assert model.backbone.conv1.weight.grad.abs().sum() > 0
 
 
+# ---- the asymmetric views ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["batch", "crops", "crops_on_device"])
+def test_asymmetric_views_solarize_only_the_second_view(path):
+    """Whole-image crops, no jitter, blur or flip: view 2 (solarize p 1) is view 1 (solarize p 0) solarized, in
+    every path a batch takes (batched ops; cut while decoding, then colour in the worker or on the device)."""
+    import io
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from selfsup.data.coord_views import AsymmetricViews
+    from selfsup.data.crops import collate_crops, decode_crops
+
+    views = AsymmetricViews(size=12, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0,
+                            blur_p=(0.0, 0.0), solarize_p=(0.0, 1.0), mean=None, std=None)
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 12, 12), dtype=np.uint8)
+    if path == "batch":
+        out = views.batch(torch.from_numpy(pixels)[:, None])
+    else:
+        encoded = []
+        for image in pixels:
+            buf = io.BytesIO()
+            Image.fromarray(image).save(buf, "PNG")
+            encoded.append(decode_crops(buf.getvalue(), 1, views.crop_specs, random.Random(0)))
+        out = views.from_crops(collate_crops(encoded), on_device=path == "crops_on_device")
+    assert list(out) == ["views"] and views.kind == "pair"
+    first, second = out["views"]
+    assert torch.allclose(first, torch.from_numpy(pixels)[:, None] / 255, atol=1e-6)
+    assert torch.allclose(second, torch.where(first >= 0.5, 1 - first, first), atol=1e-6)
+
+
 # ---- bad options: one line naming the option ------------------------------------------------------------------
 
 

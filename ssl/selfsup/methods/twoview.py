@@ -1,5 +1,5 @@
-"""What the two-view methods without negatives share (BYOL, MoCo v3, Barlow Twins, VICReg): SimCLR's pair of
-views, one backbone forward per view, bias-free projector MLPs, and checks of their options."""
+"""What the two-view methods without negatives share (BYOL, MoCo v3, Barlow Twins, VICReg): their asymmetric pair
+of views, one backbone forward per view, bias-free projector MLPs, and checks of their options."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from selfsup.data.views import SimCLRViews, ViewRecipe
+from selfsup.data.coord_views import AsymmetricViews
+from selfsup.data.views import ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.heads import MLP, LastNorm
 from selfsup.methods.base import SSLMethod, StepOutput
@@ -36,14 +37,14 @@ def head(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_norm:
 
 
 class TwoViewMethod(SSLMethod):
-    """Base of methods that compare two augmented views of each image (``SimCLRViews`` by default). Each view
-    goes through the backbone in its own forward, so batch-norm statistics are per view, as the official codes
-    of all four methods."""
+    """Base of methods that compare two augmented views of each image (any ``pair`` recipe: ``AsymmetricViews``
+    by default, ``SimCLRViews``). Each view goes through the backbone in its own forward, so batch-norm statistics
+    are per view, as the official codes of all four methods."""
 
     view_kinds = ("pair",)
 
     def default_views(self, size: int) -> ViewRecipe:
-        return SimCLRViews(size)
+        return AsymmetricViews(size)
 
     def per_view(self, views: Sequence[torch.Tensor], *stages: Callable[[torch.Tensor], torch.Tensor]
                  ) -> list[list[torch.Tensor]]:
