@@ -236,6 +236,14 @@ def test_bad_options_name_themselves(cls, option, value, says):
         cls(**{**HEADS[cls], option: value}, **SMALL)
 
 
+def test_the_four_are_methods_and_their_shared_mixins_are_not():
+    from selfsup.cli_checks import method_names
+
+    names = method_names()
+    assert {"BYOL", "MoCoV3", "BarlowTwins", "VICReg"} <= set(names)
+    assert not {"TwoViews", "TwoViewTeacher", "MomentumTeacher"} & set(names)
+
+
 def test_a_predictor_asked_of_a_method_without_one_fails_in_one_line(tmp_path):
     proc = selfsup("fit", "-c", str(REPO / "experiments/vicreg/mnist5k.yaml"), "--model.init_args.pred_hidden_dim",
                    "64", cwd=tmp_path, check=False)

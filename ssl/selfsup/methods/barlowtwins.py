@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from selfsup.losses import barlow_twins_loss
-from selfsup.methods.base import StepOutput
-from selfsup.methods.twoview import TwoViewMethod, head, require_nonnegative, require_positive
+from selfsup.methods.base import SSLMethod, StepOutput
+from selfsup.methods.twoview import TwoViews, head, require_nonnegative, require_positive
 
 
-class BarlowTwins(TwoViewMethod):
+class BarlowTwins(TwoViews, SSLMethod):
     """Redundancy reduction. Each view: backbone -> projector (``proj_layers - 1`` x [Linear -> BN -> ReLU] at
     ``proj_hidden_dim``, then a bias-free Linear to ``proj_dim``). The projections are batch-normalised without
     affine over the global batch and their D x D cross-correlation C pushed to the identity:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from selfsup.losses import byol_loss
-from selfsup.methods.base import StepOutput
+from selfsup.methods.base import SSLMethod, StepOutput
 from selfsup.methods.twoview import TwoViewTeacher, head, require_positive
 from selfsup.momentum import MomentumSchedule
 
 
-class BYOL(TwoViewTeacher):
+class BYOL(TwoViewTeacher, SSLMethod):
     """Bootstrap your own latent. The online network (backbone -> projector -> predictor) regresses, on each
     view, the target network's projection of the other view: ``2 - 2 cos`` per image, the two directions summed
     (``selfsup.losses.byol_loss``). The target (``momentum_backbone``, ``momentum_projector``) is an EMA of the

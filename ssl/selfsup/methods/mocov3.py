@@ -6,12 +6,12 @@ from functools import partial
 from typing import Any
 
 from selfsup.losses import moco_v3_loss
-from selfsup.methods.base import StepOutput
+from selfsup.methods.base import SSLMethod, StepOutput
 from selfsup.methods.twoview import TwoViewTeacher, head, require_positive
 from selfsup.momentum import MomentumSchedule
 
 
-class MoCoV3(TwoViewTeacher):
+class MoCoV3(TwoViewTeacher, SSLMethod):
     """Momentum contrast without a queue. Queries: backbone -> projector -> predictor of each view; keys: the
     momentum encoder's (``momentum_backbone``, ``momentum_projector``) projection of the other view, from every
     rank and without gradient. InfoNCE of each query against all keys of the global batch (its own image's key

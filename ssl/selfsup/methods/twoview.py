@@ -11,7 +11,7 @@ from selfsup.data.coord_views import AsymmetricViews
 from selfsup.data.views import ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.heads import MLP, LastNorm
-from selfsup.methods.base import SSLMethod, StepOutput
+from selfsup.methods.base import StepOutput
 from selfsup.momentum import MomentumTeacher
 
 
@@ -36,10 +36,10 @@ def head(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_norm:
     return MLP([in_dim] + [hidden_dim] * (layers - 1) + [out_dim], last_norm=last_norm, last_bias=False)
 
 
-class TwoViewMethod(SSLMethod):
-    """Base of methods that compare two augmented views of each image (any ``pair`` recipe: ``AsymmetricViews``
-    by default, ``SimCLRViews``). Each view goes through the backbone in its own forward, so batch-norm statistics
-    are per view, as the official codes of all four methods."""
+class TwoViews:
+    """Mixin of ``SSLMethod`` for methods that compare two augmented views of each image (any ``pair`` recipe:
+    ``AsymmetricViews`` by default, ``SimCLRViews``). Each view goes through the backbone in its own forward, so
+    batch-norm statistics are per view, as the official codes of all four methods."""
 
     view_kinds = ("pair",)
 
@@ -58,9 +58,10 @@ class TwoViewMethod(SSLMethod):
         return outputs
 
 
-class TwoViewTeacher(MomentumTeacher, TwoViewMethod):
-    """A two-view method whose targets come from momentum copies of its backbone and projector (BYOL, MoCo v3):
-    the online chain backbone -> projector -> predictor on each view, the copies' projections as targets."""
+class TwoViewTeacher(MomentumTeacher, TwoViews):
+    """Mixin of ``SSLMethod`` for two-view methods whose targets come from momentum copies of the backbone and
+    projector (BYOL, MoCo v3): the online chain backbone -> projector -> predictor on each view, the copies'
+    projections as targets."""
 
     def predict_and_target(self, views: Sequence[torch.Tensor], loss: Callable[..., torch.Tensor]) -> StepOutput:
         """``loss(pred1, pred2, target1, target2)`` after the online forwards and one EMA of the copies."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from selfsup.losses import vicreg_terms
-from selfsup.methods.base import StepOutput
-from selfsup.methods.twoview import TwoViewMethod, head, require_nonnegative, require_positive
+from selfsup.methods.base import SSLMethod, StepOutput
+from selfsup.methods.twoview import TwoViews, head, require_nonnegative, require_positive
 
 
-class VICReg(TwoViewMethod):
+class VICReg(TwoViews, SSLMethod):
     """Variance-invariance-covariance regularisation. Each view: backbone -> projector (``proj_layers - 1`` x
     [Linear -> BN -> ReLU] at ``proj_hidden_dim``, then a bias-free Linear to ``proj_dim``). The loss
     (``selfsup.losses.vicreg_terms``): the mean squared distance of the two projections (this device's batch),
