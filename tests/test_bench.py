@@ -12,7 +12,9 @@ def test_bench_measures_each_method_against_its_backbone_floor(tmp_path, mnist5k
     proc = selfsup("bench", "--batch-size", "16", "--repeats", "1", "--repo", str(REPO), "--out", str(out),
                    cwd=tmp_path)
     rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"SimCLR", "RotNet", "SwAV", "PixPro", "SimMIM", "CVRL"} and "overhead" in proc.stdout
+    assert set(rows) == {"SimCLR", "RotNet", "SwAV", "PixPro", "SimMIM", "CVRL", "BYOL", "MoCoV3", "BarlowTwins",
+                         "VICReg"} and "overhead" in proc.stdout
+    assert rows["BYOL"]["momentum_images"] == rows["MoCoV3"]["momentum_images"] == 32  # the target's two views
     assert rows["SimCLR"]["backbone_images"] == 32  # two views of 16 images
     assert rows["RotNet"]["backbone_images"] == 64  # four rotations of 16 images
     assert rows["SwAV"]["backbone_images"] == 32  # its MNIST recipe's two 28 px crops of 16 images, one forward
