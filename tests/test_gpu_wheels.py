@@ -80,3 +80,4 @@ def test_the_run_command_fits_and_names_only_what_travels():
         if "/" in word and not word.startswith(("/", "$", "PYTHONPATH=")):
             assert word.startswith(("runs/gpu-check", f"{gpu_wheels.WHEELS_DIR}/")) or (REPO / word).exists(), word
     assert {"runs/gpu-check/gpu-check.json", "runs/gpu-check/gpu-check.md"} <= set(words)  # what the check writes
+    assert command in (REPO / "docs" / "benchmarks.md").read_text()  # the page shows the command as it is
