@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from clirun import REPO, selfsup
-from selfsup.bench.gpucheck import Step, markdown, plan, run_step
+from selfsup.bench.gpucheck import Step, knn_summary, markdown, plan, run_step
 
 
 @pytest.mark.slow
@@ -35,12 +35,14 @@ def test_the_dry_run_on_a_cpu_takes_every_step(tmp_path, mnist5k):
 def test_a_failed_step_is_reported_with_its_reason_and_the_next_one_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO / "ssl"))  # the steps run this checkout's selfsup
     knn = Step("faiss-gpu", lambda: ["bench", "knn", "--device", "cuda", "--train", "100", "--dims", "4",
-                                     "--queries", "5", "--out", str(tmp_path / "knn.json")], 120)
+                                     "--queries", "5", "--out", str(tmp_path / "knn.json")], 120,
+                tmp_path / "knn.json", knn_summary)
     broken = Step("unprepared", lambda: [][1], 120)  # preparing its arguments fails
     slow = Step("slow", lambda: ["bench", "knn", "--train", "3000", "--dims", "32"], 0.5)  # importing torch is slower
     results = [run_step(step, step.limit_s) for step in (knn, broken, slow)]
     assert [r["status"] for r in results] == ["failed", "failed", "timeout"]
     assert "faiss sees no GPU" in results[0]["reason"]  # faiss-cpu installed: the reason names the fix
+    assert "summary" not in results[0]  # no figures written, none read: the reason alone
     assert results[1]["reason"].startswith("IndexError") and "0 s limit" in results[2]["reason"]
     table = markdown({"card": "CPU", "versions": ["torch x"], "seconds": 1.0, "steps": results})
     assert table.count("| failed |") == 2 and "faiss sees no GPU" in table

@@ -85,7 +85,10 @@ def run_step(step: Step, limit_s: float) -> dict[str, Any]:
     except Exception as error:  # preparing the step failed; the next step still runs
         status, result["reason"] = "failed", f"{type(error).__name__}: {error}"
     result.update(status=status, seconds=round(time.perf_counter() - start, 1), stdout_tail=stdout[-2000:])
-    out = json.loads(step.json.read_text()) if step.json is not None and step.json.is_file() else {}
+    written = step.json is not None and step.json.is_file()
+    if status != "ok" and step.json is not None and not written:
+        return result  # no figures to read: the reason says why
+    out = json.loads(step.json.read_text()) if written else {}
     try:
         result["summary"] = step.summary(out, stdout)
     except (KeyError, IndexError, TypeError, ValueError) as error:
