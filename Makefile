@@ -35,6 +35,10 @@ bench: $(STAMP)  ## each method's step against its backbone floor; data pipeline
 gpu-check: $(STAMP)  ## on one GPU, at most 8 min: every GPU path (bf16 steps, device views, nvJPEG, faiss-gpu, a ResNet-50 fit, largest batches) -> runs/gpu-check/
 	$(BIN)/selfsup bench gpu-check $(GPU_CHECK_ARGS)
 
+.PHONY: gpu-wheels
+gpu-wheels:  ## for a GPU machine without network: the wheels its image lacks -> .whl/, and the command to run the check there
+	$(PYTHON) bench/gpu_wheels.py
+
 results: $(STAMP)  ## every method's CPU recipe + its evaluations vs random init and raw pixels -> docs/results.md (about 90 minutes)
 	$(BIN)/selfsup results
 
@@ -42,7 +46,7 @@ docs: $(STAMP)  ## the docs site in site/ (MkDocs + Material + mkdocstrings); br
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: $(STAMP)  ## static checks
-	$(BIN)/ruff check ssl tests
+	$(BIN)/ruff check ssl tests bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache site

@@ -82,7 +82,7 @@ def test_every_config_named_in_the_docs_exists():
 
 
 def test_nothing_points_outside_the_repository():
-    for root in ("ssl", "docs", "tests", "experiments", "slurm", "data"):
+    for root in ("ssl", "docs", "tests", "experiments", "slurm", "data", "bench"):
         for path in (REPO / root).rglob("*"):
             if path.suffix in (".py", ".md", ".yaml", ".sbatch", ".sh") and path.name != "test_docs.py":
                 assert "METHODS.md" not in path.read_text(), path

@@ -1,11 +1,17 @@
 """`selfsup bench gpu-check`: the prepared GPU run, dry-run on the CPU at toy sizes so it cannot rot."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from clirun import REPO, selfsup
-from selfsup.bench.gpucheck import Step, markdown, run_step
+from selfsup.bench.gpucheck import Step, knn_summary, markdown, plan, run_step
 
 
 @pytest.mark.slow
@@ -29,12 +35,38 @@ def test_the_dry_run_on_a_cpu_takes_every_step(tmp_path, mnist5k):
 def test_a_failed_step_is_reported_with_its_reason_and_the_next_one_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO / "ssl"))  # the steps run this checkout's selfsup
     knn = Step("faiss-gpu", lambda: ["bench", "knn", "--device", "cuda", "--train", "100", "--dims", "4",
-                                     "--queries", "5", "--out", str(tmp_path / "knn.json")], 120)
+                                     "--queries", "5", "--out", str(tmp_path / "knn.json")], 120,
+                tmp_path / "knn.json", knn_summary)
     broken = Step("unprepared", lambda: [][1], 120)  # preparing its arguments fails
     slow = Step("slow", lambda: ["bench", "knn", "--train", "3000", "--dims", "32"], 0.5)  # importing torch is slower
     results = [run_step(step, step.limit_s) for step in (knn, broken, slow)]
     assert [r["status"] for r in results] == ["failed", "failed", "timeout"]
     assert "faiss sees no GPU" in results[0]["reason"]  # faiss-cpu installed: the reason names the fix
+    assert "summary" not in results[0]  # no figures written, none read: the reason alone
     assert results[1]["reason"].startswith("IndexError") and "0 s limit" in results[2]["reason"]
-    table = markdown({"card": "CPU", "torch": "x", "seconds": 1.0, "steps": results})
+    table = markdown({"card": "CPU", "versions": ["torch x"], "seconds": 1.0, "steps": results})
     assert table.count("| failed |") == 2 and "faiss sees no GPU" in table
+
+
+def test_on_a_gpu_without_faiss_gpu_the_faiss_step_is_skipped_with_the_reason(tmp_path):
+    def knn(device):
+        return next(step for step in plan(device, False, tmp_path) if "knn" in step.name)
+
+    assert knn("cuda").skip().startswith("faiss-cpu is installed, not faiss-gpu")  # faiss-cpu here
+    assert knn("cpu").skip() is None  # faiss-cpu against itself: the dry run takes the step
+
+
+@pytest.mark.slow  # torch is imported for the report after the stop
+def test_a_stopped_check_stops_its_step_and_still_writes_the_report(tmp_path):
+    out = tmp_path / "gpu-check"
+    check = subprocess.Popen([sys.executable, "-m", "selfsup", "bench", "gpu-check", "--device", "cpu", "--tiny",
+                              "--out", str(out)], env={**os.environ, "PYTHONPATH": str(REPO / "ssl")}, cwd=tmp_path,
+                             stdout=subprocess.PIPE, text=True)
+    time.sleep(3)  # the first step's process is running
+    check.send_signal(signal.SIGTERM)  # as timeout does
+    stdout, _ = check.communicate(timeout=120)
+    report = json.loads((out / "gpu-check.json").read_text())
+    assert check.returncode == 1 and [r["status"] for r in report["steps"]] == ["stopped"], stdout
+    assert "stopped" in (out / "gpu-check.md").read_text()
+    commands = [p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists()]
+    assert not any(str(out).encode() in c for c in commands)  # the step's process group went with it

@@ -45,19 +45,23 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
-
-    from selfsup import __version__
+def installed(*packages: str) -> list[str]:
+    """``"name version"`` of each of ``packages`` that is installed."""
+    from importlib.metadata import PackageNotFoundError, version
 
     found = []
-    for package in ("torch", "lightning"):
+    for package in packages:
         try:
-            found.append(f"{package} {installed(package)}")
+            found.append(f"{package} {version(package)}")
         except PackageNotFoundError:
             pass
-    return f"selfsup {__version__} ({', '.join(found)})"
+    return found
+
+
+def version() -> str:
+    from selfsup import __version__
+
+    return f"selfsup {__version__} ({', '.join(installed('torch', 'lightning'))})"
 
 
 def tool(name: str) -> Callable[[list[str]], int | None]:

@@ -24,7 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selfsup.console import installed
+
 BUDGET_S = 480  # the whole check
+# the versions the report names (the GPU machine's image may hold others than constraints.txt pins)
+PACKAGES = ("torch", "torchvision", "lightning", "numpy", "opencv-python-headless", "faiss-gpu", "faiss-cpu", "av")
 RESNET50, VIT_B = "experiments/simclr/imagenet-resnet50.yaml", "experiments/simmim/imagenet-vit-base.yaml"
 TINY_RESNET = ["--model.init_args.backbone", "resnet18", "--model.init_args.backbone_args",
                "{width: 4, cifar_stem: true}", "--data.init_args.image_size", "32",
@@ -47,6 +51,7 @@ class Step:
     limit_s: float
     json: Path | None = None
     summary: Callable[[dict[str, Any], str], dict[str, Any]] = field(default=lambda out, stdout: {})
+    skip: Callable[[], str | None] = field(default=lambda: None)  # why the step cannot run here, if it cannot
 
 
 def run_step(step: Step, limit_s: float) -> dict[str, Any]:
@@ -69,6 +74,9 @@ def run_step(step: Step, limit_s: float) -> dict[str, Any]:
             os.killpg(proc.pid, signal.SIGKILL)  # the step and its loader workers
             stdout, _ = proc.communicate()
             status, result["reason"] = "timeout", f"stopped after its {limit_s:.0f} s limit"
+        except KeyboardInterrupt:  # the check is stopped: so is the step, in its own process group
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
         else:
             status = "ok" if proc.returncode == 0 else "failed"
             if proc.returncode:
@@ -77,12 +85,25 @@ def run_step(step: Step, limit_s: float) -> dict[str, Any]:
     except Exception as error:  # preparing the step failed; the next step still runs
         status, result["reason"] = "failed", f"{type(error).__name__}: {error}"
     result.update(status=status, seconds=round(time.perf_counter() - start, 1), stdout_tail=stdout[-2000:])
-    out = json.loads(step.json.read_text()) if step.json is not None and step.json.is_file() else {}
+    written = step.json is not None and step.json.is_file()
+    if status != "ok" and step.json is not None and not written:
+        return result  # no figures to read: the reason says why
+    out = json.loads(step.json.read_text()) if written else {}
     try:
         result["summary"] = step.summary(out, stdout)
     except (KeyError, IndexError, TypeError, ValueError) as error:
         result["summary"] = {"unreadable": f"{type(error).__name__}: {error}"}
     return result
+
+
+def faiss_gpu_missing() -> str | None:
+    """Why faiss cannot search on the GPU here (not installed, or faiss-cpu), found without touching the GPU."""
+    try:
+        import faiss
+    except ImportError:
+        return "faiss is not installed: pip install 'selfsup[gpu]' (faiss-gpu)"
+    return None if hasattr(faiss, "StandardGpuResources") else "faiss-cpu is installed, not faiss-gpu: " \
+        "pip install 'selfsup[gpu]' to compare faiss-gpu with faiss-cpu"
 
 
 def bench_summary(out: dict[str, Any], stdout: str) -> dict[str, Any]:
@@ -173,7 +194,7 @@ def plan(device: str, tiny: bool, out: Path) -> list[Step]:
                       "--photos", "16" if tiny else "256", "--out", str(data_json)], 60, data_json, data_summary),
         Step("selfsup bench knn --against-faiss-cpu",
              lambda: ["bench", "knn", *dev, "--against-faiss-cpu", *knn_size, "--out", str(knn_json)], 45, knn_json,
-             knn_summary),
+             knn_summary, skip=faiss_gpu_missing if device.startswith("cuda") else lambda: None),
         max_batch(RESNET50, TINY_RESNET),
         max_batch(VIT_B, TINY_VIT),
         Step(f"SimCLR ResNet-50 224 px, real photos, {workers} workers" + (" (tiny)" if tiny else ", 2 min"),
@@ -183,7 +204,7 @@ def plan(device: str, tiny: bool, out: Path) -> list[Step]:
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as a markdown table: one row per step and figure."""
-    lines = [f"GPU check on {report['card']} (torch {report['torch']}), {report['seconds']:.0f} s in all", "",
+    lines = [f"GPU check on {report['card']} ({', '.join(report['versions'])}), {report['seconds']:.0f} s in all", "",
              "| step | status | s | figure | value |", "|---|---|---|---|---|"]
     for r in report["steps"]:
         figures = list(r.get("summary", {}).items()) or [("reason", r.get("reason", "-"))]
@@ -195,6 +216,14 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_line(r: dict[str, Any]) -> None:
+    """Print a step's status, seconds and reason, then its figures."""
+    print(f"{r['status']:>7} {r['seconds']:6.0f} s  {r['step']}" + (f": {r['reason']}" if "reason" in r else ""),
+          flush=True)
+    for name, value in r.get("summary", {}).items():
+        print(f"{'':>17}{name}: {value}", flush=True)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="selfsup bench gpu-check", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -203,22 +232,25 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--budget-s", type=float, default=BUDGET_S, help="the whole check's time limit")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    start, results = time.perf_counter(), []
-    for step in plan(args.device, args.tiny, args.out.resolve()):
-        left = args.budget_s - (time.perf_counter() - start)
-        if left < 5:
-            results.append({"step": step.name, "status": "skipped", "seconds": 0.0, "reason": "no time left"})
-        else:
-            results.append(run_step(step, min(step.limit_s, left)))
-        r = results[-1]
-        print(f"{r['status']:>7} {r['seconds']:6.0f} s  {step.name}" + (f": {r['reason']}" if "reason" in r else ""),
-              flush=True)
-        for name, value in r.get("summary", {}).items():
-            print(f"{'':>17}{name}: {value}", flush=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped (e.g. by timeout): the report is written
+    start, results, name, since = time.perf_counter(), [], "the check's start", time.perf_counter()
+    try:
+        for step in plan(args.device, args.tiny, args.out.resolve()):
+            name, since = step.name, time.perf_counter()
+            left, skip = args.budget_s - (since - start), step.skip()
+            if skip or left < 5:
+                results.append({"step": name, "status": "skipped", "seconds": 0.0, "reason": skip or "no time left"})
+            else:
+                results.append(run_step(step, min(step.limit_s, left)))
+            report_line(results[-1])
+    except KeyboardInterrupt:
+        results.append({"step": name, "status": "stopped", "seconds": round(time.perf_counter() - since, 1),
+                        "reason": "the check was stopped (SIGTERM or Ctrl-C); the steps after it did not run"})
+        report_line(results[-1])
     import torch  # only now: a CUDA context in this process would hold GPU memory while the steps run
 
     card = torch.cuda.get_device_name() if args.device.startswith("cuda") and torch.cuda.is_available() else "CPU"
-    report = {"card": card, "device": args.device, "tiny": args.tiny, "torch": torch.__version__,
+    report = {"card": card, "device": args.device, "tiny": args.tiny, "versions": installed(*PACKAGES),
               "seconds": time.perf_counter() - start, "steps": results}
     (args.out / "gpu-check.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "gpu-check.md").write_text(markdown(report))
