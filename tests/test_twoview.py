@@ -271,7 +271,9 @@ def test_mnist_recipe_trains_a_few_steps(mnist5k, tmp_path, method):
 @pytest.mark.parametrize(("recipe", "lines"), [
     ("byol/imagenet-resnet50", ["class_path: selfsup.methods.BYOL", "base_momentum: 0.996", "weight_decay: 1.5e-06"]),
     ("mocov3/imagenet-resnet50", ["class_path: selfsup.methods.MoCoV3", "temperature: 1.0", "max_epochs: 300"]),
-    ("mocov3/imagenet-vit-base", ["backbone: vit_b_16", "optimizer: adamw", "pred_last_norm: true"]),
+    ("mocov3/imagenet-vit-base", ["backbone: vit_b_16", "optimizer: adamw", "pred_last_norm: true",
+                                  "pos_embed: sincos", "freeze_patch_embed: true"]),
+    ("mocov3/imagenet-vit-small", ["hidden_dim: 384", "num_heads: 12", "pos_embed: sincos", "- 0.999"]),
     ("barlowtwins/imagenet-resnet50", ["lambd: 0.0051", "no_decay_lr_scale: 0.024", "proj_dim: 8192"]),
     ("vicreg/imagenet-resnet50", ["invariance_weight: 25.0", "covariance_weight: 1.0", "final_lr_factor: 0.001"]),
 ])

@@ -3,12 +3,14 @@ projection."""
 
 from __future__ import annotations
 
+import csv
 import io
 import math
 
 import pytest
 import torch
 
+from clirun import REPO, selfsup
 from selfsup.backbones import build_backbone
 from selfsup.backbones.posembed import sincos_2d
 from selfsup.errors import ConfigError
@@ -87,3 +89,17 @@ def test_frozen_parts_stay_while_the_rest_learns_and_survive_a_checkpoint():
     for name, p in restored.named_parameters():
         assert torch.equal(p, after[name]), name
         assert p.requires_grad == (name not in frozen and not name.startswith("momentum_")), name
+
+
+@pytest.mark.slow
+def test_cpu_vit_recipe_trains_a_few_steps(mnist5k, tmp_path):
+    selfsup("fit", "-c", str(REPO / "experiments/mocov3/mnist5k-vit-tiny.yaml"), "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1", "--trainer.callbacks=[]",
+            "--data.init_args.batch_size", "32", "--data.init_args.num_workers", "0", "--trainer.log_every_n_steps",
+            "1", "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+    run = next((tmp_path / "runs/mocov3-mnist5k-vit-tiny").glob("version_*"))
+    losses = [float(r["train/loss_step"]) for r in csv.DictReader((run / "metrics.csv").open())
+              if r.get("train/loss_step")]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert torch.equal(ckpt["backbone.encoder.pos_embedding"][0], sincos_2d(64, 8, 8))
