@@ -303,7 +303,8 @@ def test_mnist_recipe_trains_a_few_steps(mnist5k, tmp_path, method):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("recipe", "lines"), [
-    ("byol/imagenet-resnet50", ["class_path: selfsup.methods.BYOL", "base_momentum: 0.996", "weight_decay: 1.5e-06"]),
+    ("byol/imagenet-resnet50", ["class_path: selfsup.methods.BYOL", "base_momentum: 0.996", "weight_decay: 1.5e-06",
+                                "additive_brightness: true"]),
     ("mocov3/imagenet-resnet50", ["class_path: selfsup.methods.MoCoV3", "temperature: 1.0", "max_epochs: 300"]),
     ("mocov3/imagenet-vit-base", ["backbone: vit_b_16", "optimizer: adamw", "pred_last_norm: true",
                                   "pos_embed: sincos", "freeze_patch_embed: true"]),
