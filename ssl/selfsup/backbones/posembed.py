@@ -17,6 +17,8 @@ def sincos_2d(dim: int, height: int, width: int, first: Literal["row", "column"]
     comes first (MoCo v3: the row index, MAE: the column index)."""
     if dim % 4:
         raise ConfigError(f"a 2-D sine-cosine position table needs a width divisible by 4, got {dim}")
+    if first not in ("row", "column"):
+        raise ValueError(f"first must be 'row' or 'column', got {first!r}")
     omega = temperature ** -(torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
     rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
                                 indexing="ij")
