@@ -83,12 +83,54 @@ def test_blur_is_within_one_step_of_torchvision_also_with_the_kernel_cut_at_4_si
     assert max_steps(ours, TF.gaussian_blur(x, [23, 23], [sigma, sigma])) <= 1.0
 
 
-def test_both_backends_make_the_same_views_from_the_same_draws():
+@pytest.mark.parametrize("delta", [-0.35, 0.1, 0.4])
+def test_additive_brightness_adds_its_delta_and_clips_on_both_backends(delta):
+    """BYOL's brightness: x + delta clipped to [0, 1], delta = factor - 1 ~ U[-s, s] (the multiplicative draw)."""
+    image = photo(7)
+    x = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    expected = (x + delta).clamp(0, 1)
+    aug = ColourAugment(jitter=(0.4, 0.0, 0.0, 0.0), jitter_p=1.0, additive_brightness=True)
+    params = aug.draw(1)
+    params.update(jitter=torch.tensor([True]), factors=torch.tensor([[1 + delta, 1.0, 1.0]]),
+                  order=torch.tensor([[0, 1, 2, 3]]), hues=torch.tensor([0.0]))
+    assert max_steps(aug.on_arrays(image[None], params)[0], expected) <= 1.0
+    assert torch.allclose(aug.on_tensors(x[None], params)[0], expected, atol=1e-5)
+
+
+def test_jitter_order_is_drawn_per_image_and_every_operation_clips():
+    """As BYOL's official jitter: each image draws its own order of the four operations and each clips to [0, 1],
+    so brightness +0.4 then contrast 1.4 is not contrast then brightness."""
+    aug = ColourAugment(jitter=(0.4, 0.4, 0.0, 0.0), jitter_p=1.0, additive_brightness=True)
+    torch.manual_seed(0)
+    params = aug.draw(48)
+    orders = params["order"].tolist()
+    assert len({tuple(o) for o in orders}) >= 12 and all(sorted(o) == [0, 1, 2, 3] for o in orders)
+    params["factors"] = torch.tensor([[1.4, 1.4, 1.0]]).expand(48, 3)
+    x = (torch.from_numpy(photo(8)).permute(2, 0, 1).float() / 255).expand(48, 3, 48, 64)
+    out = aug.on_tensors(x, params)
+
+    def reference(y: torch.Tensor, order: list[int]) -> torch.Tensor:
+        for op in order:  # saturation (factor 1) and hue (shift 0) leave the image as it is
+            if op == 0:
+                y = (y + 0.4).clamp(0, 1)
+            elif op == 1:
+                mean = (0.2989 * y[0] + 0.587 * y[1] + 0.114 * y[2]).mean()
+                y = (1.4 * y - 0.4 * mean).clamp(0, 1)
+        return y
+
+    for image, order in zip(out, orders):
+        assert torch.allclose(image, reference(x[0], order), atol=1e-5), order
+    brightness_first = torch.tensor([o.index(0) < o.index(1) for o in orders])
+    assert (out[brightness_first][0] - out[~brightness_first][0]).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("additive_brightness", [False, True])
+def test_both_backends_make_the_same_views_from_the_same_draws(additive_brightness):
     """Workers (OpenCV, uint8) and the device split (torch, float) apply the same parameters: views agree to
     PSNR >= 40 dB, so moving augmentation to the device does not change what the model sees."""
     crops = torch.from_numpy(np.stack([photo(s) for s in range(16)]))
     aug = ColourAugment(jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, grayscale_p=0.2, blur_kernel=23, blur_p=0.5,
-                        solarize_p=0.2)
+                        solarize_p=0.2, additive_brightness=additive_brightness)
     torch.manual_seed(0)
     params = aug.draw(16)
     ours = to_float(torch.from_numpy(aug.on_arrays(crops.numpy(), params)))

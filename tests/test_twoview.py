@@ -186,22 +186,16 @@ def test_step_on_a_batch_of_two_views(cls):
 # ---- the asymmetric views ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["batch", "crops", "crops_on_device"])
-def test_asymmetric_views_solarize_only_the_second_view(path):
-    """Whole-image crops, no jitter, blur or flip: view 2 (solarize p 1) is view 1 (solarize p 0) solarized, in
-    every path a batch takes (batched ops; cut while decoding, then colour in the worker or on the device)."""
+def asymmetric_views_of(views, pixels, path: str) -> list[torch.Tensor]:
+    """The two views of uint8 images (B, H, W) along one path a batch takes: batched ops (``batch``), or cut while
+    decoding, then colour in the worker (``crops``) or on the device (``crops_on_device``)."""
     import io
     import random
 
-    import numpy as np
     from PIL import Image
 
-    from selfsup.data.coord_views import AsymmetricViews
     from selfsup.data.crops import collate_crops, decode_crops
 
-    views = AsymmetricViews(size=12, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0,
-                            blur_p=(0.0, 0.0), solarize_p=(0.0, 1.0), mean=None, std=None)
-    pixels = np.random.default_rng(0).integers(0, 256, (4, 12, 12), dtype=np.uint8)
     if path == "batch":
         out = views.batch(torch.from_numpy(pixels)[:, None])
     else:
@@ -212,9 +206,49 @@ def test_asymmetric_views_solarize_only_the_second_view(path):
             encoded.append(decode_crops(buf.getvalue(), 1, views.crop_specs, random.Random(0)))
         out = views.from_crops(collate_crops(encoded), on_device=path == "crops_on_device")
     assert list(out) == ["views"] and views.kind == "pair"
-    first, second = out["views"]
+    return out["views"]
+
+
+PATHS = ["batch", "crops", "crops_on_device"]
+PLAIN = {"size": 12, "scale": (1.0, 1.0), "ratio": (1.0, 1.0), "flip_p": 0.0, "grayscale_p": 0.0,
+         "blur_p": (0.0, 0.0), "mean": None, "std": None}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_asymmetric_views_solarize_only_the_second_view(path):
+    """Whole-image crops, no jitter, blur or flip: view 2 (solarize p 1) is view 1 (solarize p 0) solarized."""
+    import numpy as np
+
+    from selfsup.data.coord_views import AsymmetricViews
+
+    views = AsymmetricViews(**PLAIN, jitter_p=0.0, solarize_p=(0.0, 1.0))
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 12, 12), dtype=np.uint8)
+    first, second = asymmetric_views_of(views, pixels, path)
     assert torch.allclose(first, torch.from_numpy(pixels)[:, None] / 255, atol=1e-6)
     assert torch.allclose(second, torch.where(first >= 0.5, 1 - first, first), atol=1e-6)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_asymmetric_views_add_byols_brightness_on_every_path(path):
+    """Black images, brightness jitter 0.4 only: multiplied they stay black; BYOL's additive brightness lifts each
+    view to one gray level max(0, U[-0.4, 0.4]), a different one per image."""
+    import numpy as np
+
+    from selfsup.data.coord_views import AsymmetricViews
+
+    black = np.zeros((32, 12, 12), dtype=np.uint8)
+    torch.manual_seed(0)
+    for additive in (False, True):
+        views = AsymmetricViews(**PLAIN, jitter=(0.4, 0.0, 0.0, 0.0), jitter_p=1.0, solarize_p=(0.0, 0.0),
+                                additive_brightness=additive)
+        for view in asymmetric_views_of(views, black, path):
+            levels = view.flatten(1)
+            assert torch.equal(levels.amin(1), levels.amax(1))  # one level per image
+            if not additive:
+                assert not levels.any()
+                continue
+            assert levels.max() <= 0.4 + 1 / 255 and (levels[:, 0] > 0.05).sum() >= 8
+            assert len(torch.unique((levels[:, 0] * 255).round())) >= 8
 
 
 # ---- bad options: one line naming the option ------------------------------------------------------------------
@@ -269,9 +303,12 @@ def test_mnist_recipe_trains_a_few_steps(mnist5k, tmp_path, method):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("recipe", "lines"), [
-    ("byol/imagenet-resnet50", ["class_path: selfsup.methods.BYOL", "base_momentum: 0.996", "weight_decay: 1.5e-06"]),
+    ("byol/imagenet-resnet50", ["class_path: selfsup.methods.BYOL", "base_momentum: 0.996", "weight_decay: 1.5e-06",
+                                "additive_brightness: true"]),
     ("mocov3/imagenet-resnet50", ["class_path: selfsup.methods.MoCoV3", "temperature: 1.0", "max_epochs: 300"]),
-    ("mocov3/imagenet-vit-base", ["backbone: vit_b_16", "optimizer: adamw", "pred_last_norm: true"]),
+    ("mocov3/imagenet-vit-base", ["backbone: vit_b_16", "optimizer: adamw", "pred_last_norm: true",
+                                  "pos_embed: sincos", "freeze_patch_embed: true"]),
+    ("mocov3/imagenet-vit-small", ["hidden_dim: 384", "num_heads: 12", "pos_embed: sincos", "- 0.999"]),
     ("barlowtwins/imagenet-resnet50", ["lambd: 0.0051", "no_decay_lr_scale: 0.024", "proj_dim: 8192"]),
     ("vicreg/imagenet-resnet50", ["invariance_weight: 25.0", "covariance_weight: 1.0", "final_lr_factor: 0.001"]),
 ])

@@ -37,9 +37,10 @@ def cosine_momentum(step: int, total_steps: int, base: float = 0.99, final: floa
 
 @torch.no_grad()
 def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """``theta_target <- momentum * theta_target + (1 - momentum) * theta_online`` for every parameter, in place;
-    buffers are left alone (see the module docstring). The two modules must have the same parameter layout."""
-    pairs = list(zip(target.parameters(), online.parameters(), strict=True))
+    """``theta_target <- momentum * theta_target + (1 - momentum) * theta_online`` for every parameter the online
+    module trains, in place; frozen ones (``requires_grad`` off, e.g. a ViT's fixed position table) and buffers are
+    left alone (see the module docstring). The two modules must have the same parameter layout."""
+    pairs = [(t, o) for t, o in zip(target.parameters(), online.parameters(), strict=True) if o.requires_grad]
     targets = [t for t, _ in pairs]
     torch._foreach_mul_(targets, momentum)
     torch._foreach_add_(targets, [o.detach() for _, o in pairs], alpha=1 - momentum)

@@ -1,4 +1,5 @@
-"""Vision Transformers on torchvision's ``VisionTransformer`` modules, with SimMIM's mask token.
+"""Vision Transformers on torchvision's ``VisionTransformer`` modules, with SimMIM's mask token and MoCo v3's
+fixed position table and frozen patch projection as options.
 
 Parameter names are torchvision's (``conv_proj``, ``class_token``, ``encoder.*``; no ``heads``), plus
 ``mask_token``; ``vit_b_16`` at 3 channels loads torchvision's weights unchanged.
@@ -7,6 +8,7 @@ Parameter names are torchvision's (``conv_proj``, ``class_token``, ``encoder.*``
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
@@ -14,6 +16,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 
 from selfsup.backbones.base import register_backbone
 from selfsup.backbones.masked import MaskedImageBackbone
+from selfsup.backbones.posembed import sincos_2d
 from selfsup.errors import ConfigError
 
 
@@ -21,11 +24,18 @@ class ViT(MaskedImageBackbone):
     """ViT over ``image_size`` px images in ``patch_size`` patches; the dense map is the last layer's (normed)
     patch tokens without the cls token, (B, hidden_dim, image_size/patch, image_size/patch); ``forward`` is
     their mean. The position table is fixed to ``image_size``.
+
+    MoCo v3's options: ``pos_embed: sincos`` makes the position table (``encoder.pos_embedding``) the fixed 2-D
+    sine-cosine one (``posembed.sincos_2d``, row index first, zeros at the cls token) instead of a learned one;
+    ``freeze_patch_embed`` keeps the patch projection (``conv_proj``) at a random Xavier-uniform initialisation
+    (fans of the flattened patch: in_channels * patch_size**2 and hidden_dim; bias 0). Either is a parameter with
+    ``requires_grad`` off: out of the optimizer, saved in checkpoints as before.
     """
 
     def __init__(self, image_size: int = 224, patch_size: int = 16, num_layers: int = 12, num_heads: int = 12,
                  hidden_dim: int = 768, mlp_dim: int = 3072, in_channels: int = 3, dropout: float = 0.0,
-                 attention_dropout: float = 0.0) -> None:
+                 attention_dropout: float = 0.0, pos_embed: Literal["learned", "sincos"] = "learned",
+                 freeze_patch_embed: bool = False) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ConfigError(f"ViT image_size {image_size} is not a multiple of patch_size {patch_size}")
@@ -37,6 +47,17 @@ class ViT(MaskedImageBackbone):
             nn.init.trunc_normal_(self.conv_proj.weight, std=math.sqrt(1 / (in_channels * patch_size**2)))
             nn.init.zeros_(self.conv_proj.bias)
         self.class_token, self.encoder = vit.class_token, vit.encoder
+        if pos_embed == "sincos":
+            grid = image_size // patch_size
+            self.encoder.pos_embedding.data.copy_(sincos_2d(hidden_dim, grid, grid, first="row")[None])
+            self.encoder.pos_embedding.requires_grad_(False)
+        elif pos_embed != "learned":
+            raise ConfigError(f"ViT pos_embed {pos_embed!r} is unknown; choose learned or sincos")
+        if freeze_patch_embed:
+            bound = math.sqrt(6 / (in_channels * patch_size**2 + hidden_dim))
+            nn.init.uniform_(self.conv_proj.weight, -bound, bound)
+            nn.init.zeros_(self.conv_proj.bias)
+            self.conv_proj.requires_grad_(False)
         self._init_mask_token(hidden_dim)
         self.image_size, self.patch_size, self.stride = image_size, patch_size, patch_size
         self.num_blocks, self.num_features, self.embed_dim = num_layers, hidden_dim, hidden_dim

@@ -115,6 +115,11 @@ def _brightness(x: torch.Tensor, f: torch.Tensor, hue: torch.Tensor) -> torch.Te
     return (x * f).clamp_(0, 1)
 
 
+def _brightness_added(x: torch.Tensor, f: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
+    """BYOL's brightness: ``f - 1`` (the same U[-s, s] draw) added to every channel."""
+    return (x + (f - 1)).clamp_(0, 1)
+
+
 def _contrast(x: torch.Tensor, f: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
     return _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), f)
 
@@ -132,14 +137,15 @@ def _hue(x: torch.Tensor, f: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
 _JITTER = (_brightness, _contrast, _saturation, _hue)  # factor column: 0, 1, 2, (2: unused)
 
 
-def colour_jitter(x: torch.Tensor, strength: torch.Tensor, p: float, hue: float, subset: bool | None = None
-                  ) -> torch.Tensor:
+def colour_jitter(x: torch.Tensor, strength: torch.Tensor, p: float, hue: float, subset: bool | None = None,
+                  additive_brightness: bool = False) -> torch.Tensor:
     """ColorJitter with per-image factors and a per-image random order, applied with probability ``p``.
 
     ``strength`` holds the (brightness, contrast, saturation) spreads: factors ~ U[1-s, 1+s]; hue ~ U[-hue, hue].
-    Saturation and hue need RGB. ``subset``: see ``colour_jitter_with``.
+    Saturation and hue need RGB. ``subset``, ``additive_brightness``: see ``colour_jitter_with``.
     """
-    return colour_jitter_with(x, *jitter_params(len(x), strength, p, hue, x.device), subset=subset)
+    return colour_jitter_with(x, *jitter_params(len(x), strength, p, hue, x.device), subset=subset,
+                              additive_brightness=additive_brightness)
 
 
 def jitter_params(b: int, strength: torch.Tensor, p: float, hue: float, device: torch.device | None = None
@@ -154,8 +160,10 @@ def jitter_params(b: int, strength: torch.Tensor, p: float, hue: float, device: 
 
 
 def colour_jitter_with(x: torch.Tensor, apply: torch.Tensor, factors: torch.Tensor, hues: torch.Tensor,
-                       order: torch.Tensor, subset: bool | None = None) -> torch.Tensor:
-    """Colour jitter with given per-image parameters (see ``jitter_params``).
+                       order: torch.Tensor, subset: bool | None = None, additive_brightness: bool = False
+                       ) -> torch.Tensor:
+    """Colour jitter with given per-image parameters (see ``jitter_params``); each operation clips to [0, 1].
+    ``additive_brightness``: brightness adds ``factor - 1`` (BYOL's) instead of multiplying by the factor.
 
     ``subset`` (default: on the CPU) runs each operation once per slot on just the images that drew it there;
     otherwise on every image, then a select, which is what a GPU wants (finding the subset reads the device on
@@ -163,8 +171,9 @@ def colour_jitter_with(x: torch.Tensor, apply: torch.Tensor, factors: torch.Tens
     """
     subset = x.device.type == "cpu" if subset is None else subset
     x = x.clone()
+    ops = (_brightness_added, *_JITTER[1:]) if additive_brightness else _JITTER
     for slot in range(4):
-        for op, adjust in enumerate(_JITTER):
+        for op, adjust in enumerate(ops):
             if op >= 2 and x.shape[1] != 3:
                 continue
             chosen = apply & (order[:, slot] == op)

@@ -44,7 +44,8 @@ class ColourAugment:
     """Colour jitter (brightness, contrast, saturation spreads and hue: ``jitter``, in random order, with p
     ``jitter_p``), grayscale (p ``grayscale_p``), Gaussian blur (``blur_kernel`` taps, sigma ~ U(``blur_sigma``),
     p ``blur_p``; kernel 0: none) and solarize at 128 (p ``solarize_p``), in that order, as SimCLR's and
-    PixPro's views make them."""
+    PixPro's views make them. ``additive_brightness``: BYOL's brightness, ``+ U[-s, s]`` instead of
+    ``x U[1-s, 1+s]``."""
 
     jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
     jitter_p: float = 0.0
@@ -55,6 +56,7 @@ class ColourAugment:
     solarize_p: float = 0.0
     exact_blur: bool = False
     exact_hue: bool = False
+    additive_brightness: bool = False
 
     def draw(self, b: int, device: torch.device | str | None = None, repeat: int = 1) -> dict[str, torch.Tensor]:
         """The random parameters of ``b`` images, drawn on ``device``; ``repeat`` > 1: each draw is repeated
@@ -75,7 +77,8 @@ class ColourAugment:
     def on_tensors(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """The augmented batch of float images (B, C, H, W) in [0, 1], with torch (any device)."""
         if self.jitter_p > 0 and any(self.jitter):
-            x = colour_jitter_with(x, params["jitter"], params["factors"], params["hues"], params["order"])
+            x = colour_jitter_with(x, params["jitter"], params["factors"], params["hues"], params["order"],
+                                   additive_brightness=self.additive_brightness)
         x = grayscale_where(x, params["gray"])
         if self.blur_kernel > 0 and self.blur_p > 0:
             x = gaussian_blur_with(x, self.blur_kernel, params["sigma"], params["blur"])
@@ -100,7 +103,7 @@ class ColourAugment:
 
     def _jitter_op(self, view: np.ndarray, op: int, factors: Sequence[float], hue: float) -> np.ndarray:
         if op == 0:  # brightness
-            return _lut(view, _LEVELS * factors[0])
+            return _lut(view, _LEVELS + 255 * (factors[0] - 1) if self.additive_brightness else _LEVELS * factors[0])
         if op == 1:  # contrast: blend with the mean luma
             means = cv2.mean(view)[: view.shape[2]]
             mean = float(np.dot(LUMA, means)) if view.shape[2] == 3 else means[0]

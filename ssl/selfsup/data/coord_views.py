@@ -44,6 +44,8 @@ class CoordViews(ViewRecipe):
     ``blur_p[i]`` (1.0 / 0.1) and solarize with p ``solarize_p[i]`` (0 / 0.2) for view i; then ``mean``/``std``
     (None: none; evaluation images get the same). Output ``{"views": [v1, v2], "boxes": [b1, b2]}`` with
     b_i (B, 4) = ``normalized_boxes``: [x0, y0, x1, y1] in [0, 1], x0 and x1 swapped where the view is mirrored.
+    The jitter's four operations run in a random order per image, each clipping to [0, 1];
+    ``additive_brightness``: BYOL's brightness, adding U[-s, s] instead of multiplying by U[1-s, 1+s].
     """
 
     kind = "coord"
@@ -61,6 +63,7 @@ class CoordViews(ViewRecipe):
         solarize_p: tuple[float, float] = (0.0, 0.2),
         mean: Sequence[float] | None = IMAGENET_MEAN,
         std: Sequence[float] | None = IMAGENET_STD,
+        additive_brightness: bool = False,
     ) -> None:
         if len(blur_p) != 2 or len(solarize_p) != 2 or len(jitter) != 4:
             raise ConfigError(f"CoordViews needs two blur_p and two solarize_p (one per view) and four jitter "
@@ -70,9 +73,11 @@ class CoordViews(ViewRecipe):
         self.size, self.scale, self.ratio, self.flip_p = size, tuple(scale), tuple(ratio), flip_p
         self.jitter, self.jitter_p, self.grayscale_p = tuple(jitter), jitter_p, grayscale_p
         self.blur_p, self.solarize_p = tuple(blur_p), tuple(solarize_p)
+        self.additive_brightness = additive_brightness
         strengths = self.jitter if jitter_p > 0 else (0.0,) * 4
         self._colour = [ColourAugment(strengths, jitter_p, grayscale_p, _blur_kernel(size) if blur_p[i] > 0 else 0,
-                                      blur_p[i], solarize_p=solarize_p[i]) for i in range(2)]
+                                      blur_p[i], solarize_p=solarize_p[i], additive_brightness=additive_brightness)
+                        for i in range(2)]
 
     @property
     def crop_specs(self) -> list[CropSpec]:
@@ -101,7 +106,8 @@ class CoordViews(ViewRecipe):
         flipped = torch.rand(b) < self.flip_p
         x = hflip_where(x, flipped)
         if self.jitter_p > 0 and any(self.jitter):
-            x = colour_jitter(x, torch.tensor(self.jitter[:3]), self.jitter_p, self.jitter[3])
+            x = colour_jitter(x, torch.tensor(self.jitter[:3]), self.jitter_p, self.jitter[3],
+                              additive_brightness=self.additive_brightness)
         x = random_grayscale(x, self.grayscale_p)
         if self.blur_p[index] > 0:
             x = gaussian_blur(x, _blur_kernel(self.size), (0.1, 2.0), self.blur_p[index])
