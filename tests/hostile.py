@@ -98,6 +98,38 @@ def h264(frames: int = 60, width: int = 32, height: int = 32, fmt: str = "mp4", 
     return path.read_bytes() if faststart else target.getvalue()
 
 
+def resized_midway(frames: int = 30) -> bytes:
+    """An mp4 whose H.264 stream changes resolution halfway (32x32, then 48x24: legal, a new SPS at a keyframe),
+    made by joining two encoded streams and muxing their packets as one track."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    def annexb(count: int, width: int, height: int) -> bytes:
+        out = io.BytesIO()
+        with av.open(out, mode="w", format="h264") as container:
+            stream = container.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"g": "10", "bf": "0", "preset": "veryfast"}
+            y, x = np.mgrid[0:height, 0:width]
+            for i in range(count):
+                pixels = np.stack([(x * 7 + i * 5) % 256, (y * 5 + i * 3) % 256, (x + y + i * 11) % 256], -1)
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels.astype(np.uint8), format="rgb24")))
+            container.mux(stream.encode())
+        return out.getvalue()
+
+    joined = annexb(frames // 2, 32, 32) + annexb(frames - frames // 2, 48, 24)
+    out = io.BytesIO()
+    with av.open(io.BytesIO(joined), format="h264") as source, av.open(out, mode="w", format="mp4") as container:
+        stream = container.add_stream_from_template(source.streams.video[0])
+        stream.time_base = Fraction(1, 25)
+        for n, packet in enumerate(p for p in source.demux(video=0) if p.size):
+            packet.stream, packet.time_base, packet.pts, packet.dts = stream, Fraction(1, 25), n, n
+            container.mux(packet)
+    return out.getvalue()
+
+
 def audio_only() -> bytes:
     """An mp4 with one AAC audio stream and no video."""
     import av
