@@ -69,6 +69,14 @@ def photos(root: Path, per_class: int = 3, size: int = SIZE) -> Path:
     return root
 
 
+def gradient(i: int, width: int, height: int):
+    """Frame ``i`` of a smooth RGB gradient that moves every frame, uint8 (height, width, 3)."""
+    import numpy as np
+
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([(x * 7 + i * 5) % 256, (y * 5 + i * 3) % 256, (x + y + i * 11) % 256], -1).astype(np.uint8)
+
+
 def h264(frames: int = 60, width: int = 32, height: int = 32, fmt: str = "mp4", gop: int = 10, bframes: int = 2,
          frame_ms: list[int] | None = None, faststart: bool = False, tmp: Path | None = None) -> bytes:
     """An H.264 video of smooth gradients that move every frame: a keyframe every ``gop`` frames (no scene-cut
@@ -77,7 +85,6 @@ def h264(frames: int = 60, width: int = 32, height: int = 32, fmt: str = "mp4", 
     from fractions import Fraction
 
     import av
-    import numpy as np
 
     path = (tmp or Path()) / f"video.{fmt}"
     target = path if faststart else io.BytesIO()
@@ -87,10 +94,8 @@ def h264(frames: int = 60, width: int = 32, height: int = 32, fmt: str = "mp4", 
         stream.options = {"g": str(gop), "bf": str(bframes), "sc_threshold": "0", "preset": "veryfast"}
         if frame_ms:
             stream.codec_context.time_base = Fraction(1, 1000)
-        y, x = np.mgrid[0:height, 0:width]
         for i in range(frames):
-            pixels = np.stack([(x * 7 + i * 5) % 256, (y * 5 + i * 3) % 256, (x + y + i * 11) % 256], -1)
-            frame = av.VideoFrame.from_ndarray(pixels.astype(np.uint8), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(gradient(i, width, height), format="rgb24")
             if frame_ms:
                 frame.pts, frame.time_base = sum(frame_ms[:i]), Fraction(1, 1000)
             container.mux(stream.encode(frame))
@@ -104,7 +109,6 @@ def resized_midway(frames: int = 30) -> bytes:
     from fractions import Fraction
 
     import av
-    import numpy as np
 
     def annexb(count: int, width: int, height: int) -> bytes:
         out = io.BytesIO()
@@ -112,10 +116,8 @@ def resized_midway(frames: int = 30) -> bytes:
             stream = container.add_stream("libx264", rate=25)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.options = {"g": "10", "bf": "0", "preset": "veryfast"}
-            y, x = np.mgrid[0:height, 0:width]
             for i in range(count):
-                pixels = np.stack([(x * 7 + i * 5) % 256, (y * 5 + i * 3) % 256, (x + y + i * 11) % 256], -1)
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels.astype(np.uint8), format="rgb24")))
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(gradient(i, width, height), format="rgb24")))
             container.mux(stream.encode())
         return out.getvalue()
 
