@@ -69,6 +69,14 @@ def photos(root: Path, per_class: int = 3, size: int = SIZE) -> Path:
     return root
 
 
+def gradient(i: int, width: int, height: int):
+    """Frame ``i`` of a smooth RGB gradient that moves every frame, uint8 (height, width, 3)."""
+    import numpy as np
+
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([(x * 7 + i * 5) % 256, (y * 5 + i * 3) % 256, (x + y + i * 11) % 256], -1).astype(np.uint8)
+
+
 def h264(frames: int = 60, width: int = 32, height: int = 32, fmt: str = "mp4", gop: int = 10, bframes: int = 2,
          frame_ms: list[int] | None = None, faststart: bool = False, tmp: Path | None = None) -> bytes:
     """An H.264 video of smooth gradients that move every frame: a keyframe every ``gop`` frames (no scene-cut
@@ -77,7 +85,6 @@ def h264(frames: int = 60, width: int = 32, height: int = 32, fmt: str = "mp4", 
     from fractions import Fraction
 
     import av
-    import numpy as np
 
     path = (tmp or Path()) / f"video.{fmt}"
     target = path if faststart else io.BytesIO()
@@ -87,15 +94,42 @@ def h264(frames: int = 60, width: int = 32, height: int = 32, fmt: str = "mp4", 
         stream.options = {"g": str(gop), "bf": str(bframes), "sc_threshold": "0", "preset": "veryfast"}
         if frame_ms:
             stream.codec_context.time_base = Fraction(1, 1000)
-        y, x = np.mgrid[0:height, 0:width]
         for i in range(frames):
-            pixels = np.stack([(x * 7 + i * 5) % 256, (y * 5 + i * 3) % 256, (x + y + i * 11) % 256], -1)
-            frame = av.VideoFrame.from_ndarray(pixels.astype(np.uint8), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(gradient(i, width, height), format="rgb24")
             if frame_ms:
                 frame.pts, frame.time_base = sum(frame_ms[:i]), Fraction(1, 1000)
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path.read_bytes() if faststart else target.getvalue()
+
+
+def resized_midway(frames: int = 30) -> bytes:
+    """An mp4 whose H.264 stream changes resolution halfway (32x32, then 48x24: legal, a new SPS at a keyframe),
+    made by joining two encoded streams and muxing their packets as one track."""
+    from fractions import Fraction
+
+    import av
+
+    def annexb(count: int, width: int, height: int) -> bytes:
+        out = io.BytesIO()
+        with av.open(out, mode="w", format="h264") as container:
+            stream = container.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"g": "10", "bf": "0", "preset": "veryfast"}
+            for i in range(count):
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(gradient(i, width, height), format="rgb24")))
+            container.mux(stream.encode())
+        return out.getvalue()
+
+    joined = annexb(frames // 2, 32, 32) + annexb(frames - frames // 2, 48, 24)
+    out = io.BytesIO()
+    with av.open(io.BytesIO(joined), format="h264") as source, av.open(out, mode="w", format="mp4") as container:
+        stream = container.add_stream_from_template(source.streams.video[0])
+        stream.time_base = Fraction(1, 25)
+        for n, packet in enumerate(p for p in source.demux(video=0) if p.size):
+            packet.stream, packet.time_base, packet.pts, packet.dts = stream, Fraction(1, 25), n, n
+            container.mux(packet)
+    return out.getvalue()
 
 
 def audio_only() -> bytes:

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from clirun import selfsup
-from hostile import SIZE, audio_only, cli, cut_after, h264, no_frames, photos, png, shard, shard_set
+from hostile import SIZE, audio_only, cli, cut_after, h264, no_frames, photos, png, resized_midway, shard, shard_set
 from selfsup.data.manifest import MANIFEST, Manifest
 from selfsup.data.members import BadSample, decode_video
 from selfsup.data.shards import encode_video, write_shard_set
@@ -120,6 +120,7 @@ HOSTILE_VIDEOS = {  # name: (maker of the bytes from a folder, usable) for two 8
     "a wrong duration in the header": (lambda tmp: wrong_duration(h264(40)), True),
     "a header that counts frames the file lacks": (over_counted, True),
     "shorter than one clip (its frames loop)": (lambda tmp: h264(5), True),
+    "a resolution change midway (scaled back)": (lambda tmp: resized_midway(), True),
 }
 
 
@@ -138,6 +139,38 @@ def test_hostile_videos_decoded_by_seeking_are_skipped_and_counted_or_handled(na
     assert sum(b["health"]["seen"] for b in batches) == 2
     assert sum(sum(b["health"]["skipped"].values()) for b in batches) == (not usable)
     assert all(clip.shape[1:] == (3, 8, 16, 16) for b in batches for clip in b["views"])
+
+
+def test_a_video_that_changes_resolution_midway_is_scaled_back_to_its_first_frame(tmp_path):
+    """Legal H.264 (a new SPS at a keyframe): every decoder path gives frames of the first frame's size."""
+    from selfsup.data.seek import decode_frames
+
+    data = resized_midway()
+    assert decode_video(data, 3).shape == (30, 3, 32, 32) and decode_video(data, 1).shape == (30, 1, 32, 32)
+    assert decode_frames(data, 3, [0, 20, 29]).shape == (3, 32, 32, 3)
+
+
+def test_knn_on_a_video_that_changes_resolution_midway(tmp_path, monkeypatch, capsys):
+    """`selfsup knn` of a video set one of whose videos changes resolution: it was a ValueError traceback."""
+    from selfsup.eval.checkpoint import BackboneSpec
+
+    monkeypatch.chdir(tmp_path)
+    spec = BackboneSpec("r3d_tiny", {"width": 2}, 3)
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in spec.build().state_dict().items()},
+                "hyper_parameters": {"backbone": spec.name, "backbone_args": spec.args, "in_channels": 3}}, "v.ckpt")
+
+    def samples(n):
+        return ({"__key__": f"v{i}", "mp4": resized_midway(8) if i == 0 else h264(8), "cls": str(i % 2).encode()}
+                for i in range(n))
+
+    write_shard_set(tmp_path / "v", Manifest("v", 3, ["a", "b"], media="video"),
+                    {"train": samples(4), "val": samples(2)}, progress=False)
+    Path("data.yaml").write_text(f"data:\n  source: shards:{tmp_path / 'v'}\n  batch_size: 4\n  num_workers: 0\n"
+                                 "  views:\n    class_path: selfsup.data.clips.EvalClips\n"
+                                 "    init_args: {size: 16, frames: 4, stride: 2, clips: 1}\n")
+    code, printed = cli("knn", "--ckpt", "v.ckpt", "-c", "data.yaml", "--k", "2", "--out", "knn.json", capsys=capsys)
+    assert code == 0 and "Traceback" not in printed, printed[-3000:]
+    assert json.loads(Path("knn.json").read_text())["queries"] == 2
 
 
 # ---- reading: parts that end early (D8) or yield nothing (H1) -----------------------------------------------

@@ -98,6 +98,19 @@ ROWS = {
                                                                                    "selfsup.methods.RotNet")),
                                               "--weights_only", "false", capsys=c),
                              "was written by RotNet, but the config trains SimCLR"),
+    "bench knn --train -5": (lambda d, c: cli("bench", "knn", "--train", "-5", "--device", "cpu", capsys=c),
+                             "--train must be at least 1, got -5; give 1 or more"),
+    "bench knn --queries 0": (lambda d, c: cli("bench", "knn", "--train", "50", "--dims", "4", "--queries", "0",
+                                               "--device", "cpu", capsys=c), "--queries must be at least 1, got 0"),
+    "bench knn --k 0": (lambda d, c: cli("bench", "knn", "--train", "50", "--dims", "4", "--k", "0", "--device",
+                                         "cpu", capsys=c), "--k must be at least 1, got 0"),
+    "bench --batch-size -1": (lambda d, c: cli("bench", "--batch-size", "-1", capsys=c),
+                              "--batch-size must be at least 1, got -1"),
+    "bench data --repeats 0": (lambda d, c: cli("bench", "data", "--repeats", "0", capsys=c),
+                               "--repeats must be at least 1, got 0"),
+    "bench max-batch --limit below --start": (lambda d, c: cli("bench", "max-batch", "-c", SIMCLR, "--source",
+                                                               "builtin:mnist5k", "--limit", "8", capsys=c),
+                                              "--limit must be at least 32, got 8"),
 }
 
 

@@ -11,12 +11,15 @@ and the evaluation it is judged by on every seed's too, so the table gives the m
 
 Every step is the real command a user would type (`selfsup fit`, `selfsup knn`), run as a child process with its
 output in ``<work>/<recipe>/<step>.log``; a step that fails marks its cells with the reason and the rest goes on.
+The recipes file and the kept figures are checked before anything runs; Ctrl-C publishes the recipes that
+finished and prints the ``--only`` command that goes on with the rest.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import platform
@@ -24,38 +27,19 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from selfsup.cli_checks import check_writable
 from selfsup.errors import ConfigError
 from selfsup.recipes import recipe_path
-from selfsup.training.atomic import atomic_write
+from selfsup.results_files import COLUMNS, Row, previous_rows, read_recipes
+from selfsup.training.atomic import atomic_write, check_target
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this selfsup, first on the children's path
 VARIANTS = ("pretrained", "random", "pixels")  # the backbones each evaluation runs on
 METRICS = {"linear": "val/top1", "block": "val/top1", "finetune": "val/top1", "dense": "val/miou",
            "dense_finetune": "val/miou"}  # the fit-based evaluations
-COLUMNS = ("knn", "linear", "block", "finetune", "dense", "dense_finetune")
-
-
-@dataclass
-class Row:
-    """One recipe's outcome: pretraining wall time (first seed), wall time of all its steps, scores[evaluation]
-    [variant], the judged-by score and pretraining wall time of each seed, and failures by step."""
-
-    key: str
-    name: str
-    judged_by: str
-    backbone: str = ""
-    seconds: float | None = None
-    total_seconds: float = 0.0
-    scores: dict[str, dict[str, float]] = field(default_factory=dict)
-    seed_scores: dict[int, float] = field(default_factory=dict)
-    seed_seconds: dict[int, float] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)
 
 
 def run_step(argv: list[str], log: Path) -> str | None:
@@ -194,18 +178,6 @@ def run_recipe(key: str, recipe: dict[str, Any], work: Path, quick: bool, quick_
     return row
 
 
-def previous_rows(path: Path) -> dict[str, Row]:
-    """The rows an earlier run wrote to ``path`` (results.json beside the page), by recipe key; none if absent."""
-    if not path.is_file():
-        return {}
-    rows = {}
-    for raw in json.loads(path.read_text()):
-        for name in ("seed_scores", "seed_seconds"):
-            raw[name] = {int(k): v for k, v in raw.get(name, {}).items()}
-        rows[raw["key"]] = Row(**raw)
-    return rows
-
-
 def cell(row: Row, kind: str) -> str:
     """'pretrained / random / pixels' of one evaluation ('-' for a failed one, no pixels where it does not apply)."""
     scores = row.scores.get(kind)
@@ -291,8 +263,10 @@ def chart(rows: list[Row], out: Path) -> None:
         ax.set_ylim(0, 1)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(VARIANTS), frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))  # the legend below the bars, never over them
-    fig.savefig(out, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, dpi=110, format="png")
     plt.close(fig)
+    atomic_write(out, image.getbuffer())
 
 
 def machine_line() -> str:
@@ -300,43 +274,76 @@ def machine_line() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, load {load:.1f} at the end"
 
 
-def main(argv: list[str]) -> None:
+RECIPES, OUT = recipe_path("experiments/results.yaml"), Path("docs/results.md")  # the defaults
+
+
+def main(argv: list[str]) -> int | None:
     """Run the CPU recipes and their evaluations; write the results table and chart."""
     parser = argparse.ArgumentParser(prog="selfsup results", description=main.__doc__)
-    parser.add_argument("--recipes", type=Path, default=recipe_path("experiments/results.yaml"),
+    parser.add_argument("--recipes", type=Path, default=RECIPES,
                         help="the recipes and their evaluations (default: experiments/results.yaml)")
     parser.add_argument("--only", nargs="+", default=None, help="recipe keys to run (default: all)")
-    parser.add_argument("--out", type=Path, default=Path("docs/results.md"), help="the Markdown table")
+    parser.add_argument("--out", type=Path, default=OUT, help="the Markdown table")
     parser.add_argument("--work", type=Path, default=None, help="where runs and logs go (default: runs/results/TIME)")
     parser.add_argument("--quick", action="store_true", help="seconds-long smoke runs (the recipes' quick overrides)")
     args = parser.parse_args(argv)
-    if not args.recipes.is_file():
-        raise ConfigError(f"recipes file {args.recipes} does not exist; give --recipes experiments/results.yaml")
-    spec = yaml.safe_load(args.recipes.read_text()) or {}
-    recipes = spec.get("recipes") or {}
+    spec = read_recipes(args.recipes)
+    recipes = spec["recipes"]
     unknown = sorted(set(args.only or ()) - set(recipes))
     if unknown:
         raise ConfigError(f"--only {' '.join(unknown)}: no such recipe in {args.recipes}; "
                           f"choose from {', '.join(recipes)}")
+    outputs = (args.out, args.out.with_suffix(".png"), args.out.with_suffix(".json"))
+    for path in outputs:
+        check_target(path)
     keys = args.only or list(recipes)
     work = args.work or Path("runs/results") / time.strftime("%Y%m%d-%H%M%S")
+    check_writable([work, args.out.parent], "choose another --work or --out")
     start = time.perf_counter()
 
     def say(message: str) -> None:
         print(f"[{time.perf_counter() - start:7.0f} s] {message}", flush=True)
 
-    kept = previous_rows(args.out.with_suffix(".json")) if args.only else {}
+    kept = previous_rows(outputs[2]) if args.only else {}
     done = {}
-    for k in keys:
-        began = time.perf_counter()
-        done[k] = run_recipe(k, recipes[k], work / k, args.quick, list(spec.get("quick_eval", [])), say)
-        done[k].total_seconds = time.perf_counter() - began
-    rows = [done.get(k) or kept[k] for k in recipes if k in done or k in kept]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    chart(rows, args.out.with_suffix(".png"))
-    write_table(args.out, markdown(rows, machine_line()))
-    figures = json.dumps([r.__dict__ for r in rows], indent=1) + "\n"
-    for path in (work / "results.json", args.out.with_suffix(".json")):
-        atomic_write(path, figures.encode())
+    try:
+        for k in keys:
+            began = time.perf_counter()
+            row = run_recipe(k, recipes[k], work / k, args.quick, list(spec.get("quick_eval", [])), say)
+            row.total_seconds = time.perf_counter() - began
+            done[k] = row
+    except KeyboardInterrupt:
+        return stopped(args, work, list(recipes), done, [k for k in keys if k not in done])
+    publish(list(recipes), done, kept, args.out, work)
     print(args.out.read_text())
-    print(f"written: {args.out}, {args.out.with_suffix('.png')}, {args.out.with_suffix('.json')} (the figures)")
+    print(f"written: {', '.join(map(str, outputs))} (the figures)")
+    return None
+
+
+def publish(order: list[str], done: dict[str, Row], kept: dict[str, Row], out: Path, work: Path) -> None:
+    """The chart, the table and the figures beside ``out`` (the figures in ``work`` too) of the rows ``done``, and
+    those ``kept`` from before for the other recipes, in the recipes' ``order``."""
+    rows = [done.get(k) or kept[k] for k in order if k in done or k in kept]
+    chart(rows, out.with_suffix(".png"))
+    write_table(out, markdown(rows, machine_line()))
+    figures = json.dumps([r.__dict__ for r in rows], indent=1) + "\n"
+    for path in (work / "results.json", out.with_suffix(".json")):
+        atomic_write(path, figures.encode())
+
+
+def stopped(args: argparse.Namespace, work: Path, order: list[str], done: dict[str, Row], left: list[str]) -> int:
+    """After Ctrl-C: publish the recipes that finished (over the rows kept from before), say what was kept and how
+    to go on; exit status 130."""
+    if done:
+        try:
+            kept = previous_rows(args.out.with_suffix(".json"))
+        except ConfigError:
+            kept = {}
+        publish(order, done, kept, args.out, work)
+    page = f"the finished {', '.join(done)} in {args.out}" if done else f"{args.out} as it was"
+    again = ["selfsup results", *(["--recipes", str(args.recipes)] if args.recipes != RECIPES else []),
+             *(["--out", str(args.out)] if args.out != OUT else []), *(["--quick"] if args.quick else []),
+             "--only", *left]
+    print(f"selfsup: stopped by Ctrl-C; kept: the runs and logs in {work}, {page}; go on with: {' '.join(again)}",
+          file=sys.stderr)
+    return 130

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from selfsup.errors import ConfigError
+
 # Each method's recipe (found with selfsup.recipes, so bench runs from any folder).
 CONFIGS = {"SimCLR": "experiments/simclr/mnist5k.yaml", "RotNet": "experiments/rotnet/mnist5k.yaml",
            "CVRL": "experiments/cvrl/moving-mnist.yaml",
@@ -19,6 +21,18 @@ SUBCOMMANDS = """subcommands:
   selfsup bench max-batch  the largest per-device batch of a recipe's step that fits in memory
   selfsup bench gpu-check  every GPU path in one run, each step with its own time limit (runs/gpu-check/)
 (each with --help)"""
+
+
+def at_least(args: argparse.Namespace, least: dict[str, float]) -> argparse.Namespace:
+    """``args``, each option named in ``least`` (its dest -> the smallest value it takes; every value of a list)
+    checked: ConfigError naming the first below it (a negative or zero size was a traceback deep in the run)."""
+    for dest, low in least.items():
+        value = getattr(args, dest)
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None and v < low:
+                raise ConfigError(f"--{dest.replace('_', '-')} must be at least {low:g}, got {v:g}; give {low:g} "
+                                  "or more")
+    return args
 
 
 def methods_parser() -> argparse.ArgumentParser:
@@ -71,11 +85,11 @@ def main(argv: list[str]) -> int | None:
 
         return gpu_check(argv[1:])
     if argv[:1] == ["knn"]:
-        args = knn_parser().parse_args(argv[1:])
+        args = at_least(knn_parser().parse_args(argv[1:]), {"train": 1, "dims": 1, "queries": 1, "k": 1})
         from selfsup.bench.knn import run_knn
 
         return run_knn(args)
-    args = methods_parser().parse_args(argv)
+    args = at_least(methods_parser().parse_args(argv), {"batch_size": 1, "repeats": 1, "warmup": 0})
     from selfsup.bench.methods import run_methods
 
     return run_methods(args)

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from selfsup.bench.cli import at_least
 from selfsup.bench.photos import device_views, photo_rows
 from selfsup.bench.video import video_rows
 from selfsup.data.builtin import cache_dir
@@ -181,7 +182,7 @@ def main(argv: list[str]) -> int:
                         help="videos in the Kinetics-like set (10 s, 25 fps, H.264; 0: skip those rows)")
     parser.add_argument("--small", action=argparse.BooleanOptionalAction, default=True,
                         help="also the MNIST-5k and RGB-64 rows")
-    args = parser.parse_args(argv)
+    args = at_least(parser.parse_args(argv), {"repeats": 1, "photos": 0, "kinetics": 0})
     device = torch.device(args.device)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one loader worker = one core

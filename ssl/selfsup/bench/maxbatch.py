@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from selfsup.bench.cli import at_least
 from selfsup.bench.methods import Switches, build, first_batch, training_step
 from selfsup.bench.step import peak_memory_mib
 from selfsup.cli_checks import read_yaml
@@ -88,6 +89,7 @@ def main(argv: list[str]) -> int:
                         help="a budget the step's peak must stay under (default on CUDA: the device's memory)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-max-batch.json"))
     args, overrides = parser.parse_known_args(argv)
+    at_least(args, {"start": 1, "limit": args.start, "memory_mib": 1})
     device = torch.device(args.device)
     accelerator = ["--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu"]
     model, data, trainer = build(args.config, 8, Switches(), [*ONE_DEVICE, *accelerator, "--data.init_args.source",

@@ -151,8 +151,9 @@ def decode_video(data: bytes, channels: int, max_frames: int | None = None, limi
     and ``threads`` decoder threads.
 
     Frames are decoded in order and decoding stops after ``max_frames`` (None: all), so a clip from the start
-    of a long video does not pay for the rest of it. BadSample if the stream's metadata says, or its decoded
-    frames show, more than ``limits.max_video_pixels`` pixels (frames x width x height).
+    of a long video does not pay for the rest of it. A stream that changes resolution midway (legal in H.264)
+    has its later frames scaled to the first frame's size. BadSample if the stream's metadata says, or its
+    decoded frames show, more than ``limits.max_video_pixels`` pixels (frames x width x height).
     """
     try:
         import av
@@ -174,7 +175,7 @@ def decode_video(data: bytes, channels: int, max_frames: int | None = None, limi
                 if pixels > limits.max_video_pixels:
                     raise BadSample(f"video decoded past {len(frames)} frames of {frame.width}x{frame.height}, "
                                     f"over {limits.describe('max_video_pixels')}")
-                frames.append(frame_pixels(frame, channels))
+                frames.append(frame_pixels(frame, channels, frames[0].shape[:2] if frames else None))
                 if max_frames is not None and len(frames) >= max_frames:
                     break
     except BadSample:
@@ -190,13 +191,17 @@ def decode_video(data: bytes, channels: int, max_frames: int | None = None, limi
 FULL_RANGE_LUMA = ("gray", "yuvj420p", "yuvj422p", "yuvj444p")
 
 
-def frame_pixels(frame: Any, channels: int) -> np.ndarray:
-    """(H, W) luma or (H, W, 3) RGB of a decoded frame. Full-range luma is read straight from the Y plane: a
+def frame_pixels(frame: Any, channels: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W) luma or (H, W, 3) RGB of a decoded frame, scaled to ``size`` (H, W) when given and the frame is of
+    another (a stream that changes resolution midway). Full-range luma is read straight from the Y plane: a
     swscale conversion per frame costs several times the decoding of a small video."""
+    layout = "gray" if channels == 1 else "rgb24"
+    if size is not None and (frame.height, frame.width) != tuple(size):
+        return frame.to_ndarray(format=layout, width=size[1], height=size[0])
     if channels == 1 and frame.format.name in FULL_RANGE_LUMA:
         plane = frame.planes[0]
         return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
-    return frame.to_ndarray(format="gray" if channels == 1 else "rgb24")
+    return frame.to_ndarray(format=layout)
 
 
 def decode_label(sample: dict[str, Any], num_classes: int, label: str = "cls") -> int:

@@ -136,9 +136,11 @@ def opened(data: bytes, limits: Limits | None = None, threads: int = 1) -> Itera
 
 def pixels_of(container: Any, stream: Any, index: FrameIndex, wanted: Sequence[int], channels: int
               ) -> Iterator[tuple[int, np.ndarray]]:
-    """(i, uint8 (H, W, C) pixels) of the frames ``wanted`` (ascending, distinct), by `wanted_frames`."""
+    """(i, uint8 (H, W, C) pixels) of the frames ``wanted`` (ascending, distinct), by `wanted_frames`, each at
+    the stream's size as opened (the first frame's: a stream that changes resolution midway is scaled back)."""
+    size = stream.codec_context.height, stream.codec_context.width
     for i, frame in wanted_frames(container, stream, index, wanted):
-        pixels = frame_pixels(frame, channels)
+        pixels = frame_pixels(frame, channels, size)
         yield i, pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
