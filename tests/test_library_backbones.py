@@ -180,5 +180,7 @@ def test_bad_library_names_and_arguments_are_one_line(name, args, match):
 def test_image_sizes_a_model_cannot_take_are_refused_in_one_line():
     with pytest.raises(ConfigError, match="cuts images into 16x16 patches, so it cannot take 28x28"):
         build_backbone("timm:vit_small_patch16_224,depth=1", in_channels=1)(torch.rand(1, 1, 28, 28))
+    with pytest.raises(ConfigError, match="timm:convnext_atto shrinks 28x28 px images below its kernels"):
+        build_backbone("timm:convnext_atto,depths=[1,1,1,1]", in_channels=1)(torch.rand(1, 1, 28, 28))
     with pytest.raises(ConfigError, match="takes 32x32 px images, got 28x28; name it .*image_size=28"):
         build_backbone("torchvision:vit_b_16,image_size=32")(torch.rand(1, 3, 28, 28))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -78,6 +80,23 @@ def call(function: str, args: dict[str, Any], *positional: Any) -> str:
     """``function(positional..., key=value, ...)`` as Python source."""
     values = [python_value(v) for v in positional] + [f"{k}={python_value(v)}" for k, v in args.items()]
     return f"{function}({', '.join(values)})"
+
+
+# What torch says when a ConvNet's strides shrink an image below a kernel.
+TOO_SMALL = ("Kernel size can't be greater than actual input size", "Output size is too small")
+
+
+@contextmanager
+def image_size_check(name: str, x: torch.Tensor) -> Iterator[None]:
+    """Turn torch's error for images too small for the model's strides into one line naming the fix."""
+    try:
+        yield
+    except RuntimeError as err:
+        if not any(text in str(err) for text in TOO_SMALL):
+            raise
+        raise ConfigError(f"{name} shrinks {x.shape[-2]}x{x.shape[-1]} px images below its kernels; give it larger "
+                          "images (data.image_size and the views' size) or smaller strides (e.g. a timm ConvNeXt's "
+                          "patch_size=1 or output_stride=8)") from None
 
 
 class LibraryBackbone(Backbone):

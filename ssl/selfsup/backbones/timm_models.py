@@ -13,7 +13,14 @@ from typing import Any
 import torch
 
 from selfsup.backbones.base import register_backbone
-from selfsup.backbones.library import LibraryBackbone, call, check_arguments, parse_name, unknown_model
+from selfsup.backbones.library import (
+    LibraryBackbone,
+    call,
+    check_arguments,
+    image_size_check,
+    parse_name,
+    unknown_model,
+)
 from selfsup.backbones.masked import MaskedImageBackbone
 from selfsup.errors import ConfigError
 
@@ -50,7 +57,8 @@ class TimmBackbone(LibraryBackbone):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_size(x)
-        features = self.model.forward_features(x)
+        with image_size_check(f"timm:{self.model_name}", x):
+            features = self.model.forward_features(x)
         if features.dim() == 4:
             return features.permute(0, 3, 1, 2) if self.channels_last_output else features
         if features.dim() == 3 and self.patch_size:

@@ -16,7 +16,14 @@ from torch import nn
 from torchvision.models import RegNet, ResNet, SwinTransformer, VisionTransformer
 
 from selfsup.backbones.base import register_backbone
-from selfsup.backbones.library import LibraryBackbone, call, check_arguments, parse_name, unknown_model
+from selfsup.backbones.library import (
+    LibraryBackbone,
+    call,
+    check_arguments,
+    image_size_check,
+    parse_name,
+    unknown_model,
+)
 from selfsup.errors import ConfigError
 
 HEADS = ("fc", "classifier", "heads", "head")  # a classification model's classifier, whichever it has
@@ -77,6 +84,10 @@ class TorchvisionBackbone(LibraryBackbone):
                          conv.dilation, conv.groups, conv.bias is not None)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        with image_size_check(f"torchvision:{self.model_name}", x):
+            return self._features(x)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         m = self.model
         if isinstance(m, ResNet):
             x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
