@@ -4,6 +4,7 @@ dense probe and the export of a timm ConvNet's checkpoint, `selfsup backbones`, 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,14 @@ def test_backbones_lists_builtins_and_searches_the_libraries(tmp_path):
     found = selfsup("backbones", "--search", "convnext_at", cwd=tmp_path).stdout
     assert "timm:convnext_atto" in found and "torchvision:convnext_tiny" not in found
     assert "nearest: timm:efficientnet_b0" in selfsup("backbones", "--search", "efficinetnet_b0", cwd=tmp_path).stdout
+
+
+@pytest.mark.slow
+def test_bench_measures_a_timm_backbone_in_bf16_and_channels_last(mnist5k, tmp_path):
+    out = tmp_path / "bench.json"
+    selfsup("bench", "--methods", "SimCLR", "PixPro", "--backbone", CONVNEXT[1], "--backbone-args", CONVNEXT[3],
+            "--batch-size", "8", "--repeats", "1", "--warmup", "1", "--precision", "bf16-mixed", "--channels-last",
+            "--repo", str(REPO), "--out", str(out), cwd=tmp_path)
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["SimCLR"]["backbone_images"] == 16 and rows["PixPro"]["backbone_calls"] == ["forward_features"] * 2
+    assert all(r["step_ms"] > 0 and r["floor_ms"] > 0 for r in rows.values())

@@ -27,7 +27,7 @@ from selfsup.errors import ConfigError
 from selfsup.recipes import recipe_path
 
 
-def _build(config: Path, batch_size: int, switches: Switches):
+def _build(config: Path, batch_size: int, switches: Switches, backbone: tuple[str, str] | None = None):
     from selfsup.cli import SelfsupCLI
     from selfsup.data import SSLDataModule
     from selfsup.methods import SSLMethod
@@ -36,6 +36,8 @@ def _build(config: Path, batch_size: int, switches: Switches):
             "--trainer.logger", "false", "--trainer.callbacks", "[]",
             "--model.init_args.channels_last", str(switches.channels_last).lower(),
             "--model.init_args.compile_backbone", str(switches.compile).lower()]
+    if backbone is not None:  # (name, backbone_args as YAML) instead of the recipe's
+        args += ["--model.init_args.backbone", backbone[0], "--model.init_args.backbone_args", backbone[1]]
     cli = SelfsupCLI(SSLMethod, SSLDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
                      run=False, auto_configure_optimizers=False, save_config_callback=None)
     return cli.model, cli.datamodule
@@ -61,10 +63,11 @@ class Switches:
 
 
 def bench_method(method: str, config: Path, batch_size: int, device: torch.device, warmup: int = 3,
-                 repeats: int = 10, switches: Switches = Switches()) -> dict[str, Any]:
+                 repeats: int = 10, switches: Switches = Switches(),
+                 backbone: tuple[str, str] | None = None) -> dict[str, Any]:
     """Median step and floor time, images/s and peak memory of one method on one real training batch of its
-    MNIST-5k recipe, with the fast paths in ``switches``."""
-    model, data = _build(config, batch_size, switches)
+    MNIST-5k recipe, with the fast paths in ``switches`` (and ``backbone``: name and YAML arguments, if given)."""
+    model, data = _build(config, batch_size, switches, backbone)
     model.to(device).train()
     model.setup("fit")  # compiles the backbone when asked, as in a training run
     batch = next(iter(data.train_dataloader()))
@@ -102,7 +105,8 @@ def run_methods(args: argparse.Namespace) -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     switches = Switches(args.precision, args.channels_last, args.compile)
     configs = {m: args.repo / CONFIGS[m] if args.repo else recipe_path(CONFIGS[m]) for m in args.methods}
-    rows = [bench_method(m, configs[m], args.batch_size, device, args.warmup, args.repeats, switches)
+    backbone = (args.backbone, args.backbone_args) if args.backbone else None
+    rows = [bench_method(m, configs[m], args.batch_size, device, args.warmup, args.repeats, switches, backbone)
             for m in args.methods]
     memory = "CUDA max_memory_allocated" if device.type == "cuda" else "torch CPU allocations (profiler)"
     print(f"device: {device}, torch threads: {torch.get_num_threads()}, batch: {args.batch_size} images, "
