@@ -29,8 +29,8 @@ def builtin_lines() -> list[str]:
     lines = ["built-in backbones (model.backbone: NAME, model.backbone_args: {...}):"]
     for name, factory in sorted(_REGISTRY.items()):
         if not name.endswith(":"):
-            doc = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
-            lines.append(f"  {name:<17} {doc.removeprefix(f'{name}: ')}")
+            doc = " ".join((factory.__doc__ or "").split()).removeprefix(f"{name}: ").split(". ")[0]
+            lines.append(f"  {name:<17} {doc[:100]}".rstrip())
     return lines
 
 

@@ -63,6 +63,14 @@ def check_arguments(name: str, args: dict[str, Any]) -> None:
             raise ConfigError(f"backbone {name!r}: the argument {key} is refused ({REFUSED[key]})")
 
 
+def requested(name: str, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The model and its arguments that ``name`` and ``backbone_args`` ask for together, refusals checked."""
+    _, model, named = parse_name(name)
+    both = {**named, **args}
+    check_arguments(name, both)
+    return model, both
+
+
 def unknown_model(library: str, model: str, known: list[str]) -> ConfigError:
     """The error for a model name the library does not have, with the nearest names it does have."""
     near = difflib.get_close_matches(model, known, n=5, cutoff=0.5)

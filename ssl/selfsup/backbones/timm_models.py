@@ -13,14 +13,7 @@ from typing import Any
 import torch
 
 from selfsup.backbones.base import register_backbone
-from selfsup.backbones.library import (
-    LibraryBackbone,
-    call,
-    check_arguments,
-    image_size_check,
-    parse_name,
-    unknown_model,
-)
+from selfsup.backbones.library import LibraryBackbone, call, image_size_check, requested, unknown_model
 from selfsup.backbones.masked import MaskedImageBackbone
 from selfsup.errors import ConfigError
 
@@ -132,8 +125,6 @@ def maskable(model: torch.nn.Module) -> bool:
 @register_backbone("timm:")
 def timm_backbone(name: str, in_channels: int = 3, **args: Any) -> TimmBackbone:
     """timm:NAME[,key=value...]: any timm image model (``selfsup backbones --search`` lists them)."""
-    _, model, named = parse_name(name)
-    args = {**named, **args}
-    check_arguments(name, args)
+    model, args = requested(name, args)
     module, arguments = create(model, in_channels, args)
     return (MaskedTimmBackbone if maskable(module) else TimmBackbone)(model, module, arguments)

@@ -16,14 +16,7 @@ from torch import nn
 from torchvision.models import RegNet, ResNet, SwinTransformer, VisionTransformer
 
 from selfsup.backbones.base import register_backbone
-from selfsup.backbones.library import (
-    LibraryBackbone,
-    call,
-    check_arguments,
-    image_size_check,
-    parse_name,
-    unknown_model,
-)
+from selfsup.backbones.library import LibraryBackbone, call, image_size_check, requested, unknown_model
 from selfsup.errors import ConfigError
 
 HEADS = ("fc", "classifier", "heads", "head")  # a classification model's classifier, whichever it has
@@ -124,9 +117,7 @@ class TorchvisionBackbone(LibraryBackbone):
 @register_backbone("torchvision:")
 def torchvision_backbone(name: str, in_channels: int = 3, **args: Any) -> TorchvisionBackbone:
     """torchvision:NAME[,key=value...]: a torchvision classification model (``selfsup backbones`` lists them)."""
-    _, model, named = parse_name(name)
-    args = {**named, **args}
-    check_arguments(name, args)
+    model, args = requested(name, args)
     if model not in classification_models():
         raise unknown_model("torchvision", model, classification_models())
     return TorchvisionBackbone(model, in_channels, **args)
