@@ -44,8 +44,8 @@ class TimmBackbone(LibraryBackbone):
         super().__init__()
         self.model, self.model_name, self.arguments = model, name, arguments
         self.num_features = model.num_features
-        embed = getattr(self.model, "patch_embed", None)
-        self.patch_size = embed.patch_size[0] if embed is not None else None
+        size = getattr(getattr(model, "patch_embed", None), "patch_size", None)  # ViTs' and Swins' (int or pair)
+        self.patch_size = size if isinstance(size, int) or size is None else size[0]
         self.channels_last_output = getattr(self.model, "output_fmt", "NCHW") == "NHWC"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
