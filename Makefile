@@ -31,6 +31,10 @@ bench: $(STAMP)  ## each method's step against its backbone floor; data pipeline
 	$(BIN)/selfsup bench data
 	$(BIN)/selfsup bench knn
 
+.PHONY: gpu-check
+gpu-check: $(STAMP)  ## on one GPU, at most 8 min: every GPU path (bf16 steps, device views, nvJPEG, faiss-gpu, a ResNet-50 fit, largest batches) -> runs/gpu-check/
+	$(BIN)/selfsup bench gpu-check $(GPU_CHECK_ARGS)
+
 results: $(STAMP)  ## every method's CPU recipe + its evaluations vs random init and raw pixels -> docs/results.md (about 90 minutes)
 	$(BIN)/selfsup results
 

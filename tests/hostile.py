@@ -29,6 +29,17 @@ def cli(*args: str, capsys: pytest.CaptureFixture) -> tuple[int, str]:
     return code, out.out + out.err
 
 
+class WritesAFile:
+    """Unpickling this creates the file ``path``: what a malicious checkpoint would do (its pickle names only
+    ``pathlib``, so any process can unpickle it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
 def png(seed: int, size: int = SIZE) -> bytes:
     return encode_png(torch.randint(0, 256, (1, size, size), dtype=torch.uint8,
                                     generator=torch.Generator().manual_seed(seed)))

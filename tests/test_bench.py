@@ -12,7 +12,9 @@ def test_bench_measures_each_method_against_its_backbone_floor(tmp_path, mnist5k
     proc = selfsup("bench", "--batch-size", "16", "--repeats", "1", "--repo", str(REPO), "--out", str(out),
                    cwd=tmp_path)
     rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"SimCLR", "RotNet", "SwAV", "PixPro", "SimMIM", "CVRL"} and "overhead" in proc.stdout
+    assert set(rows) == {"SimCLR", "RotNet", "SwAV", "PixPro", "SimMIM", "CVRL", "BYOL", "MoCoV3", "BarlowTwins",
+                         "VICReg"} and "overhead" in proc.stdout
+    assert rows["BYOL"]["momentum_images"] == rows["MoCoV3"]["momentum_images"] == 32  # the target's two views
     assert rows["SimCLR"]["backbone_images"] == 32  # two views of 16 images
     assert rows["RotNet"]["backbone_images"] == 64  # four rotations of 16 images
     assert rows["SwAV"]["backbone_images"] == 32  # its MNIST recipe's two 28 px crops of 16 images, one forward
@@ -36,6 +38,7 @@ def test_bench_measures_the_fast_paths_as_a_training_run_sets_them(tmp_path, mni
     assert "precision=bf16-mixed, channels_last=True" in proc.stdout
     (row,) = result["rows"]
     assert row["backbone_images"] == 16 and row["step_ms"] > 0 and row["floor_ms"] > 0
+    assert row["overhead_low"] <= row["overhead"] <= row["overhead_high"] and "95% interval" in proc.stdout
 
 
 def test_bench_names_unknown_methods(tmp_path):
@@ -67,3 +70,40 @@ def test_bench_knn_times_faiss_and_torch_and_finds_the_same_neighbours(tmp_path)
     (row,) = json.loads(out.read_text())["rows"]
     assert (row["n_train"], row["dim"], row["queries"]) == (3000, 32, 500) and "torch/faiss" in proc.stdout
     assert row["same_neighbours"] == 1.0 and row["faiss_s"] > 0 and row["torch_s"] > 0
+
+
+def test_the_medians_interval_is_the_binomial_order_statistics():
+    from selfsup.bench.step import median_interval
+
+    # distribution-free 95% intervals of the median (ranks from the binomial table): n=10 -> x(2)..x(9),
+    # n=20 -> x(6)..x(15), n=30 -> x(10)..x(21); under 6 values the full range
+    assert median_interval(range(1, 11)) == (2, 9)
+    assert median_interval(list(range(20, 0, -1))) == (6, 15)
+    assert median_interval(range(1, 31)) == (10, 21)
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)
+
+
+def test_step_and_floor_are_timed_in_pairs_of_alternating_order():
+    import torch
+
+    from selfsup.bench.step import paired_seconds
+
+    calls = []
+    steps, floors = paired_seconds(lambda: calls.append("s"), lambda: calls.append("f"), torch.device("cpu"),
+                                   warmup=1, repeats=4)
+    assert "".join(calls) == "sf" + "fs" + "sf" + "fs" + "sf" and len(steps) == len(floors) == 4
+
+
+def test_the_largest_batch_is_found_by_doubling_then_bisecting():
+    import torch
+
+    from selfsup.bench.maxbatch import largest_batch, needs_checkpointing, tiled
+
+    largest, tried = largest_batch(lambda size: {"peak": size} if size <= 100 else None, start=8, limit=2048)
+    assert largest == 96 and set(tried) == {8, 16, 32, 64, 128, 96, 112, 104}
+    assert largest_batch(lambda size: {}, start=8, limit=50)[0] == 50  # everything fits: the limit itself
+    assert largest_batch(lambda size: None, start=8, limit=50)[0] == 0
+    assert needs_checkpointing(96, 2048, 128) and needs_checkpointing(96, 2048, 64) is False
+    assert needs_checkpointing(32, 32, 128) is None  # the search stopped below the recipe's batch
+    batch = tiled({"views": [torch.arange(3)], "label": torch.arange(3)}, 7)
+    assert batch["views"][0].tolist() == [0, 1, 2, 0, 1, 2, 0] and batch["label"].shape == (7,)

@@ -18,22 +18,13 @@ import torch
 import torchvision
 
 from clirun import REPO, TINY, selfsup
+from hostile import WritesAFile
 
 SIMCLR = str(REPO / "experiments/simclr/mnist5k.yaml")
 BASE = ["fit", "-c", SIMCLR, *TINY, "--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]",
         "--trainer.enable_progress_bar", "false"]
 FIT = [*BASE, "--trainer.max_steps", "1"]
 DATA = str(REPO / "experiments/eval/mnist5k.yaml")
-
-
-class WritesAFile:
-    """Unpickling this creates a file: what a malicious checkpoint would do."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.touch, (self.path,))
 
 
 def with_hparams(ckpt: Path, out: Path, **changes) -> Path:
@@ -109,7 +100,7 @@ HOSTILE = [
     *[(["knn", "--ckpt", "{ckpt}", "-c", DATA, "--temperature", t], f"--temperature must be a positive number, got {t}")
       for t in ("0.0", "nan", "-0.07")],
     # export never writes over its input, a manifest, or (without --force) anything
-    (["export", "--ckpt", "{ckpt}", "--out", "{ckpt}"], "last.ckpt, the checkpoint it reads"),
+    (["export", "--ckpt", "{ckpt}", "--out", "{ckpt}"], "last.ckpt, the file this command reads"),
     (["export", "--ckpt", "{ckpt}", "--out", "{manifest}", "--force"], "manifest.json, a shard set's manifest"),
     (["export", "--ckpt", "{ckpt}", "--out", "{existing}"], "existing.pt already exists; choose another --out, or add"),
 ]

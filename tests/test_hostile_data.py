@@ -89,6 +89,8 @@ INSPECT = {
                                 ["names 100,000,000 files, over the cap of 100,000", "SELFSUP_MAX_PATTERN_NAMES"]),
     "unbalanced brace pattern": (lambda tmp: shard_set(tmp / "set") / "train-{000000..000001.tar", {}, 2,
                                  ["is malformed"]),
+    "manifest naming a missing shard": (lambda tmp: (shard(shard_set(tmp / "set"), 1).unlink() or tmp / "set"), {},
+                                        1, ["train-000001.tar is missing or not a file; restore it"]),
 }
 
 
@@ -219,6 +221,8 @@ OUT = {
         "cannot write a shard set to", "(Read-only file system); choose another folder"]),
     "--out below a file": (lambda tmp, tmpfs: (tmp / "file").write_text("x") and tmp / "file/out", [
         "cannot write a shard set to", "choose another folder"]),
+    "--out a dangling symlink": (lambda tmp, tmpfs: (tmp / "out").symlink_to(tmp / "nowhere") or tmp / "out", [
+        "is a symbolic link; give the path of a new folder"]),
 }
 
 
@@ -233,6 +237,39 @@ def test_write_where_it_cannot_is_one_line_and_keeps_nothing(name, tmp_path, tmp
         assert fragment in printed, printed
     assert not out.exists() or not any(out.iterdir())
     assert not list(out.parent.glob(f".{out.name}-*")) if out.parent.is_dir() else True
+
+
+ARGUMENTS = {
+    "--val-fraction -0.5": (["--val-fraction", "-0.5"], "--val-fraction must be at least 0 (no val split) and below 1"),
+    "--val-fraction 1": (["--val-fraction", "1"], "--val-fraction must be at least 0 (no val split) and below 1"),
+    "--maxcount 0": (["--maxcount", "0"], "--maxcount must be at least 1 sample per shard, got 0"),
+}
+
+
+@pytest.mark.parametrize("name", ARGUMENTS)
+def test_write_refuses_numbers_it_would_ignore(name, tmp_path, capsys):
+    flags, message = ARGUMENTS[name]
+    code, printed = cli("shards", "write", "--from", str(photos(tmp_path / "pics")), "--out", str(tmp_path / "out"),
+                        *flags, "--quiet", capsys=capsys)
+    assert code == 2 and message in printed and not (tmp_path / "out").exists(), printed
+
+
+def test_every_file_is_one_sample_whatever_its_name(tmp_path, capsys):
+    """Two files that share a name (``clip.png``, ``clip.jpg``), a newline, bytes that are not UTF-8, dots and ``%``:
+    each file one sample, read back whole, its name recoverable from its key."""
+    from urllib.parse import unquote_to_bytes
+
+    root = photos(tmp_path / "pics")
+    odd = [b"clip.png", b"clip.jpg", b"new\nline.png", b"caf\xe9.png", b"v1.2.png", b"100%.png"]
+    for i, name in enumerate(odd):
+        Image.open(io.BytesIO(png(50 + i))).save(os.path.join(os.fsencode(root / "cat"), name))
+    code, printed = cli("shards", "write", "--from", str(root), "--out", str(tmp_path / "out"), "--quiet",
+                        capsys=capsys)
+    assert code == 0 and f"train: {6 + len(odd)} samples" in printed, printed
+    keys = [s["__key__"] for part in Source(f"shards:{tmp_path / 'out'}").split("train").parts for s in part.samples()]
+    assert len(keys) == len(set(keys)) == 6 + len(odd)
+    names = {unquote_to_bytes(k) for k in keys}
+    assert {b"cat/clip_png", b"cat/clip_jpg", b"cat/new\nline", b"cat/caf\xe9", b"cat/v1.2", b"cat/100%"} <= names
 
 
 def test_write_is_readable_by_others_as_the_umask_allows(tmp_path, capsys):
@@ -251,19 +288,32 @@ def test_write_removes_the_temporary_folder_of_a_killed_write(tmp_path, capsys, 
     gone = subprocess.Popen(["true"])
     gone.wait()
     temps = {name: tmp_path / f".out-{suffix}" for name, suffix in
-             (("killed", "0badc0de"), ("old", "00000001"), ("live", "1111aaaa"))}
+             (("killed", "0badc0de"), ("live", "1111aaaa"))}
     for path in temps.values():
         path.mkdir()
         (path / "train-000000.tar").write_bytes(b"half a shard")
     (temps["killed"] / ".writer").write_text(f"{os.uname().nodename} {gone.pid}\n")
     (temps["live"] / ".writer").write_text(f"{os.uname().nodename} {os.getpid()}\n")  # a write still going on
-    os.utime(temps["old"], (0, 0))  # an old temp folder without a writer note (an older selfsup's)
     code, printed = cli("shards", "write", "--from", str(photos(tmp_path / "pics")), "--out", str(tmp_path / "out"),
                         "--quiet", capsys=capsys)
     assert code == 0, printed
-    assert not temps["killed"].exists() and not temps["old"].exists() and temps["live"].exists()
+    assert not temps["killed"].exists() and temps["live"].exists()
+    assert not (tmp_path / "out/.writer").exists()
     said = caplog.text
     assert f"removed {temps['killed']}, the temporary folder of an interrupted write" in said, said
+
+
+def test_write_never_removes_a_hidden_folder_without_its_marker(tmp_path, capsys):
+    """A user's ``.out-archived`` (or an unmarked ``.out-00000001``) beside ``--out`` is theirs, however old."""
+    kept = [tmp_path / ".out-archived", tmp_path / ".out-00000001"]
+    for folder in kept:
+        folder.mkdir()
+        (folder / "backup.tar").write_bytes(b"keep me")
+        os.utime(folder, (0, 0))
+    code, printed = cli("shards", "write", "--from", str(photos(tmp_path / "pics")), "--out", str(tmp_path / "out"),
+                        "--quiet", capsys=capsys)
+    assert code == 0, printed
+    assert all((folder / "backup.tar").read_bytes() == b"keep me" for folder in kept)
 
 
 def test_val_split_is_stratified_by_class(tmp_path, capsys):

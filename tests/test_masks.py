@@ -105,3 +105,35 @@ def test_a_scene_is_deterministic_and_its_labels_cover_the_strokes_and_a_margin(
     near = torch.nn.functional.max_pool2d((image > 127).float(), 7, stride=1, padding=3) > 0  # within 3 px
     assert (mask[image > 200] > 0).all() and not (mask[~near] > 0).any()
     assert (mask > 0).sum() > 2 * (image > 127).sum()  # the margin: regions, not 2-4 px lines
+
+
+def fit_cached(probe: str, folder, capsys) -> tuple[int, str]:
+    """Two steps of ``probe`` with cached features of a random width-4 ResNet-18 on the image folder ``folder``."""
+    return cli("fit", "--model", probe, "--model.backbone", "resnet18", "--model.backbone_args",
+               "{width: 4, cifar_stem: true}", "--model.cache_features", "true", "--data.source", f"folder:{folder}",
+               "--data.image_size", str(SIZE), "--data.batch_size", "2", "--data.num_workers", "0",
+               "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "1",
+               capsys=capsys)
+
+
+def test_a_dense_probe_with_cached_features_counts_the_masks_it_skipped(tmp_path, monkeypatch, capsys):
+    """2 of 5 masks unusable: caching skips them, and the health check stops the run as streaming would."""
+    rows = (("a", "good", [0, 1, 2, 255]), ("a", "good2", [0, 1]), ("b", "good3", [1, 2]), ("a", "wrong_size", None),
+            ("b", "bad_label", [0, 7]))
+    for i, (cls, name, mask) in enumerate(rows):
+        (tmp_path / "scenes" / cls).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "scenes" / cls / f"{name}.png").write_bytes(png(i))
+        mask_png(tmp_path / "scenes" / cls / f"{name}.mask.png", mask or [0, 1], size=SIZE + 2 * (mask is None))
+    monkeypatch.chdir(tmp_path)
+    code, printed = fit_cached("DenseProbe", tmp_path / "scenes", capsys)
+    assert code == 2 and "2 of 5 samples read so far were unusable" in printed, printed[-2000:]
+
+
+def test_a_linear_probe_with_cached_features_counts_the_images_it_skipped(tmp_path, monkeypatch, capsys):
+    """2 of 5 images do not decode: caching skips them, and the health check stops the run as streaming would."""
+    for i, (cls, name) in enumerate((("a", "0"), ("a", "1"), ("b", "2"), ("a", "broken"), ("b", "broken"))):
+        (tmp_path / "photos" / cls).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "photos" / cls / f"{name}.png").write_bytes(b"not a png" if name == "broken" else png(i))
+    monkeypatch.chdir(tmp_path)
+    code, printed = fit_cached("LinearProbe", tmp_path / "photos", capsys)
+    assert code == 2 and "2 of 5 samples read so far were unusable" in printed, printed[-2000:]

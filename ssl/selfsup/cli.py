@@ -28,17 +28,17 @@ from selfsup.cli_checks import (
 from selfsup.data import SSLDataModule
 from selfsup.data.health import DataHealth
 from selfsup.eval import FeatureWriter
-from selfsup.eval.checkpoint import load_checkpoint
+from selfsup.eval.checkpoint import existing_checkpoint, load_checkpoint
 from selfsup.eval.transform import RecordEvalTransform
 from selfsup.training.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_resumable, newest_intact
 from selfsup.training.collapse import CollapseMonitor
 from selfsup.training.nonfinite import NonFiniteGuard
+from selfsup.training.precision import accept_auto, resolve_precision
 from selfsup.training.progress import ProgressLines, results_line, say
 from selfsup.training.resume import resolve_last
 from selfsup.training.runlock import lock_run_folder
 from selfsup.training.runs import eval_folder, run_folder_of
 from selfsup.training.slurm import SlurmRequeue, resume_candidates, use_run_dir
-from selfsup.trust import check_local_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class SelfsupCLI(LightningCLI):
             action = parser._option_string_actions.get(f"--trainer.{name}")
             if action is not None and hasattr(action, "_typehint"):
                 action._typehint = int | float | None
+        accept_auto(parser)  # trainer.precision: auto
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(FeatureWriter, "predict_writer")  # acts only in `selfsup predict`
         parser.add_lightning_class_args(DataHealth, "data_health")
@@ -128,15 +129,24 @@ class SelfsupCLI(LightningCLI):
         self.config = parser.parse_args(args)
 
     def _parse_ckpt_path(self) -> None:
-        """Refuse a remote ``ckpt_path``. Unlike LightningCLI, do not merge the checkpoint's hyper-parameters into
-        the config: the command line and config decide the model (checked against the checkpoint after
-        instantiation), and nothing a checkpoint names is imported."""
+        """Refuse a ``ckpt_path`` or ``model.init_from`` that is not a local regular file (or ``last``) before anything
+        is fetched or built, and read checkpoints only weights-only. Unlike LightningCLI, do not merge the
+        checkpoint's hyper-parameters into the config: the command line and config decide the model (checked against
+        the checkpoint after instantiation), and nothing a checkpoint names is imported."""
         config = self.config.get(self.config.get("subcommand") or "", {})
-        check_local_checkpoint(config.get("ckpt_path") if config else None)
+        if not config:
+            return
+        init_from = config.get("model.init_args.init_from") if "model.init_args" in config else None
+        for path in (config.get("ckpt_path"), init_from):
+            if path is not None and path != "last":
+                existing_checkpoint(path)
+        if "weights_only" in config:
+            config.weights_only = True
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         check_accelerator(config.trainer.get("accelerator"))
+        config.trainer.precision = resolve_precision(config.trainer.get("precision"), config.trainer.get("accelerator"))
         name_run(config)
         run_dir = config.get("run_dir")
         last = None  # the checkpoint `--ckpt_path last` found (refused when there is none)
@@ -151,28 +161,29 @@ class SelfsupCLI(LightningCLI):
         check_ranges(config)
         if config.get("threads"):
             torch.set_num_threads(config.threads)
-        if self.subcommand in EVAL_STAGES:
-            write_beside_the_run(config, self.subcommand)
+        evaluation = write_beside_the_run(config, self.subcommand) if self.subcommand in EVAL_STAGES else None
+        if evaluation is not None:
+            check_writable([evaluation.parent], fix="an evaluation writes into the checkpoint's run folder: copy the "
+                           "run (or its checkpoints/ folder) somewhere writable")
         if not sys.stdout.isatty():  # a log file (CI, SLURM): plain lines only, no progress-bar fragments
             config.trainer.enable_progress_bar = False
         self._resume: tuple[Path, dict] | None = None
         if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
             folders = output_folders(config)
-            folder = Path(run_dir) if run_dir else (folders or [None])[0]  # the run's own folder, locked first
-            if folder is not None and is_first_process():
+            for folder in [Path(run_dir), *folders] if run_dir else folders:  # each locked before it is written
                 check_writable([folder])
-                lock_run_folder(folder)
-            check_writable(folders)
+                if is_first_process():
+                    lock_run_folder(folder)
             self._resume = resume_checkpoint(config, last)
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         path = config.get("ckpt_path")
-        if path and Path(path).is_file():
+        if path:  # through the gate again: `last` and --run_dir resolved to a file only now
             ckpt = self._resume[1] if self._resume and str(self._resume[0]) == path else load_checkpoint(path)
             check_resumable(ckpt, self.model, path)
-        if self.subcommand == "fit" and type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        if type(self.trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             self.trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # unless the config chose another
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> L.Trainer:
@@ -263,15 +274,16 @@ def resume_folders(config: Any) -> list[Path]:
     return folders or [Path(config.trainer.get("default_root_dir") or ".")]
 
 
-def write_beside_the_run(config: Any, stage: str) -> None:
+def write_beside_the_run(config: Any, stage: str) -> Path | None:
     """Point every logger (and so the saved config.yaml and predict's features) at ``RUN/eval/STAGE-TIME/`` of
     the checkpoint's run, so an evaluation never rewrites the run's config.yaml, metrics.csv or TensorBoard
-    files."""
+    files; that folder (None: the checkpoint is in no run)."""
     folder = eval_folder(config.ckpt_path, stage) if config.get("ckpt_path") else None
     for logger in config.trainer.logger if folder and isinstance(config.trainer.logger, list) else []:
         args = getattr(logger, "init_args", None)
         if args is not None and "save_dir" in args:
             args.save_dir, args.name, args.version = str(folder.parent), "", folder.name
+    return folder
 
 
 def share_logger_version(loggers: object, resume: bool = False, version: str | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import re
 import tempfile
@@ -57,12 +58,22 @@ RANGES = (
 
 
 def check_ranges(config: Any) -> None:
-    """Refuse a config value outside its range (a negative lr, batch size or worker count), naming it."""
+    """Refuse a config value outside its range (a negative lr, batch size or worker count), a backbone or image
+    size over its cap, or more threads than the machine has cores, naming it."""
     for key, ok, what in RANGES:
         value = config.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not (math.isfinite(value) and ok(value)):
             raise ConfigError(f"{key.replace('.init_args', '')} must be {what}, got {value}; fix it in the config or "
                               "on the command line")
+    from selfsup.data.limits import check_sizes
+
+    args = config.get("model.init_args.backbone_args")
+    check_sizes(dict(args) if args else {}, "model.backbone_args")
+    check_sizes({"image_size": config.get("data.init_args.image_size")}, "data.image_size")
+    threads, cores = config.get("threads"), os.cpu_count() or 1
+    if isinstance(threads, int) and threads > 4 * cores:
+        raise ConfigError(f"--threads {threads} is more than 4x this machine's {cores} cores; give at most the "
+                          "cores the loader workers leave free")
 
 
 def method_names() -> list[str]:
@@ -127,19 +138,20 @@ def _unwrapped_from_worker(err: ConfigError) -> ConfigError:
     return type(err)(text[raises[-1].end():].strip()) if raises else err
 
 
-def check_writable(folders: list[Path]) -> None:
-    """Each output folder exists or can be made, and takes a file; a ConfigError names the first that does not."""
+RUN_OUTPUTS_FIX = ("choose a writable folder with --trainer.logger.init_args.save_dir (or the loggers' save_dir in "
+                   "the config) and --checkpoint.dirpath")
+
+
+def check_writable(folders: list[Path], fix: str = RUN_OUTPUTS_FIX) -> None:
+    """Each output folder exists or can be made, and takes a file; a ConfigError names the first that does not,
+    and ``fix``."""
     for folder in folders:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=folder):
                 pass
         except OSError as err:
-            raise ConfigError(
-                f"cannot write run outputs to {folder} ({err.strerror or err}); choose a writable folder with "
-                "--trainer.logger.init_args.save_dir (or the loggers' save_dir in the config) and "
-                "--checkpoint.dirpath"
-            ) from None
+            raise ConfigError(f"cannot write run outputs to {folder} ({err.strerror or err}); {fix}") from None
 
 
 def check_accelerator(accelerator: object) -> None:

@@ -135,6 +135,7 @@ def knn_main(argv: list[str]) -> None:
     from selfsup.eval.checkpoint import existing_checkpoint
     from selfsup.eval.features import split_features
     from selfsup.eval.knn import knn_evaluate
+    from selfsup.training.atomic import atomic_write, check_target
 
     if args.k and min(args.k) < 1:
         raise ConfigError(f"--k must be at least 1, got {min(args.k)}")
@@ -142,6 +143,9 @@ def knn_main(argv: list[str]) -> None:
         raise ConfigError(f"--temperature must be a positive number, got {args.temperature} (the default is 0.07)")
     device = _device(args.device)
     existing_checkpoint(args.ckpt)
+    folder = eval_folder(args.ckpt, "knn")
+    out = args.out or (folder / "knn.json" if folder else args.ckpt.with_suffix(".knn.json"))
+    check_target(out, [args.ckpt])  # before the evaluation, not after
     data = load_data(args.config, need_labels=True, what="kNN", label=args.label)
     backbone, spec = _backbone_for(args.ckpt, data, args.frames)
     bank, bank_labels = split_features(backbone.to(device), data, "train", device, progress=True)
@@ -153,14 +157,11 @@ def knn_main(argv: list[str]) -> None:
     print(f"{'k':>6} {'top-1':>8} {'top-5':>8}")
     for r in rows:
         print(f"{r['k']:>6} {r['top1']:>8.4f} {r['top5']:>8.4f}")
-    folder = eval_folder(args.ckpt, "knn")
-    out = args.out or (folder / "knn.json" if folder else args.ckpt.with_suffix(".knn.json"))
     with writing(out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"checkpoint": str(args.ckpt), "data": data.source.spec, "backbone": str(spec),
-                                   "label": data.label, "temperature": args.temperature, "bank": len(bank),
-                                   "queries": len(queries),
-                                   "results": rows}, indent=1) + "\n")
+        atomic_write(out, (json.dumps({"checkpoint": str(args.ckpt), "data": data.source.spec, "backbone": str(spec),
+                                       "label": data.label, "temperature": args.temperature, "bank": len(bank),
+                                       "queries": len(queries), "results": rows}, indent=1) + "\n").encode(),
+                     [args.ckpt])
     print(f"written: {out}")
 
 
@@ -186,8 +187,9 @@ def plot_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from selfsup.eval.checkpoint import existing_checkpoint
     from selfsup.eval.features import split_features
-    from selfsup.eval.plot import save_embedding_plot
+    from selfsup.eval.plot import figure_format, save_embedding_plot
 
+    figure_format(args.out)  # before the evaluation, not after
     device = _device(args.device)
     existing_checkpoint(args.ckpt)
     data = load_data(args.config, need_labels=False, what="plot")
@@ -207,8 +209,10 @@ def reconstruct_main(argv: list[str]) -> None:
     parser.add_argument("--num-images", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="seed of the masks")
     args = parser.parse_args(argv)
+    from selfsup.eval.plot import figure_format
     from selfsup.eval.reconstruction import load_simmim, reconstruction_rows, save_reconstruction_grid
 
+    figure_format(args.out)
     device = _device(args.device)
     model = load_simmim(args.ckpt)
     data = load_data(args.config, need_labels=False, what="reconstruct")

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LastNorm = Literal["none", "bn", "bn_noshift"]
+LastNorm = Literal["none", "bn", "bn_noshift", "bn_noaffine"]
 
 
-def _batch_norm(dim: int, shift: bool = True) -> nn.BatchNorm1d:
-    bn = nn.BatchNorm1d(dim)
-    if not shift:  # learnable scale, no learnable shift (SimCLR's last projector BN)
+def _batch_norm(dim: int, shift: bool = True, affine: bool = True) -> nn.BatchNorm1d:
+    bn = nn.BatchNorm1d(dim, affine=affine)
+    if affine and not shift:  # learnable scale, no learnable shift (SimCLR's last projector BN)
         bn.register_parameter("bias", None)
     return bn
 
@@ -23,21 +23,26 @@ class MLP(nn.Sequential):
     """Linear layers ``dims[0] -> dims[1] -> ... -> dims[-1]``.
 
     Hidden layers are Linear -> BN -> ReLU (Linear -> ReLU with ``hidden_norm=False``); the last layer is a
-    Linear followed by ``last_norm``: nothing, BN, or BN with scale but no shift. A Linear followed by BN has no
-    bias (BN's shift replaces it). Covers SimCLR v1 (``[D, D, 128]``, ``last_norm="bn_noshift"``), SimCLR v2
-    (``[D, D, D, 128]``), SwAV (``[D, 2048, 128]``) and CVRL (``[D, 2048, 2048, 2048, 128]``).
+    Linear followed by ``last_norm``: nothing, BN, BN with scale but no shift, or BN without scale and shift.
+    A Linear followed by BN has no bias (BN's shift replaces it); ``last_bias=False`` drops the last Linear's
+    bias also without a norm (BYOL, Barlow Twins, VICReg, MoCo v3). Covers SimCLR v1 (``[D, D, 128]``,
+    ``last_norm="bn_noshift"``), SimCLR v2 (``[D, D, D, 128]``), SwAV (``[D, 2048, 128]``), CVRL
+    (``[D, 2048, 2048, 2048, 128]``), BYOL (``[D, 4096, 256]``, ``last_bias=False``) and MoCo v3's projector
+    (``last_norm="bn_noaffine"``).
     """
 
-    def __init__(self, dims: Sequence[int], hidden_norm: bool = True, last_norm: LastNorm = "none") -> None:
+    def __init__(self, dims: Sequence[int], hidden_norm: bool = True, last_norm: LastNorm = "none",
+                 last_bias: bool = True) -> None:
         if len(dims) < 2:
             raise ValueError(f"an MLP needs at least an input and an output size, got {list(dims)}")
         layers: list[nn.Module] = []
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
             last = i == len(dims) - 2
             norm = last_norm != "none" if last else hidden_norm
-            layers.append(nn.Linear(d_in, d_out, bias=not norm))
+            layers.append(nn.Linear(d_in, d_out, bias=not norm and (last_bias or not last)))
             if norm:
-                layers.append(_batch_norm(d_out, shift=not (last and last_norm == "bn_noshift")))
+                layers.append(_batch_norm(d_out, shift=not (last and last_norm == "bn_noshift"),
+                                          affine=not (last and last_norm == "bn_noaffine")))
             if not last:
                 layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)

@@ -32,6 +32,7 @@ import yaml
 
 from selfsup.errors import ConfigError
 from selfsup.recipes import recipe_path
+from selfsup.training.atomic import atomic_write
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this selfsup, first on the children's path
 VARIANTS = ("pretrained", "random", "pixels")  # the backbones each evaluation runs on
@@ -268,7 +269,7 @@ def write_table(out: Path, table: str) -> None:
     if not (START in page and END in page):
         page = f"# Results\n\n{START}\n{END}\n"
     head, rest = page.split(START, 1)
-    out.write_text(f"{head}{START}\n{table}{END}{rest.split(END, 1)[1]}")
+    atomic_write(out, f"{head}{START}\n{table}{END}{rest.split(END, 1)[1]}".encode())
 
 
 def chart(rows: list[Row], out: Path) -> None:
@@ -335,7 +336,7 @@ def main(argv: list[str]) -> None:
     chart(rows, args.out.with_suffix(".png"))
     write_table(args.out, markdown(rows, machine_line()))
     figures = json.dumps([r.__dict__ for r in rows], indent=1) + "\n"
-    (work / "results.json").write_text(figures)
-    args.out.with_suffix(".json").write_text(figures)
+    for path in (work / "results.json", args.out.with_suffix(".json")):
+        atomic_write(path, figures.encode())
     print(args.out.read_text())
     print(f"written: {args.out}, {args.out.with_suffix('.png')}, {args.out.with_suffix('.json')} (the figures)")

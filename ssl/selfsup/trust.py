@@ -6,8 +6,7 @@ function given to them (``LambdaCallback``, ``LambdaLR``, ...) are refused. Trus
 the environment variable ``SELFSUP_TRUST`` (comma-separated module or class paths). It is an environment variable,
 not an option, so that no config file, checkpoint or sweep file can extend the trust it is checked against.
 
-Checkpoints are only read from local files, weights-only; a URL given as ``ckpt_path`` is refused (Lightning would
-unpickle it with ``weights_only=False``).
+Checkpoints are only read from local regular files, weights-only (``selfsup.eval.checkpoint.existing_checkpoint``).
 """
 
 from __future__ import annotations
@@ -53,7 +52,11 @@ def enforce_import_policy() -> None:
     if bad:
         raise ConfigError(f"{TRUST_VARIABLE} entry {bad[0]!r} is not a dotted module or class path; "
                           "give e.g. SELFSUP_TRUST=mypackage,other.module.MyCallback")
-    set_parsing_settings(import_path_denylist=["*", *DENIED], import_path_allowlist=[*ALLOWED, *extra])
+    try:
+        set_parsing_settings(import_path_denylist=["*", *DENIED], import_path_allowlist=[*ALLOWED, *extra])
+    except ValueError as err:  # jsonargparse refuses to allow itself (it would let a config change the policy)
+        raise ConfigError(f"{TRUST_VARIABLE}={','.join(extra)} is refused: {str(err).splitlines()[0]} Remove that "
+                          "entry") from None
 
 
 _DENIED_MESSAGE = re.compile(r"Importing '([\w.]+)' is not allowed")
@@ -69,13 +72,3 @@ def import_refusal(message: str) -> ConfigError | None:
         "callbacks/loggers/strategies/plugins/profilers and torch optimizers, but no class that calls a function "
         f"given to it; to use code of your own that you trust, add its module to {TRUST_VARIABLE} (comma-separated)"
     )
-
-
-REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def check_local_checkpoint(path: object) -> None:
-    """Refuse a checkpoint given as a URL (http, s3, gs, ...): only local files are loaded, weights-only."""
-    if isinstance(path, str) and REMOTE.match(path):
-        raise ConfigError(f"refused to load checkpoint {path}: only local files are loaded (a remote checkpoint "
-                          "would be unpickled with code); download it first and give its local path")

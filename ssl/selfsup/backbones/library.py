@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -117,14 +117,16 @@ class LibraryBackbone(Backbone):
         """Python lines that build this model in its library and load an export at ``path`` into it."""
         raise NotImplementedError
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Loads selfsup's state dict, or an export's under the library's own names (the model's keys; a mask
+        token it leaves out keeps its value)."""
+        if state_dict and not any(k.startswith(MODEL_PREFIX) for k in state_dict):
+            own = {k: v for k, v in self.state_dict().items() if not k.startswith(MODEL_PREFIX)}
+            state_dict = {**own, **{MODEL_PREFIX + k: v for k, v in state_dict.items()}}
+        return super().load_state_dict(state_dict, strict, assign)
+
 
 def library_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A library backbone's state dict under the library's own names: the model's entries, prefix removed
     (SimMIM's mask token, a pretraining-only parameter, is left out)."""
     return {k[len(MODEL_PREFIX):]: v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
-
-
-def load_library_state(backbone: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load an export (library names) into a backbone: into its library model for a library backbone."""
-    target = backbone.model if isinstance(backbone, LibraryBackbone) else backbone
-    target.load_state_dict(state)

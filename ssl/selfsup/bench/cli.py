@@ -10,10 +10,14 @@ from pathlib import Path
 CONFIGS = {"SimCLR": "experiments/simclr/mnist5k.yaml", "RotNet": "experiments/rotnet/mnist5k.yaml",
            "CVRL": "experiments/cvrl/moving-mnist.yaml",
            "SwAV": "experiments/swav/mnist5k.yaml", "PixPro": "experiments/pixpro/mnist5k.yaml",
-           "SimMIM": "experiments/simmim/mnist5k-vit-tiny.yaml"}
+           "SimMIM": "experiments/simmim/mnist5k-vit-tiny.yaml",
+           "BYOL": "experiments/byol/mnist5k.yaml", "MoCoV3": "experiments/mocov3/mnist5k.yaml",
+           "BarlowTwins": "experiments/barlowtwins/mnist5k.yaml", "VICReg": "experiments/vicreg/mnist5k.yaml"}
 SUBCOMMANDS = """subcommands:
   selfsup bench data   images/s of the data pipeline: shards against PIL files, views in workers or on the device
   selfsup bench knn    FAISS kNN search against brute-force torch on the same features
+  selfsup bench max-batch  the largest per-device batch of a recipe's step that fits in memory
+  selfsup bench gpu-check  every GPU path in one run, each step with its own time limit (runs/gpu-check/)
 (each with --help)"""
 
 
@@ -24,10 +28,12 @@ def methods_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", default=list(CONFIGS), help=f"of: {', '.join(CONFIGS)}")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="timed step/floor pairs (the 95%% interval of the median ratio narrows with more)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"],
-                        help="as trainer.precision: bf16-mixed autocasts the step to bfloat16")
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed", "auto"],
+                        help="as trainer.precision: bf16-mixed autocasts the step to bfloat16; auto picks it on CUDA "
+                             "and on CPUs with AVX-512 BF16 or AMX")
     parser.add_argument("--channels-last", action="store_true", help="model.channels_last: NHWC convolutions")
     parser.add_argument("--compile", action="store_true", help="model.compile_backbone: torch.compile")
     parser.add_argument("--backbone", default=None, help="model.backbone of every method, e.g. timm:convnext_atto "
@@ -47,16 +53,26 @@ def knn_parser() -> argparse.ArgumentParser:
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--against-faiss-cpu", action="store_true",
+                        help="also FAISS on the CPU on the same features (faiss-gpu against faiss-cpu on a GPU)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-knn.json"))
     return parser
 
 
 def main(argv: list[str]) -> int | None:
-    """``selfsup bench [data|knn] ...``."""
+    """``selfsup bench [data|knn|max-batch|gpu-check] ...``."""
     if argv[:1] == ["data"]:
         from selfsup.bench.data import main as bench_data
 
         return bench_data(argv[1:])
+    if argv[:1] == ["max-batch"]:
+        from selfsup.bench.maxbatch import main as max_batch
+
+        return max_batch(argv[1:])
+    if argv[:1] == ["gpu-check"]:
+        from selfsup.bench.gpucheck import main as gpu_check
+
+        return gpu_check(argv[1:])
     if argv[:1] == ["knn"]:
         args = knn_parser().parse_args(argv[1:])
         from selfsup.bench.knn import run_knn

@@ -74,16 +74,17 @@ def _photo_samples(count: int, seed: int = 0) -> Iterator[dict[str, Any]]:
         yield {"__key__": f"{i:06d}", ext: buf.getvalue(), "cls": str(i % len(sources)).encode()}
 
 
-def photo_source(count: int) -> Source:
-    """The real-photo set of ``count`` images as shards in the cache (written on first use)."""
+def photo_source(count: int, shards: int = 2) -> Source:
+    """The real-photo set of ``count`` images as ``shards`` shards in the cache (written on first use; a loader
+    worker reads whole shards, so as many shards as workers at least)."""
     from selfsup.data.manifest import Manifest
     from selfsup.data.shards import write_shard_set
 
-    out = cache_dir() / f"bench-photos-{count}"
+    out = cache_dir() / (f"bench-photos-{count}" if shards == 2 else f"bench-photos-{count}-{shards}shards")
     if not (out / "manifest.json").is_file():
         manifest = Manifest(name=out.name, channels=3, classes=["china", "flower", "hopper"])
         write_shard_set(out, manifest, {"train": _photo_samples(count)}, totals={"train": count}, progress=False,
-                        maxcount=max(count // 2, 1))
+                        maxcount=max(-(-count // shards), 1))
     return Source(f"shards:{out}")
 
 
@@ -136,6 +137,23 @@ def decode_floor(images: list[bytes], half: bool) -> Callable[[], int]:
                     image.draft("RGB", (image.width // 2, image.height // 2))
                 np.asarray(image.convert("RGB"))
         return len(images)
+
+    return run
+
+
+def torchvision_decode(images: list[bytes], device: torch.device) -> Callable[[], int]:
+    """The JPEGs among ``images`` decoded in one batch by ``torchvision.io.decode_jpeg`` on ``device`` (nvJPEG
+    on CUDA, libjpeg-turbo on the CPU)."""
+    from torchvision.io import decode_jpeg
+
+    jpegs = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in images if data[:2] == b"\xff\xd8"]
+    decode_jpeg(jpegs[:1], device=device)  # the decoder's start (nvJPEG's handle) is not part of the rate
+
+    def run() -> int:
+        decoded = decode_jpeg(jpegs, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return len(decoded)
 
     return run
 
@@ -197,12 +215,17 @@ def photo_rows(count: int, repeats: int, best_rate: Callable[[Callable[[], int],
     torch.set_num_threads(1)
     full = best_rate(decode_floor(images, half=False), repeats)
     half = best_rate(decode_floor(images, half=True), repeats)
+    torch.set_num_threads(threads)
+    on_device = best_rate(torchvision_decode(images, device), repeats)
+    torch.set_num_threads(1)
     print(f"\nreal photos ({count}: ImageNet sizes, JPEG q90 + 1/16 PNG), one process, 1 thread, images/s, best of "
-          f"{repeats}; decode-only floor: {full:.0f} full, {half:.0f} at half scale (DCT)")
+          f"{repeats}; decode-only floor: {full:.0f} full, {half:.0f} at half scale (DCT); the JPEGs decoded in one "
+          f"batch by torchvision's decode_jpeg on {device} ({threads} threads): {on_device:.0f}")
     on_gpu = device.type != "cpu"
     print(f"{'method':<8} {'PIL per image':>13} {'selfsup workers':>15} {'x PIL':>6} {'device split: worker':>21}"
           f" {'% of decode':>11}" + (f" {'device ' + str(device):>14}" if on_gpu else ""))
-    rows = [{"data": "photos", "method": "decode", "full": full, "dct_half": half}]
+    rows = [{"data": "photos", "method": "decode", "full": full, "dct_half": half, "decode_jpeg_device": on_device,
+             "device": str(device)}]
     for name, (recipe, pil) in photo_methods().items():
         baseline = best_rate(pil_baseline(images, pil), repeats)
         workers = best_rate(selfsup_stream(source, recipe), repeats)

@@ -1,12 +1,13 @@
-"""What one training step costs: the backbone calls a step makes (its floor), median timings and peak memory.
+"""What one training step costs: the backbone calls a step makes (its floor), paired timings, the median's
+confidence interval and peak memory.
 
 Used by `selfsup bench`; kept apart from the command so tests can check each measurement on its own.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -113,21 +114,38 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fns: Sequence[Callable[[], None]], device: torch.device, warmup: int, repeats: int
-                   ) -> list[float]:
-    """Median wall time of each of ``fns`` over ``repeats`` rounds after ``warmup`` untimed ones; CUDA
-    synchronised. Each round calls every function once, in turn, so a change in the machine's load (a shared
-    machine) hits a step and its floor alike and their ratio stays meaningful."""
-    times: list[list[float]] = [[] for _ in fns]
+def paired_seconds(step: Callable[[], None], floor: Callable[[], None], device: torch.device, warmup: int,
+                   repeats: int) -> tuple[list[float], list[float]]:
+    """Wall times of ``step`` and ``floor`` in ``repeats`` pairs after ``warmup`` untimed ones; CUDA
+    synchronised. Each pair runs both back to back, in alternating order (step first, then floor first), so a
+    change in the machine's load (a shared machine) or a gain from running second hits both alike and each
+    pair's ratio stays meaningful."""
+    times: tuple[list[float], list[float]] = ([], [])
     for i in range(warmup + repeats):
-        for fn, spent in zip(fns, times):
+        order = ((0, step), (1, floor)) if i % 2 == 0 else ((1, floor), (0, step))
+        for slot, fn in order:
             synchronize(device)
             start = time.perf_counter()
             fn()
             synchronize(device)
             if i >= warmup:
-                spent.append(time.perf_counter() - start)
-    return [statistics.median(spent) for spent in times]
+                times[slot].append(time.perf_counter() - start)
+    return times
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free ``confidence`` interval of the median of ``values``: the order statistics
+    ``x(j) <= median <= x(n+1-j)`` with the largest ``j`` whose binomial coverage ``1 - 2 P(Bin(n, 1/2) < j)``
+    is still at least ``confidence``. Under 6 values no interval reaches 95%: then the full range."""
+    ranked, n = sorted(values), len(values)
+    below = 0.0  # P(Bin(n, 1/2) <= j - 1) for the current j
+    j = 1
+    while j < (n + 1) // 2:
+        below += math.comb(n, j - 1) / 2**n
+        if 1 - 2 * (below + math.comb(n, j) / 2**n) < confidence:
+            break
+        j += 1
+    return ranked[j - 1], ranked[n - j]
 
 
 def peak_memory_mib(step: Callable[[], None], device: torch.device) -> float:

@@ -107,3 +107,18 @@ class CoordViews(ViewRecipe):
             x = gaussian_blur(x, _blur_kernel(self.size), (0.1, 2.0), self.blur_p[index])
         x = random_solarize(x, self.solarize_p[index])
         return self._normalize(x), normalized_boxes(pixels, h, w, flipped)
+
+
+class AsymmetricViews(CoordViews):
+    """Two views that differ in blur and solarize: BYOL's recipe, which MoCo v3, Barlow Twins and VICReg use too.
+    ``CoordViews``' augmentations and options (blur p 1.0 / 0.1, solarize p 0 / 0.2, jitter (0.4, 0.4, 0.2, 0.1)
+    with p 0.8, grayscale 0.2, ImageNet normalisation) without the crop boxes: ``{"views": [v1, v2]}``, made in
+    loader workers or, with ``augment_on: device``, on the device."""
+
+    kind = "pair"
+
+    def from_crops(self, crops: dict[str, Any], on_device: bool = False) -> dict[str, Any]:
+        return {"views": super().from_crops(crops, on_device)["views"]}
+
+    def batch(self, images: torch.Tensor) -> dict[str, Any]:
+        return {"views": super().batch(images)["views"]}

@@ -17,8 +17,10 @@ mix classes; a random fraction of each class can be held out as ``val``.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,13 +144,42 @@ def list_folder(root: str | Path, val_fraction: float = 0.0, seed: int = 0) -> F
     return FolderListing(root, splits, classes, kinds.pop(), passed_over)
 
 
+def sample_key(path: Path, root: Path) -> str:
+    """The ``__key__`` of a file: its path below ``root`` without the extension (with it, as ``NAME_ext``, when
+    another image or video of the folder shares the name), each byte that a tar member name or webdataset's
+    grouping would change (control characters, ``.``, ``%``, bytes that are not UTF-8) written as ``%XX``, so every
+    file is one sample and its name can be read back."""
+    relative = path.relative_to(root)
+    if _media_stems(path.parent)[path.stem] > 1:
+        relative = relative.with_name(f"{path.stem}_{path.suffix[1:]}")
+    else:
+        relative = relative.with_suffix("")
+    return "".join(_escaped(c) for c in os.fsdecode(relative.as_posix()))
+
+
+def _escaped(char: str) -> str:
+    """``char``, or its bytes as ``%XX`` when it is ``.``, ``%``, not printable or a byte that is not UTF-8."""
+    if char in ".%" or not char.isprintable() or "\udc80" <= char <= "\udcff":
+        return "".join(f"%{b:02X}" for b in os.fsencode(char))
+    return char
+
+
+@functools.lru_cache(maxsize=64)
+def _media_stems(folder: Path) -> Counter:
+    """How many images and videos of ``folder`` have each name (without extension)."""
+    media = {f".{ext}" for ext in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS}
+    try:
+        return Counter(p.stem for p in folder.iterdir() if p.suffix.lower() in media)
+    except OSError:
+        return Counter()
+
+
 def file_samples(files: list[tuple[Path, int]], root: Path) -> Iterator[dict[str, Any]]:
     """Raw webdataset samples of files: ``__key__`` (the path below ``root``), the encoded bytes under the file's
     lower-cased extension, ``cls`` when labeled and ``mask.png`` when the file has a mask beside it. Exactly what
     a shard written from them holds."""
     for path, label in files:
-        key = path.relative_to(root).with_suffix("").as_posix().replace(".", "_")
-        sample = {"__key__": key, path.suffix[1:].lower(): path.read_bytes()}
+        sample = {"__key__": sample_key(path, root), path.suffix[1:].lower(): path.read_bytes()}
         if label >= 0:
             sample["cls"] = str(label).encode()
         mask = path.with_name(f"{path.stem}.{MASK}")

@@ -37,6 +37,9 @@ def write(args: argparse.Namespace) -> None:
     """Write the shards of a built-in data set or an image/video folder, with a manifest; the files it passes
     over (not images or videos, unreadable, images that do not decode) are listed at the end."""
     out = Path(args.out)
+    check_write_args(args)
+    if out.is_symlink():
+        raise ConfigError(f"--out {out} is a symbolic link; give the path of a new folder (links are not followed)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out} already exists and is not empty; remove it or choose another folder")
     limits = {"maxcount": args.maxcount or (100_000_000 if args.maxsize else 1000)}
@@ -68,6 +71,14 @@ def write(args: argparse.Namespace) -> None:
     labels = f"{manifest.num_classes} classes" if manifest.classes else "unlabeled"
     print(f"wrote {out} ({size / 1e6:.1f} MB, {manifest.media}s, {manifest.channels} channel(s), {labels}); "
           f"use it as   source: shards:{out}")
+
+
+def check_write_args(args: argparse.Namespace) -> None:
+    """Refuse numbers ``shards write`` would otherwise ignore or fail on late."""
+    if args.maxcount is not None and args.maxcount < 1:
+        raise ConfigError(f"--maxcount must be at least 1 sample per shard, got {args.maxcount}")
+    if not 0 <= args.val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be at least 0 (no val split) and below 1, got {args.val_fraction}")
 
 
 def checked_samples(files: list[tuple[Path, int]], root: Path, manifest: Manifest,
@@ -136,7 +147,11 @@ def check_sample(sample: dict, manifest: Manifest | None, report: ShardReport) -
 
 
 def inspect_shard(part: ShardPart, manifest: Manifest | None) -> ShardReport:
-    report = ShardReport(part.name, part.count if manifest else None, Path(part.path).stat().st_size)
+    path = Path(part.path)
+    report = ShardReport(part.name, part.count if manifest else None, path.stat().st_size if path.is_file() else 0)
+    if not path.is_file():
+        report.problems.append(f"{path} is missing or not a file; restore it or write the shard set again")
+        return report
     try:
         for sample in part.samples():
             report.samples += 1

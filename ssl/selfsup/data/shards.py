@@ -10,7 +10,6 @@ import re
 import secrets
 import shutil
 import socket
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -107,8 +106,8 @@ def write_shard_set(
                 raise ConfigError(f"no usable sample for the {split} split of {out}, so nothing was written; "
                                   "check the files listed as passed over")
         manifest.save(tmp)
-        (tmp / WRITER).unlink()
         publish(tmp, out)
+        (out / WRITER).unlink(missing_ok=True)  # only now: a write killed before this point leaves a marked folder
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, OSError) and err.errno in WRITE_FAILURES:
@@ -122,16 +121,20 @@ WRITER = ".writer"  # in a temporary shard folder: "HOST PID" of the process wri
 WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def remove_stale_temps(out: Path, max_age_s: float = 3600) -> list[Path]:
-    """Remove the temporary folders of earlier writes of ``out`` that were killed: their writer was a process on
-    this host that is gone (or, with no writer noted, they were untouched for ``max_age_s``). Says so."""
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Remove the temporary folders of earlier writes of ``out`` that were killed: folders ``.NAME-XXXXXXXX`` (8 hex
+    digits) that carry this module's marker file, written by a process on this host that is gone. A folder without
+    the marker (a user's ``.NAME-archived``) is never touched. Says so."""
     removed = []
-    for tmp in out.parent.glob(f".{out.name}-" + "?" * 8):  # ours (8 hex digits) and tempfile.mkdtemp's
+    for tmp in out.parent.glob(f".{out.name}-" + "[0-9a-f]" * 8):
+        marker = tmp / WRITER
         try:
-            host, pid = (tmp / WRITER).read_text().split()
+            if tmp.is_symlink() or marker.is_symlink() or not marker.is_file():
+                continue
+            host, pid = marker.read_text().split()
             stale = host == socket.gethostname() and not _alive(int(pid))
         except (OSError, ValueError):
-            stale = tmp.is_dir() and time.time() - tmp.stat().st_mtime > max_age_s
+            continue
         if stale:
             shutil.rmtree(tmp, ignore_errors=True)
             removed.append(tmp)

@@ -1,14 +1,17 @@
 """A backbone out of a selfsup checkpoint: its architecture (from the hyper-parameters) and its weights.
 
-Checkpoints load with ``torch.load(weights_only=True)``: only tensors and plain containers are unpickled.
+Every file selfsup unpickles passes ``existing_checkpoint`` (local regular files only) and loads with
+``torch.load(weights_only=True)``: only tensors and plain containers are unpickled.
 Works for any checkpoint whose module has ``backbone`` as a submodule and ``backbone``, ``backbone_args`` and
 ``in_channels`` as hyper-parameters: every method and the probes.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 import torch
 
 from selfsup.backbones import Backbone, build_backbone
+from selfsup.data.limits import check_sizes
 from selfsup.errors import ConfigError
 from selfsup.eval.transform import KEY as EVAL_TRANSFORM
 
@@ -38,32 +42,71 @@ class BackboneSpec:
         return f"{self.name}({args}{', ' if args else ''}in_channels={self.in_channels})"
 
 
-def existing_checkpoint(path: str | Path) -> Path:
-    """``path`` if it is a file; a ConfigError that says what to give instead (a folder names a checkpoint in it)."""
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(path.glob("**/checkpoints/last.ckpt")) or sorted(path.glob("**/*.ckpt"))
+# A URL (``http://``, ``s3://``, ``file:/``) or an fsspec chain (``simplecache::http://...``): never opened.
+REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/|::")
+# Words Lightning's loader turns into a path it finds itself (``last`` is resolved by selfsup, then gated).
+KEYWORDS = ("best", "hpc", "registry")
+HINTS = {"checkpoint": "give the path of a .ckpt written by `selfsup fit`",
+         "exported backbone": "give the .pt file `selfsup export --out` wrote (its .json beside it) or a .ckpt",
+         "backbone spec": "export the backbone again with `selfsup export` (it writes the .json beside the .pt)"}
+
+
+def existing_checkpoint(path: str | Path, what: str = "checkpoint") -> Path:
+    """The gate every file selfsup unpickles passes: the local regular file ``path`` names, symlinks resolved.
+    Anything else (a URL or fsspec chain, Lightning's ``hpc``/``best``, a device, FIFO, socket, folder or missing
+    file) is a one-line ConfigError, raised before anything is opened or fetched."""
+    text = str(path)
+    if REMOTE.search(text):
+        raise ConfigError(f"refused to load {what} {text}: only local files are loaded (a remote {what} would be "
+                          "fetched and unpickled); download it first and give its local path")
+    if text in KEYWORDS or text.startswith("registry:"):
+        raise ConfigError(f"--ckpt_path {text} is not supported by selfsup; give the checkpoint file itself (e.g. "
+                          "RUN/checkpoints/epoch=...-step=....ckpt) or `last`")
+    try:
+        mode = os.stat(text).st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {text} does not exist; {HINTS.get(what, HINTS['checkpoint'])}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {text} ({err.strerror or err}); give a readable file") from None
+    if stat.S_ISDIR(mode):
+        found = sorted(Path(text).glob("**/checkpoints/last.ckpt")) or sorted(Path(text).glob("**/*.ckpt"))
         hint = f", e.g. {found[-1]}" if found else " (this one holds none)"
-        raise ConfigError(f"{path} is a folder; give a checkpoint file written by `selfsup fit`{hint}")
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist; give the path of a .ckpt written by `selfsup fit`")
-    return path
+        raise ConfigError(f"{text} is a folder; give a {what} file written by selfsup{hint}")
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"refused to load {what} {text}: it is not a regular file (a device, FIFO, socket or "
+                          "pipe); save it to a file first and give that file")
+    return Path(text).resolve()
+
+
+def read_weights(path: str | Path, what: str = "checkpoint") -> Any:
+    """The object in the file ``path`` (through ``existing_checkpoint``), unpickled weights-only onto the CPU,
+    whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says; a ConfigError (one line) for an empty, truncated, foreign or
+    code-carrying file. The file is opened once, and read only if what was opened is a regular file."""
+    real = existing_checkpoint(path, what)
+    try:
+        file = open(os.open(real, os.O_RDONLY | os.O_NONBLOCK), "rb")  # a FIFO swapped in does not block
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {path} ({err.strerror or err}); give a readable file") from None
+    with file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"refused to load {what} {path}: it is not a regular file; give a checkpoint file")
+        if info.st_size == 0:
+            raise ConfigError(f"{what} {path} is empty (0 bytes: a save that was interrupted); give another "
+                              f"{what}, e.g. one of the epoch=...-step=....ckpt files beside it")
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise code_refusal(err, path) from err
+        except Exception as err:  # the unpickler fails on garbage with any error (EOF, KeyError, IndexError, ...)
+            raise ConfigError(f"{what} {path} is truncated or not a torch checkpoint ({type(err).__name__}); "
+                              "give a complete .ckpt written by `selfsup fit`") from err
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint at ``path`` as a dict, read with ``weights_only=True`` onto the CPU; a ConfigError (one line)
-    for a missing, empty, truncated, foreign or code-carrying file."""
-    path = existing_checkpoint(path)
-    if path.stat().st_size == 0:
-        raise ConfigError(f"checkpoint {path} is empty (0 bytes: a save that was interrupted); give another "
-                          "checkpoint, e.g. one of the epoch=...-step=....ckpt files beside it")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise code_refusal(err, path) from err
-    except Exception as err:  # the unpickler fails on garbage with any error (EOF, KeyError, IndexError, ...)
-        raise ConfigError(f"checkpoint {path} is truncated or not a torch checkpoint ({type(err).__name__}); "
-                          "give a complete .ckpt written by `selfsup fit`") from err
+    """The selfsup checkpoint at ``path`` as a dict (read by ``read_weights``); a ConfigError (one line) for
+    anything else."""
+    ckpt = read_weights(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ConfigError(f"{path} is not a selfsup checkpoint (no state_dict/hyper_parameters): give a .ckpt "
                           "written by `selfsup fit`, not an exported backbone or a torchvision state dict")
@@ -88,13 +131,18 @@ def backbone_spec(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> Back
     """The architecture recorded in a checkpoint's hyper-parameters, and the input normalisation recorded with its
     evaluation transform."""
     hp = ckpt["hyper_parameters"]
-    if "backbone" not in hp:
+    if not isinstance(hp, dict) or "backbone" not in hp:
         raise ConfigError(f"{path} records no backbone in its hyper-parameters; it was not written by selfsup")
     recorded = ckpt.get(EVAL_TRANSFORM) or {}
-    mean, std = recorded.get("mean"), recorded.get("std")
-    normalization = (tuple(mean), tuple(std)) if mean and std else None
-    return BackboneSpec(hp["backbone"], dict(hp.get("backbone_args") or {}), int(hp.get("in_channels", 3)),
-                        normalization)
+    try:
+        mean, std = recorded.get("mean"), recorded.get("std")
+        normalization = (tuple(mean), tuple(std)) if mean and std else None
+        args, in_channels = dict(hp.get("backbone_args") or {}), hp.get("in_channels", 3)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ConfigError(f"{path} records its backbone in a form selfsup did not write ({err}); give a checkpoint "
+                          "written by `selfsup fit`") from None
+    check_sizes({**args, "in_channels": in_channels}, f"{path}'s hyper-parameters")
+    return BackboneSpec(str(hp["backbone"]), args, in_channels, normalization)
 
 
 def backbone_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -110,6 +158,25 @@ def per_frame(spec: BackboneSpec, state: dict[str, torch.Tensor]) -> tuple[Backb
             {f"image.{k}": v for k, v in state.items()})
 
 
+def built_with(spec: BackboneSpec, state: dict[str, torch.Tensor], path: str | Path) -> Backbone:
+    """The backbone of ``spec`` with the weights ``state`` (read from ``path``); a ConfigError (one line) when the
+    spec names no backbone selfsup can build or the weights do not fit it."""
+    try:
+        backbone = spec.build()
+    except (TypeError, ValueError, KeyError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{path} records a backbone selfsup cannot build ({spec}: {str(err).splitlines()[0]}); "
+                          "give a file written by selfsup") from None
+    try:
+        backbone.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        found = str(err).splitlines()[1:2] or [str(err)]
+        raise ConfigError(f"the weights in {path} do not fit its {spec} backbone ({found[0].strip()[:160]}); "
+                          "give a file written by selfsup") from None
+    return backbone
+
+
 def load_backbone(path: str | Path, frames: bool = False) -> tuple[Backbone, BackboneSpec]:
     """The checkpoint's backbone with its trained weights (in eval mode), and its spec; with ``frames`` its image
     backbone applied to each frame of a clip (``per_frame``)."""
@@ -117,9 +184,7 @@ def load_backbone(path: str | Path, frames: bool = False) -> tuple[Backbone, Bac
     spec, state = backbone_spec(ckpt, path), backbone_state(ckpt)
     if frames:
         spec, state = per_frame(spec, state)
-    backbone = spec.build()
-    backbone.load_state_dict(state)
-    return backbone.eval(), spec
+    return built_with(spec, state, path).eval(), spec
 
 
 def backbone_from(name: str | None, args: dict[str, Any] | None, in_channels: int, init_from: str | Path | None,
@@ -144,9 +209,7 @@ def backbone_from(name: str | None, args: dict[str, Any] | None, in_channels: in
     spec = BackboneSpec(name or found.name, dict(found.args if args is None else args), in_channels,
                         found.normalization)
     check_same_architecture(found, spec, init_from)
-    backbone = spec.build()
-    backbone.load_state_dict(state)
-    return backbone, spec
+    return built_with(spec, state, init_from), spec
 
 
 def check_same_architecture(spec: BackboneSpec, expected: BackboneSpec, path: str | Path) -> None:

@@ -22,7 +22,7 @@ from selfsup.data.members import IGNORE
 from selfsup.data.views import EvalView
 from selfsup.errors import ConfigError
 from selfsup.eval.cells import cell_neighbours
-from selfsup.eval.probe import FrozenProbe, _FeatureBatches
+from selfsup.eval.probe import FrozenProbe, Tallied, _FeatureBatches
 from selfsup.optim import split_decay
 
 CELL_LIMIT = 65536  # val cells kept for ``cell_neighbours`` per rank (64 x 64 maps of 16 images, 8 x 8 of 1,024)
@@ -129,8 +129,9 @@ class DenseProbe(FrozenProbe):
             return None
         data = self.trainer.datamodule
         maps, labels, masks = [], [], []
+        loader = Tallied(data.eval_dataloader("train", all_ranks=True))
         with torch.no_grad():
-            for batch in data.eval_dataloader("train", all_ranks=True):
+            for batch in loader:
                 maps.append(self.feature_map(batch["image"].to(self.device)).cpu())
                 labels.append(batch["label"])
                 masks.append(batch["mask"])
@@ -140,7 +141,8 @@ class DenseProbe(FrozenProbe):
         features = torch.cat(maps)
         rank_zero_info(f"cached {len(features)} training feature maps of {tuple(features.shape[1:])}")
         return DataLoader(_FeatureBatches(features, torch.cat(labels), data.batch_size, self.global_rank,
-                                          self.trainer.world_size, data.seed, masks=torch.cat(masks)),
+                                          self.trainer.world_size, data.seed, masks=torch.cat(masks),
+                                          health=loader.health),
                           batch_size=None)
 
     def _logits_and_masks(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,11 +17,20 @@ import torch
 import torchvision
 from torchvision.transforms import v2
 
-from selfsup.backbones.library import is_library_name, library_state, load_library_state
+from selfsup.backbones.library import is_library_name, library_state
+from selfsup.data.limits import check_sizes
 from selfsup.errors import ConfigError
-from selfsup.eval.checkpoint import BackboneSpec, backbone_spec, backbone_state, load_checkpoint
+from selfsup.eval.checkpoint import (
+    BackboneSpec,
+    backbone_spec,
+    backbone_state,
+    built_with,
+    existing_checkpoint,
+    load_checkpoint,
+    read_weights,
+)
 from selfsup.eval.transform import KEY, build_transform
-from selfsup.training.atomic import atomic_save
+from selfsup.training.atomic import atomic_save, atomic_write, check_target
 
 # Keys of a torchvision classification model that a backbone does not have (the classifier).
 HEAD_PREFIXES = ("fc.", "classifier.", "head.", "heads.")
@@ -85,31 +94,36 @@ def library_report(spec: BackboneSpec, state: dict[str, torch.Tensor], out: Path
     return report
 
 
-def check_outputs(outs: list[Path], source: Path, force: bool) -> None:
-    """Refuse to write over the checkpoint being read or a shard set's manifest, and over any existing file
-    unless ``force``."""
-    for out in outs:
-        if not out.exists():
-            continue
-        if out.resolve() == source.resolve() or out.name == "manifest.json":
-            what = "the checkpoint it reads" if out.resolve() == source.resolve() else "a shard set's manifest"
-            raise ConfigError(f"export would overwrite {out}, {what}; choose another --out")
-        if not force:
-            raise ConfigError(f"{out} already exists; choose another --out, or add --force to replace it")
+def spec_path(weights: Path) -> Path:
+    """The backbone spec written beside exported weights: their name with suffix ``.json``."""
+    return Path(weights).with_suffix(".json")
+
+
+def check_outputs(out: Path, source: Path, force: bool) -> None:
+    """Refuse an ``out`` whose spec would be the same file, a shard set's manifest, the checkpoint being read, a link,
+    a special file, and any existing file unless ``force``; before anything is written."""
+    if spec_path(out) == out:
+        raise ConfigError(f"--out {out} would be overwritten by its own spec ({spec_path(out).name}); give the "
+                          "weights another suffix, e.g. --out backbone.pt")
+    for path in (out, spec_path(out)):
+        if path.name == "manifest.json" and path.exists():
+            raise ConfigError(f"export would overwrite {path}, a shard set's manifest; choose another --out")
+        check_target(path, [source], replace=force)
 
 
 def export_backbone(ckpt_path: str | Path, out: str | Path, force: bool = False) -> ExportReport:
     """Write the checkpoint's backbone weights to ``out`` (``torch.save`` of a plain dict of tensors) and its
-    spec to ``out`` with suffix ``.json``; return what torchvision's model of that name would not accept.
-    Existing files are replaced only with ``force`` (never the checkpoint itself or a manifest)."""
-    out = Path(out)
-    check_outputs([out, out.with_suffix(".json")], Path(ckpt_path), force)
+    spec beside it (``spec_path``); return what torchvision's model of that name would not accept.
+    Existing regular files are replaced only with ``force`` (never the checkpoint itself, a manifest, a link or a
+    special file), each whole or not at all."""
+    out, source = Path(out), Path(ckpt_path)
+    check_outputs(out, source, force)
     ckpt = load_checkpoint(ckpt_path)
     spec = backbone_spec(ckpt, ckpt_path)
     state = {k: v.contiguous() for k, v in to_library_keys(backbone_state(ckpt), spec).items()}
-    atomic_save(state, out)
-    out.with_suffix(".json").write_text(json.dumps({**description(spec), "eval_transform": ckpt.get(KEY)},
-                                                   indent=1) + "\n")
+    atomic_save(state, out, [source], replace=force)
+    written = {**description(spec), "eval_transform": ckpt.get(KEY)}
+    atomic_write(spec_path(out), (json.dumps(written, indent=1) + "\n").encode(), [source], replace=force)
     if is_library_name(spec.name):
         return library_report(spec, state, out)
     expected = torchvision_state_shapes(spec.name)
@@ -130,23 +144,20 @@ def load_exported(path: str | Path) -> tuple[torch.nn.Module, v2.Compose]:
 
         backbone, _ = from_checkpoint(path)
         return backbone, build_transform(load_checkpoint(path).get(KEY), str(path))
-    described = path.with_suffix(".json")
-    if not path.is_file() or not described.is_file():
-        raise ConfigError(f"{path if not path.is_file() else described} does not exist; give the .pt file "
-                          "`selfsup export --out` wrote (its .json beside it) or a .ckpt")
+    described = spec_path(path)
+    state = read_weights(path, "exported backbone")
     try:
-        info = json.loads(described.read_text())
-        spec = BackboneSpec(info["backbone"], dict(info.get("backbone_args") or {}), int(info["in_channels"]))
-    except (ValueError, KeyError, TypeError) as err:
+        info = json.loads(existing_checkpoint(described, "backbone spec").read_text())
+        spec = BackboneSpec(str(info["backbone"]), dict(info.get("backbone_args") or {}), info["in_channels"])
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ConfigError(f"{described} is not a backbone description written by `selfsup export` ({err})") from None
-    backbone = spec.build()
-    load_library_state(backbone, torch.load(path, map_location="cpu", weights_only=True))
-    return backbone.eval(), build_transform(info.get(KEY), str(described))
+    check_sizes({**spec.args, "in_channels": spec.in_channels}, str(described))
+    return built_with(spec, state, path).eval(), build_transform(info.get(KEY), str(described))
 
 
 def describe(report: ExportReport, out: str | Path) -> str:
     """A few lines for the user: what was written and how to load it."""
-    lines = [f"wrote {report.keys} tensors of backbone {report.spec} to {out} (spec: {Path(out).with_suffix('.json')})"]
+    lines = [f"wrote {report.keys} tensors of backbone {report.spec} to {out} (spec: {spec_path(Path(out))})"]
     if report.library_lines and not (report.unmapped or report.missing or report.shape_mismatch):
         library = report.spec.name.partition(":")[0]
         lines.append(f"load it into {library} with:")

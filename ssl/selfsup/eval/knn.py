@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from selfsup.errors import ConfigError
+from selfsup.training.precision import cpu_flags
 
 
 def _openblas_coretype() -> None:
@@ -25,10 +25,9 @@ def _openblas_coretype() -> None:
     "Prescott" kernels: on this project's machine its search ran 3x slower than torch's matmul, and 1.4x faster
     with the right kernels. OpenBLAS reads ``OPENBLAS_CORETYPE`` when it loads, so this runs before ``import faiss``.
     """
-    if os.environ.get("OPENBLAS_CORETYPE") or "faiss" in sys.modules or not Path("/proc/cpuinfo").is_file():
+    if os.environ.get("OPENBLAS_CORETYPE") or "faiss" in sys.modules:
         return
-    flags = set(next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), []))
+    flags = cpu_flags()
     if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
         os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
     elif {"avx2", "fma"} <= flags:
@@ -46,13 +45,22 @@ def _faiss():
     return faiss
 
 
+NO_FAISS_GPU = "kNN on GPU asked for, but the installed faiss sees no GPU; pip install 'selfsup[gpu]'"
+
+
+def faiss_gpus() -> int:
+    """The GPUs the installed faiss sees (0 for faiss-cpu)."""
+    faiss = _faiss()
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
 def _index(dim: int, use_gpu: bool | None, float16: bool):
     """An exact inner-product index: on every GPU faiss sees (``use_gpu=None``: when it sees any), else CPU."""
     faiss = _faiss()
     index = faiss.IndexFlatIP(dim)
-    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    gpus = faiss_gpus()
     if use_gpu and gpus == 0:
-        raise ConfigError("kNN on GPU asked for, but the installed faiss sees no GPU; pip install 'selfsup[gpu]'")
+        raise ConfigError(NO_FAISS_GPU)
     if use_gpu is False or gpus == 0:
         return index
     options = faiss.GpuMultipleClonerOptions()

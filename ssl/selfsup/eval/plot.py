@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from selfsup.errors import ConfigError
 from selfsup.eval.features import split_features
+from selfsup.training.atomic import atomic_write
 
 
 def tsne_2d(features: torch.Tensor, seed: int = 0) -> np.ndarray:
@@ -50,15 +53,29 @@ def save_embedding_plot(
     return save_figure(fig, out)
 
 
+FIGURE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+
+
+def figure_format(out: str | Path) -> str:
+    """The image format ``out``'s suffix names; a ConfigError (one line) for any other suffix."""
+    fmt = Path(out).suffix[1:].lower()
+    if fmt not in FIGURE_FORMATS:
+        raise ConfigError(f"--out {out}: a figure is written as {', '.join(FIGURE_FORMATS)}; give --out a name "
+                          "ending in one of them, e.g. embedding.png")
+    return fmt
+
+
 def save_figure(fig, out: str | Path) -> Path:
-    """Lay out ``fig``, write it to ``out`` (creating its folder), close it and return the path."""
+    """Lay out ``fig``, write it to ``out`` (through ``atomic_write``, creating its folder), close it and return
+    the path."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=figure_format(out))
     plt.close(fig)
+    atomic_write(out, buffer.getbuffer())
     return out
 
 

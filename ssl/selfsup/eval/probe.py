@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import lightning as L
@@ -22,7 +23,7 @@ from selfsup.data.views import EvalView, ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.eval.blocks import BlockFeatures
 from selfsup.eval.checkpoint import backbone_from
-from selfsup.eval.features import split_features
+from selfsup.eval.features import extract_features
 from selfsup.eval.knn import topk_accuracy
 from selfsup.heads import LinearClassifier
 from selfsup.optim import (
@@ -114,12 +115,14 @@ class FrozenProbe(L.LightningModule):
 class _FeatureBatches(IterableDataset):
     """Shuffled batches ``{"features", "label"}`` (and ``"mask"`` with ``masks``) of cached features: a fresh
     permutation each epoch, this rank's share of it, whole batches only (every rank takes the same number of
-    steps)."""
+    steps). ``health``: what reading the cached images counted (``"health"`` of the stream's batches), carried by the
+    first batch of each epoch, as a stream re-reading them would, so DataHealth logs and stops on it."""
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor, batch_size: int, rank: int, world: int,
-                 seed: int = 0, masks: torch.Tensor | None = None) -> None:
+                 seed: int = 0, masks: torch.Tensor | None = None, health: dict[str, Any] | None = None) -> None:
         self.features, self.labels, self.masks, self.batch_size = features, labels, masks, batch_size
         self.rank, self.world, self.seed, self._epoch = rank, world, seed, 0
+        self.health = health
 
     def __len__(self) -> int:
         return len(self.labels) // (self.batch_size * self.world)
@@ -131,7 +134,29 @@ class _FeatureBatches(IterableDataset):
         for i in range(len(self)):
             idx = mine[i * self.batch_size : (i + 1) * self.batch_size]
             batch = {"features": self.features[idx], "label": self.labels[idx]}
-            yield batch if self.masks is None else {**batch, "mask": self.masks[idx]}
+            if self.masks is not None:
+                batch["mask"] = self.masks[idx]
+            if i == 0 and self.health is not None:
+                batch["health"] = self.health
+            yield batch
+
+
+class Tallied:
+    """Iterates a loader of stream batches, adding up the ``"health"`` counts they carry (``health``: None until
+    one did), so what caching read is counted as training's reading is."""
+
+    def __init__(self, loader: Iterable[dict[str, Any]]) -> None:
+        self.loader, self.health = loader, None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            counts = batch.get("health")
+            if counts is not None:
+                self.health = self.health or {"seen": 0, "skipped": {}, "refused": {}}
+                self.health["seen"] += counts["seen"]
+                for key in ("skipped", "refused"):
+                    self.health[key] = dict(Counter(self.health[key]) + Counter(counts[key]))
+            yield batch
 
 
 class LinearProbe(FrozenProbe):
@@ -176,11 +201,12 @@ class LinearProbe(FrozenProbe):
         if not self.cache_features:
             return None
         data = self.trainer.datamodule
-        features, labels = split_features(self.features, data, "train", self.device, progress=True)
+        loader = Tallied(data.eval_dataloader("train", all_ranks=True))
+        features, labels = extract_features(self.features, loader, self.device, progress=True, desc="train")
         keep = labels >= 0
         rank_zero_info(f"cached {int(keep.sum())} training features of width {features.shape[1]}")
         batches = _FeatureBatches(features[keep], labels[keep], data.batch_size, self.global_rank,
-                                  self.trainer.world_size, data.seed)
+                                  self.trainer.world_size, data.seed, health=loader.health)
         return DataLoader(batches, batch_size=None)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

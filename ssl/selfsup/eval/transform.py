@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torchvision.transforms import v2
 
+from selfsup.data.limits import check_sizes
 from selfsup.errors import ConfigError
 
 KEY = "eval_transform"  # where a checkpoint keeps it
@@ -58,6 +59,7 @@ def build_transform(spec: dict[str, Any] | None, where: str) -> v2.Compose:
     if not spec:
         raise ConfigError(f"{where} records no evaluation transform (written before selfsup recorded one); export "
                           "it again from a checkpoint of a newer `selfsup fit`")
+    check_sizes(spec, f"{where}'s evaluation transform")
     steps = [v2.ToImage(), ChannelsAs(spec["channels"]), v2.Resize(spec["resize"], antialias=True),
              v2.CenterCrop(spec["size"]), v2.ToDtype(torch.float32, scale=True)]
     if spec.get("mean") is not None:

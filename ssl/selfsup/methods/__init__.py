@@ -1,11 +1,16 @@
 """Self-supervised methods as LightningModules over the shared backbone API."""
 
+from selfsup.methods.barlowtwins import BarlowTwins
 from selfsup.methods.base import SSLMethod, StepOutput
+from selfsup.methods.byol import BYOL
 from selfsup.methods.cvrl import CVRL
+from selfsup.methods.mocov3 import MoCoV3
 from selfsup.methods.pixpro import PixPro
 from selfsup.methods.rotnet import RotNet
 from selfsup.methods.simclr import SimCLR
 from selfsup.methods.simmim import SimMIM
 from selfsup.methods.swav import SwAV
+from selfsup.methods.vicreg import VICReg
 
-__all__ = ["SSLMethod", "StepOutput", "CVRL", "PixPro", "RotNet", "SimCLR", "SimMIM", "SwAV"]
+__all__ = ["SSLMethod", "StepOutput", "BarlowTwins", "BYOL", "CVRL", "MoCoV3", "PixPro", "RotNet", "SimCLR", "SimMIM",
+           "SwAV", "VICReg"]

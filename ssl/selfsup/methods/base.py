@@ -20,6 +20,7 @@ from selfsup.heads import LinearClassifier
 from selfsup.optim import (
     LRScaling,
     OptimizerName,
+    apply_lr_scale,
     build_optimizer,
     global_batch_size,
     is_no_decay,
@@ -98,6 +99,7 @@ class SSLMethod(L.LightningModule):
     """
 
     view_kinds: ClassVar[tuple[str, ...]] = ()
+    no_decay_lr_scale: float = 1.0  # lr of the parameters excluded from decay, as a fraction of the lr (Barlow Twins)
 
     def __init__(
         self,
@@ -122,9 +124,7 @@ class SSLMethod(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.backbone = build_backbone(backbone, in_channels=in_channels, **(backbone_args or {}))
-        if channels_last:  # before subclasses copy the backbone (a momentum encoder keeps the format)
-            to_channels_last(self.backbone)
+        self.backbone = self.new_backbone()
         self.probe = LinearClassifier(self.backbone.num_features, num_classes) if num_classes > 0 else None
         self._last_batch_end: float | None = None
         self._batch_start: float | None = None
@@ -140,6 +140,13 @@ class SSLMethod(L.LightningModule):
         raise NotImplementedError
 
     # ---- shared machinery --------------------------------------------------------------------------
+    def new_backbone(self) -> torch.nn.Module:
+        """A backbone as the options describe it, freshly initialised (channels-last when asked, before subclasses
+        copy it: a momentum encoder keeps the format)."""
+        hp = self.hparams
+        backbone = build_backbone(hp.backbone, in_channels=hp.in_channels, **(hp.backbone_args or {}))
+        return to_channels_last(backbone) if hp.channels_last else backbone
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (averaged over clips for (B, K, C, T, H, W) video input)."""
         return pooled_features(self.backbone, images)
@@ -247,9 +254,12 @@ class SSLMethod(L.LightningModule):
         no_decay = is_no_decay if hp.exclude_norms_and_biases else (lambda name, p: False)
         named = ((n, p) for n, p in self.named_parameters() if p not in probe)
         groups = split_decay(named, hp.weight_decay, no_decay)
+        for group in groups:
+            group["lr_scale"] = 1.0 if group["adapt"] else self.no_decay_lr_scale
         if probe:
             groups.append({"params": list(probe), "weight_decay": 0.0, "adapt": False, "lr": hp.probe_lr})
         opt = build_optimizer(hp.optimizer, groups, lr, hp.momentum, hp.weight_decay, tuple(hp.betas))
+        apply_lr_scale(opt)
         schedule = warmup_cosine_scheduler(opt, self.trainer, hp.warmup_epochs, hp.warmup_start_factor,
                                            hp.final_lr_factor)
         return {"optimizer": opt, "lr_scheduler": schedule}

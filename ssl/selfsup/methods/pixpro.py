@@ -12,20 +12,20 @@ from selfsup.data.views import ViewRecipe
 from selfsup.heads import MLP2d, PixelPropagation
 from selfsup.losses import instance_consistency, pixpro_loss
 from selfsup.methods.base import SSLMethod, StepOutput
-from selfsup.momentum import cosine_momentum, ema_update_, momentum_copy
+from selfsup.momentum import MomentumTeacher
 
 
-class PixPro(SSLMethod):
+class PixPro(MomentumTeacher, SSLMethod):
     """Pixel-to-propagation consistency. Each view's dense map (``backbone.forward_features``) goes through a
     2-D MLP projector and the pixel propagation module; a momentum copy of backbone and projector gives the
     keys. Pixels of the two views whose bin centres (from the crop boxes) are closer than ``pos_threshold``
     bin diagonals are positive pairs; the loss is -2 x their mean cosine, both directions.
 
-    The momentum copies (``momentum_backbone``, ``momentum_projector``) are averaged from the online modules
-    before the keys of every step with ``cosine_momentum`` from ``base_momentum`` to 1 over the trainer's total
-    optimizer steps; only parameters are averaged (their BN running statistics are their own, as the official
-    code). Each view goes through the encoders in its own forward, so BN statistics are per view, as the
-    official code.
+    The momentum copies (``momentum_backbone``, ``momentum_projector``; ``MomentumTeacher``) are averaged from the
+    online modules before the keys of every step with ``cosine_momentum`` from ``base_momentum`` to 1 over the
+    trainer's total optimizer steps; only parameters are averaged (their BN running statistics are their own, as
+    the official code). Each view goes through the encoders in its own forward, so BN statistics are per view, as
+    the official code.
 
     PixContrast (the paper's contrastive variant) is not offered: the official code never released it and the
     paper leaves open which pixels serve as negatives (other images' pixels or only the other view's) and its
@@ -61,45 +61,15 @@ class PixPro(SSLMethod):
         width = self.backbone.num_features
         self.projector = MLP2d([width, proj_hidden_dim, proj_dim])
         self.propagation = PixelPropagation(proj_dim, transform_layers, gamma)
-        self.momentum_backbone = momentum_copy(self.backbone)
-        self.momentum_projector = momentum_copy(self.projector)
-        self._ema_step: int | None = None  # the optimizer step of the last EMA (see update_momentum)
         self.instance_projector = self.predictor = self.momentum_instance_projector = None
         if instance_weight > 0:
             self.instance_projector = MLP2d([width, proj_hidden_dim, proj_dim])
             self.predictor = MLP2d([proj_dim, proj_hidden_dim, proj_dim])
-            self.momentum_instance_projector = momentum_copy(self.instance_projector)
+        instance = ["instance_projector"] if instance_weight > 0 else []
+        self.add_teacher(["backbone", "projector", *instance], base_momentum)
 
     def default_views(self, size: int) -> ViewRecipe:
         return CoordViews(size)
-
-    # ---- momentum ------------------------------------------------------------------------------------
-    def momentum_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
-        """(momentum copy, online module) pairs the EMA updates."""
-        pairs = [(self.momentum_backbone, self.backbone), (self.momentum_projector, self.projector)]
-        if self.instance_projector is not None:
-            pairs.append((self.momentum_instance_projector, self.instance_projector))
-        return pairs
-
-    def current_momentum(self) -> float:
-        """The EMA momentum at this optimizer step, over the trainer's total steps (any epochs/devices/batch);
-        ``base_momentum`` outside a trainer (a step called by hand, e.g. by ``selfsup bench``)."""
-        if self._trainer is None:
-            return self.hparams.base_momentum
-        total = int(self.trainer.estimated_stepping_batches)
-        return cosine_momentum(self.global_step, total, self.hparams.base_momentum)
-
-    @torch.no_grad()
-    def update_momentum(self) -> float:
-        """One EMA of the copies per optimizer step: under gradient accumulation the online weights change only
-        at the optimizer step, so later micro-batches of the same step leave the copies as they are."""
-        tau = self.current_momentum()
-        step = self.global_step if self._trainer is not None else None
-        if step is None or step != self._ema_step:
-            for target, online in self.momentum_pairs():
-                ema_update_(target, online, tau)
-            self._ema_step = step
-        return tau
 
     # ---- the step ------------------------------------------------------------------------------------
     def ssl_step(self, batch: dict[str, Any]) -> StepOutput:

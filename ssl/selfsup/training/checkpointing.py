@@ -12,21 +12,26 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from selfsup.errors import ConfigError
-from selfsup.eval.checkpoint import BackboneSpec, backbone_spec, check_same_architecture, load_checkpoint
+from selfsup.eval.checkpoint import REMOTE, BackboneSpec, backbone_spec, check_same_architecture, load_checkpoint
 from selfsup.training.atomic import atomic_save
-from selfsup.trust import REMOTE, trusted
+from selfsup.trust import trusted
 
 log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO with :func:`atomic_save` for local paths (URLs keep Lightning's own save)."""
+    """Lightning's checkpoint IO with :func:`atomic_save` for local paths (URLs keep Lightning's own save), and
+    every load through selfsup's gate (``load_checkpoint``: a local regular file, weights-only whatever the caller
+    or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` asks), also the ``hpc`` checkpoint Lightning finds itself on SLURM."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if REMOTE.match(str(path)):
             return super().save_checkpoint(checkpoint, path, storage_options)
         atomic_save(checkpoint, Path(path))
         return None
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path)
 
 
 class RunCheckpoint(ModelCheckpoint):

@@ -12,6 +12,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from selfsup.training.precision import precision_note
+
 
 def say(trainer: L.Trainer, line: str) -> None:
     """Print ``line`` on rank 0, above the progress bar when there is one, flushed (a log file shows it now)."""
@@ -45,7 +47,8 @@ def total_steps(trainer: L.Trainer) -> int | None:
 
 
 def summary(trainer: L.Trainer, module: L.LightningModule) -> str:
-    """One line: method, backbone and parameters, data, steps and batch (and on a CPU, torch's threads)."""
+    """One line: method, backbone and parameters, data, steps and batch (and on a CPU, torch's threads), precision
+    (and on a CPU, whether it has native bf16)."""
     hp = getattr(module, "hparams", {})
     backbone = getattr(module, "backbone", None)
     params = sum(p.numel() for p in module.parameters())
@@ -56,10 +59,12 @@ def summary(trainer: L.Trainer, module: L.LightningModule) -> str:
     source = getattr(getattr(data, "source", None), "spec", type(data).__name__ if data else "-")
     batch = getattr(data, "batch_size", None)
     batch = f", batch {batch} x {trainer.world_size} device(s)" if batch else ""
-    threads = f", {torch.get_num_threads()} CPU thread(s)" if trainer.strategy.root_device.type == "cpu" else ""
+    device = trainer.strategy.root_device.type
+    threads = f", {torch.get_num_threads()} CPU thread(s)" if device == "cpu" else ""
     weights = f"{params / 1e6:.2f}M params" + (f" ({trainable / 1e6:.2f}M trained)" if trainable != params else "")
     return (f"{type(module).__name__} | backbone {arch}, {weights} | data {source} | "
-            f"{total_steps(trainer) or '?'} steps, {trainer.max_epochs} epoch(s){batch}{threads}")
+            f"{total_steps(trainer) or '?'} steps, {trainer.max_epochs} epoch(s){batch}{threads} | "
+            f"{precision_note(trainer.precision, device)}")
 
 
 class ProgressLines(Callback):

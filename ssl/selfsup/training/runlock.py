@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -31,13 +33,29 @@ def _take(fd: int, wait: float) -> bool:
             time.sleep(0.5)
 
 
+def _open_lock(path: Path) -> int:
+    """A descriptor of the lock file ``path``, made if missing; a ConfigError when it is a link (never followed, so
+    its target is never truncated), a folder, a FIFO or another special file."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as err:
+        what = "a symbolic link" if err.errno == errno.ELOOP else f"unusable ({err.strerror or err})"
+        raise ConfigError(f"the run lock {path} is {what}; remove it (selfsup makes it a plain file) and run "
+                          "again") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"the run lock {path} is not a regular file (a FIFO or device); remove it and run again")
+    return fd
+
+
 def lock_run_folder(folder: Path) -> None:
-    """Take the run folder's lock, or refuse with the pid and host of the process that holds it."""
+    """Take the lock of the real folder ``folder`` names (symlinks resolved), or refuse with the pid and host of the
+    process that holds it."""
     folder = folder.resolve()
     if folder in _held:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(folder / LOCK_NAME)
     if not _take(fd, wait=WAIT_SECONDS):
         holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
         os.close(fd)
