@@ -16,6 +16,7 @@ from collections.abc import Callable
 TOOLS = {
     "knn": ("selfsup.eval_commands:knn_main", "weighted kNN top-1/top-5 of a checkpoint's backbone (val vs train)"),
     "plot": ("selfsup.eval_commands:plot_main", "t-SNE of a checkpoint's val features, as a PNG"),
+    "backbones": ("selfsup.backbones_cli:main", "the backbone names: built-in ones, timm:NAME, torchvision:NAME"),
     "export": ("selfsup.eval_commands:export_main", "a checkpoint's backbone as a plain state dict + backbone.json"),
     "reconstruct": ("selfsup.eval_commands:reconstruct_main", "SimMIM: original / masked / reconstructed images"),
     "shards": ("selfsup.shards_cli:main", "shards write (a folder or built-in set -> shards), shards inspect"),

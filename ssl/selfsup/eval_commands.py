@@ -166,7 +166,7 @@ def knn_main(argv: list[str]) -> None:
 
 
 def export_main(argv: list[str]) -> None:
-    """Write the checkpoint's backbone as a plain state dict with torchvision's keys."""
+    """Write the checkpoint's backbone as a plain state dict under its library's keys (timm, torchvision)."""
     parser = argparse.ArgumentParser(prog="selfsup export", description=export_main.__doc__)
     _common(parser, data=False)
     parser.add_argument("--out", type=Path, required=True, help="where to write the state dict (.pt)")

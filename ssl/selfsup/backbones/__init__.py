@@ -4,7 +4,16 @@ Every backbone is an ``nn.Module`` with ``num_features``, ``forward(x) -> (B, nu
 ``forward_features(x) -> (B, C, h, w)`` (or ``(B, C, t, h, w)`` for video), the dense map before pooling.
 """
 
-from selfsup.backbones import frames, pixels, resnet, swin, video, vit  # noqa: F401  (register them all)
+from selfsup.backbones import (  # noqa: F401  (register them all)
+    frames,
+    pixels,
+    resnet,
+    swin,
+    timm_models,
+    torchvision_models,
+    video,
+    vit,
+)
 from selfsup.backbones.base import (
     Backbone,
     available_backbones,

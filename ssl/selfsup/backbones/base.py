@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -61,14 +62,24 @@ def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable
 
 
 def available_backbones() -> list[str]:
-    """Names accepted by ``build_backbone``."""
+    """Names accepted by ``build_backbone`` (a family of a library's models is listed as ``LIBRARY:``)."""
     return sorted(_REGISTRY)
 
 
 def build_backbone(name: str, **kwargs) -> Backbone:
-    """Build a registered backbone by name; unknown names and arguments raise a ConfigError."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown backbone {name!r}; choose one of: {', '.join(available_backbones())}")
+    """Build a registered backbone by name, or a library's model (``timm:NAME``, ``torchvision:NAME``, arguments
+    after commas); unknown names and arguments raise a ConfigError."""
+    family = name.partition(":")[0] + ":" if ":" in name else name
+    if family not in _REGISTRY:
+        near = difflib.get_close_matches(name, available_backbones(), n=3, cutoff=0.6)
+        hint = f" (nearest: {', '.join(near)})" if near else ""
+        raise ConfigError(f"unknown backbone {name!r}{hint}; choose one of: {', '.join(available_backbones())} "
+                          "(timm:NAME and torchvision:NAME name a library's model; `selfsup backbones` lists them)")
+    if family != name:
+        try:
+            return _REGISTRY[family](name, **kwargs)
+        except TypeError as err:
+            raise ConfigError(f"backbone {name!r}: {err}; fix model.backbone_args (or the name's key=value)") from err
     for key, value in kwargs.items():  # sizes (width, depth, heads, patch size, ...) are the integer arguments
         values = value if isinstance(value, (list, tuple)) else [value]
         if any(isinstance(v, int) and not isinstance(v, bool) and v < 1 for v in values):

@@ -29,4 +29,5 @@ class Pixels(Backbone):
 
 @register_backbone("pixels")
 def pixels(in_channels: int = 3, image_size: int = 224) -> Pixels:
+    """pixels: the image itself, flattened (the raw-pixel baseline of the evaluations; no weights)."""
     return Pixels(in_channels, image_size)

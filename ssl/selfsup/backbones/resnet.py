@@ -104,7 +104,8 @@ def _family(name: str, depth: int, **fixed) -> None:
     def build(**kwargs) -> ResNet:
         return ResNet(depth=depth, **fixed, **kwargs)
 
-    build.__doc__ = f"{name}: ResNet-{depth} (keyword arguments as ResNet)."
+    wide = ", bottlenecks twice as wide" if fixed.get("width_per_group") == 128 else ""
+    build.__doc__ = f"{name}: ResNet-{depth}{wide} (keyword arguments as ResNet)."
 
 
 for _depth in _LAYOUTS:

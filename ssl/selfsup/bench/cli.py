@@ -50,6 +50,9 @@ def methods_parser() -> argparse.ArgumentParser:
                              "and on CPUs with AVX-512 BF16 or AMX")
     parser.add_argument("--channels-last", action="store_true", help="model.channels_last: NHWC convolutions")
     parser.add_argument("--compile", action="store_true", help="model.compile_backbone: torch.compile")
+    parser.add_argument("--backbone", default=None, help="model.backbone of every method, e.g. timm:convnext_atto "
+                        "(default: each recipe's; `selfsup backbones` lists the names)")
+    parser.add_argument("--backbone-args", default="{}", help="model.backbone_args with --backbone (YAML)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench.json"))
     parser.add_argument("--repo", type=Path, default=None,
                         help="a folder with your own experiments/ (default: the recipes that ship with selfsup)")

@@ -86,10 +86,10 @@ def training_step(model: Any, batch: dict[str, Any], opt: torch.optim.Optimizer,
 
 
 def bench_method(method: str, config: Path, batch_size: int, device: torch.device, warmup: int = 3,
-                 repeats: int = 20, switches: Switches = Switches()) -> dict[str, Any]:
+                 repeats: int = 20, switches: Switches = Switches(), overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Median step and floor time, images/s and peak memory of one method on one real training batch of its
-    MNIST-5k recipe, with the fast paths in ``switches``."""
-    model, data, _ = build(config, batch_size, switches)
+    MNIST-5k recipe, with the fast paths in ``switches`` and ``overrides`` (e.g. another backbone)."""
+    model, data, _ = build(config, batch_size, switches, overrides)
     model.to(device).train()
     model.setup("fit")  # compiles the backbone when asked, as in a training run
     batch = first_batch(data, device)
@@ -127,7 +127,9 @@ def run_methods(args: argparse.Namespace) -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     switches = Switches(resolve_precision(args.precision, device.type), args.channels_last, args.compile)
     configs = {m: args.repo / CONFIGS[m] if args.repo else recipe_path(CONFIGS[m]) for m in args.methods}
-    rows = [bench_method(m, configs[m], args.batch_size, device, args.warmup, args.repeats, switches)
+    backbone = ["--model.init_args.backbone", args.backbone, "--model.init_args.backbone_args",
+                args.backbone_args] if args.backbone else []
+    rows = [bench_method(m, configs[m], args.batch_size, device, args.warmup, args.repeats, switches, backbone)
             for m in args.methods]
     memory = "CUDA max_memory_allocated" if device.type == "cuda" else "torch CPU allocations (profiler)"
     print(f"device: {device}, torch threads: {torch.get_num_threads()}, batch: {args.batch_size} images, "

@@ -1,8 +1,10 @@
-"""Export a checkpoint's backbone as a plain state dict keyed as torchvision's model of the same architecture.
+"""Export a checkpoint's backbone as a plain state dict keyed as its library's model.
 
-selfsup's ResNets use torchvision's parameter names, so the keys carry over unchanged; what the export checks
-and reports is which keys and shapes torchvision's model would not accept (a tiny CPU variant, 1-channel input,
-a CIFAR stem). Those load into ``selfsup.backbones.build_backbone`` with the spec written beside the file.
+A ``timm:`` or ``torchvision:`` backbone is written under the library's own parameter names, with the library,
+model and arguments in the ``.json`` beside it, and the message shows the lines that load it there. selfsup's
+ResNets use torchvision's parameter names, so the keys carry over unchanged; what the export checks and reports
+is which keys and shapes torchvision's model would not accept (a tiny CPU variant, 1-channel input, a CIFAR stem).
+Every export loads into ``selfsup.load_backbone`` with the spec written beside the file.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torchvision
 from torchvision.transforms import v2
 
+from selfsup.backbones.library import is_library_name, library_state
 from selfsup.data.limits import check_sizes
 from selfsup.errors import ConfigError
 from selfsup.eval.checkpoint import (
@@ -43,6 +46,7 @@ class ExportReport:
     unmapped: list[str] = field(default_factory=list)  # our keys torchvision's model does not have
     missing: list[str] = field(default_factory=list)  # its keys (classifier aside) we do not provide
     shape_mismatch: list[str] = field(default_factory=list)
+    library_lines: list[str] = field(default_factory=list)  # a timm/torchvision backbone: how its library loads it
 
     @property
     def loads_into_torchvision(self) -> bool:
@@ -58,10 +62,36 @@ def torchvision_state_shapes(name: str) -> dict[str, torch.Size] | None:
     return {k: v.shape for k, v in model.state_dict().items() if not k.startswith(HEAD_PREFIXES)}
 
 
-def to_torchvision_keys(state: dict[str, torch.Tensor], spec: BackboneSpec) -> dict[str, torch.Tensor]:
-    """Rename selfsup keys to torchvision's. Identity for the ResNet family (built on torchvision's blocks);
-    the place for a rename table when a backbone family needs one."""
-    return dict(state)
+def to_library_keys(state: dict[str, torch.Tensor], spec: BackboneSpec) -> dict[str, torch.Tensor]:
+    """Rename selfsup keys to the library's: a timm/torchvision backbone's model keys without their prefix;
+    identity for the ResNet family (built on torchvision's blocks)."""
+    return library_state(state) if is_library_name(spec.name) else dict(state)
+
+
+def description(spec: BackboneSpec) -> dict:
+    """The ``.json`` beside an export: the spec, and for a library backbone its library, model and the arguments
+    its constructor gets."""
+    info = {"backbone": spec.name, "backbone_args": spec.args, "in_channels": spec.in_channels}
+    if is_library_name(spec.name):
+        backbone = meta_backbone(spec)
+        info.update(library=backbone.library, model=backbone.model_name, arguments=backbone.arguments)
+    return info
+
+
+def meta_backbone(spec: BackboneSpec) -> torch.nn.Module:
+    """The spec's backbone with its tensors on the meta device (its structure, no memory, no initialisation)."""
+    with torch.device("meta"):
+        return spec.build()
+
+
+def library_report(spec: BackboneSpec, state: dict[str, torch.Tensor], out: Path) -> ExportReport:
+    """What the library's own model would not accept of ``state``, and the lines that load it there."""
+    backbone = meta_backbone(spec)
+    expected = {k: v.shape for k, v in backbone.model.state_dict().items()}
+    report = ExportReport(spec, len(state), None, library_lines=backbone.loading_lines(str(out)))
+    report.unmapped, report.missing = sorted(set(state) - set(expected)), sorted(set(expected) - set(state))
+    report.shape_mismatch = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k])
+    return report
 
 
 def spec_path(weights: Path) -> Path:
@@ -90,11 +120,12 @@ def export_backbone(ckpt_path: str | Path, out: str | Path, force: bool = False)
     check_outputs(out, source, force)
     ckpt = load_checkpoint(ckpt_path)
     spec = backbone_spec(ckpt, ckpt_path)
-    state = {k: v.contiguous() for k, v in to_torchvision_keys(backbone_state(ckpt), spec).items()}
+    state = {k: v.contiguous() for k, v in to_library_keys(backbone_state(ckpt), spec).items()}
     atomic_save(state, out, [source], replace=force)
-    description = {"backbone": spec.name, "backbone_args": spec.args, "in_channels": spec.in_channels,
-                   "eval_transform": ckpt.get(KEY)}
-    atomic_write(spec_path(out), (json.dumps(description, indent=1) + "\n").encode(), [source], replace=force)
+    written = {**description(spec), "eval_transform": ckpt.get(KEY)}
+    atomic_write(spec_path(out), (json.dumps(written, indent=1) + "\n").encode(), [source], replace=force)
+    if is_library_name(spec.name):
+        return library_report(spec, state, out)
     expected = torchvision_state_shapes(spec.name)
     report = ExportReport(spec, len(state), spec.name if expected is not None else None)
     if expected is not None:
@@ -127,12 +158,18 @@ def load_exported(path: str | Path) -> tuple[torch.nn.Module, v2.Compose]:
 def describe(report: ExportReport, out: str | Path) -> str:
     """A few lines for the user: what was written and how to load it."""
     lines = [f"wrote {report.keys} tensors of backbone {report.spec} to {out} (spec: {spec_path(Path(out))})"]
+    if report.library_lines and not (report.unmapped or report.missing or report.shape_mismatch):
+        library = report.spec.name.partition(":")[0]
+        lines.append(f"load it into {library} with:")
+        lines += [f"    import torch, {library}", *(f"    {line}" for line in report.library_lines)]
+        lines.append(f"or: backbone, transform = selfsup.load_backbone({str(out)!r})")
+        return "\n".join(lines)
     if report.loads_into_torchvision:
         lines.append(f"loads into torchvision.models.{report.torchvision_model}() with "
                      "load_state_dict(state, strict=False): only the classifier (fc) is left out")
         lines.append(f"or: backbone, transform = selfsup.load_backbone({str(out)!r})")
         return "\n".join(lines)
-    if report.torchvision_model is None:
+    if report.torchvision_model is None and not report.library_lines:
         lines.append(f"torchvision has no model named {report.spec.name!r}: no key could be mapped to torchvision")
     for what, keys in (("keys torchvision's model does not have", report.unmapped),
                        ("torchvision keys not in the checkpoint", report.missing),

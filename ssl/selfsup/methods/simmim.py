@@ -36,8 +36,9 @@ class SimMIM(SSLMethod):
     def __init__(self, mask_patch_size: int | None = None, mask_ratio: float = 0.6, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not isinstance(self.backbone, MaskedImageBackbone):
-            raise ConfigError(f"SimMIM needs a backbone with a mask token (vit_*, swin_*), got "
-                              f"{self.hparams.backbone!r}; set model.backbone to e.g. vit_tiny or swin_b")
+            raise ConfigError(f"SimMIM masks patch embeddings, which {self.hparams.backbone!r} has none of; use a "
+                              "ViT or Swin: vit, vit_tiny, vit_b_16, swin, swin_tiny, swin_b, or a timm ViT/Swin "
+                              "(timm:vit_small_patch16_224, timm:swin_tiny_patch4_window7_224, ...)")
         self.decoder = PixelShuffleDecoder(self.backbone.num_features, self.backbone.stride, self.hparams.in_channels)
         self.mask_patch_size, self.mask_ratio = mask_patch_size, mask_ratio
 
