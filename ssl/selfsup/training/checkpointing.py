@@ -59,7 +59,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, *args, **kwargs)
-        if self.every_minutes and self._unsaved(trainer):
+        if self.every_minutes and self._unsaved(trainer) and not trainer.fit_loop.epoch_loop._should_accumulate():
             due = time.monotonic() - self._last_save_time >= self.every_minutes * 60
             if trainer.strategy.broadcast(due):  # rank 0's clock decides, so that every rank saves together
                 self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
