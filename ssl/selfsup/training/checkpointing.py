@@ -4,6 +4,7 @@ resume from the newest intact one, and only into the model that wrote it."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,53 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that also saves ``last.ckpt`` at the end of a finished run when its last save was at an
-    earlier step (with ``every_n_train_steps`` the final steps would otherwise be in no checkpoint)."""
+    """ModelCheckpoint whose ``last.ckpt`` does not wait for validation: it is also saved at the end of every
+    training epoch, at least every ``every_minutes`` of training (at a step boundary; 0: no clock), and at the end
+    of a finished run when its last save was at an earlier step (with ``every_n_train_steps`` the final steps would
+    otherwise be in no checkpoint).
+
+    Args:
+        every_minutes: the longest stretch of training, in minutes, without a new ``last.ckpt`` (0: only at epoch
+            ends and validation).
+    """
+
+    def __init__(self, *args: Any, every_minutes: float = 30.0, **kwargs: Any) -> None:
+        if every_minutes < 0:
+            raise ConfigError(f"--checkpoint.every_minutes {every_minutes}: give minutes >= 0 (0 turns the clock off)")
+        super().__init__(*args, **kwargs)
+        self.every_minutes = every_minutes
+        self._last_save_time = time.monotonic()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_save_time = time.monotonic()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, *args, **kwargs)
+        if self.every_minutes and self._unsaved(trainer) and not trainer.fit_loop.epoch_loop._should_accumulate():
+            due = time.monotonic() - self._last_save_time >= self.every_minutes * 60
+            if trainer.strategy.broadcast(due):  # rank 0's clock decides, so that every rank saves together
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._unsaved(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.save_last and trainer.global_step > self._last_global_step_saved and not trainer.fast_dev_run:
+        if self._unsaved(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         else:
             super().on_train_end(trainer, pl_module)
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_save_time = time.monotonic()
+
+    def _unsaved(self, trainer: pl.Trainer) -> bool:
+        """Whether ``last.ckpt`` is behind the current step (and this run saves it)."""
+        return bool(self.save_last and trainer.global_step > self._last_global_step_saved and not trainer.fast_dev_run
+                    and not trainer.sanity_checking)
 
 
 def newest_intact(candidates: list[Path]) -> tuple[Path, dict[str, Any]] | None:

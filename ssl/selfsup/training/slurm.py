@@ -36,9 +36,9 @@ class SlurmRequeue(Callback):
     requeues the job. SLURM then stops the tasks (SIGTERM) and the job starts again with the same id.
 
     SIGTERM (what schedulers send on preemption, and SLURM at the end of a job) is handled in every ``fit``, on a
-    cluster or not: after the current step ``last.ckpt`` is saved (so ``--run_dir`` and ``--ckpt_path last`` resume
-    from it), the job is requeued under SLURM if the warning signal did not already do so, and the run stops with
-    :class:`Preempted` (the CLI exits 143, as a process killed by SIGTERM would).
+    cluster or not: after the current step or validation batch ``last.ckpt`` is saved (so ``--run_dir`` and
+    ``--ckpt_path last`` resume from it), the job is requeued under SLURM if the warning signal did not already do
+    so, and the run stops with :class:`Preempted` (the CLI exits 143, as a process killed by SIGTERM would).
 
     Costs one tiny all-reduce per training step during ``fit``."""
 
@@ -74,25 +74,36 @@ class SlurmRequeue(Callback):
         if not self._previous or not trainer.strategy.reduce_boolean_decision(self._requested, all=False):
             return
         self._requested = False
-        terminate = trainer.strategy.reduce_boolean_decision(self._terminate, all=False)
-        if terminate:  # the run stops inside this hook: log this step's metrics first, which stopping would skip
+        if trainer.strategy.reduce_boolean_decision(self._terminate, all=False):
+            # the run stops inside this hook: log this step's metrics first, which stopping would skip
             trainer._logger_connector.update_train_step_metrics()
-            path = save_last(trainer)
-        elif not self.requeued:
+            self._save_and_stop(trainer, "SIGTERM")
+        if not self.requeued:
             for logger in trainer.loggers:
                 logger.save()
             path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
             trainer.save_checkpoint(path)  # every rank takes part; rank 0 writes
-        else:
-            return
+            self._requeue(trainer, path, "requeue signal")
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        """SIGTERM during validation (which may be long: a kNN over the whole train split) saves and stops there:
+        ``last.ckpt`` holds the finished training steps, and the resumed run validates again."""
+        if self._previous and not trainer.sanity_checking and trainer.strategy.reduce_boolean_decision(
+                self._terminate, all=False):
+            self._save_and_stop(trainer, "SIGTERM during validation")
+
+    def _save_and_stop(self, trainer: pl.Trainer, why: str) -> None:
+        """Save ``last.ckpt``, requeue under SLURM unless the warning signal already did, and stop the run."""
+        path = save_last(trainer)
+        self._requeue(trainer, path, why)
+        raise Preempted(f"stopped by SIGTERM at step {trainer.global_step}; saved {path}: run the same command "
+                        "(with --run_dir, or --ckpt_path last) to continue")
+
+    def _requeue(self, trainer: pl.Trainer, path: Path | str, why: str) -> None:
         if self._slurm and not self.requeued and trainer.is_global_zero:
-            log.warning("%s: saved %s at step %d; requeuing", "SIGTERM" if terminate else "requeue signal", path,
-                        trainer.global_step)
+            log.warning("%s: saved %s at step %d; requeuing", why, path, trainer.global_step)
             requeue()
         self.requeued = self.requeued or self._slurm
-        if terminate:
-            raise Preempted(f"stopped by SIGTERM at step {trainer.global_step}; saved {path}: run the same command "
-                            "(with --run_dir, or --ckpt_path last) to continue")
 
 
 def save_last(trainer: pl.Trainer) -> Path:
