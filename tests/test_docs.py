@@ -143,7 +143,7 @@ def script(page: Path) -> tuple[str, str]:
 
 def parse_list(pages: list[Path], root: Path) -> list[dict]:
     """Every `selfsup` command of ``pages`` for parse_commands.py: its arguments, each `$NAME` (a checkpoint the
-    page found with `NAME=$(ls ...)`) replaced by a path under ``root``, and the variables the page exported."""
+    page found with `NAME=$(ls ...)`) replaced by ``root``/last.ckpt, and the variables the page exported."""
     out = []
     for page in pages:
         env: dict[str, str] = {}
@@ -165,6 +165,7 @@ def test_every_page_command_parses(tmp_path):
     command line's options, its Python class paths included, in one process that stops each command once parsed."""
     (tmp_path / "experiments").symlink_to(REPO / "experiments")
     (tmp_path / "my_methods.py").write_text(script(REPO / "docs/adding-a-method.md")[1])
+    (tmp_path / "last.ckpt").touch()  # the pages' checkpoints: the CLI checks the file is there, then stops parsed
     commands = parse_list(PAGES, tmp_path)
     assert len(commands) > 30
     env = {**os.environ, "OMP_NUM_THREADS": "1",
