@@ -4,8 +4,9 @@ listing them (a test may also carry any of them itself):
 - ``docs``: the README's and docs/' checks (tests/test_docs.py).
 - ``slurm``: a real SLURM cluster (a module named for it; tests/test_slurm.py skips without one).
 - ``multiproc``: several processes training together (gloo ranks, torchrun nodes, DDP devices): a test whose
-  code starts them, or a module named for multi-node training.
-- ``video``: PyAV and video data: a module that imports ``av``, or a test whose code names video data.
+  code or fixtures start them, or a module named for multi-node training.
+- ``video``: PyAV and video data: a module that imports ``av``, or a test whose code or fixtures name video
+  data.
 - ``slow``: more than a few seconds (marked by hand where the test is written).
 
 ``serial`` (no marker of its own) is every ``slurm`` and ``multiproc`` test and every timing test (a module in
@@ -33,10 +34,17 @@ def _source(obj: object) -> str:
         return ""
 
 
+def _fixture_code(item: pytest.Item) -> str:
+    """The source of the fixtures ``item`` uses (a fixture may start the processes its tests read)."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info is not None else []
+    return "".join(_source(found[-1].func) for found in defs if found)
+
+
 def rule_markers(item: pytest.Item) -> set[str]:
     """The markers ``item`` gets by the rules of the module docstring."""
     module = item.path.name
-    code = _source(getattr(item, "function", None))
+    code = _source(getattr(item, "function", None)) + _fixture_code(item)
     module_code = _source(getattr(item, "module", None))
     names = set()
     if module == "test_docs.py":
