@@ -4,8 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_ARGS ?=  # e.g. BENCH_ARGS="--device cuda --precision bf16-mixed --channels-last" on a GPU
+JOBS ?= 2  # test processes (pytest-xdist; 1: none); SLURM, multi-process and timing tests share one (tests/markers.py)
+PYTEST := $(BIN)/python -m pytest $(if $(filter-out 1,$(JOBS)),-n $(JOBS) --dist loadgroup)
 
-.PHONY: install demo test test-fast bench results lint docs clean
+.PHONY: install demo test test-fast test-one bench results lint docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +22,14 @@ demo: $(STAMP)  ## pretrain SimCLR on built-in MNIST-5k (CPU, ~5 min), then prin
 	$(BIN)/selfsup knn --ckpt $$ckpt -c experiments/eval/mnist5k.yaml --k 20 200 && \
 	$(BIN)/selfsup fit -c experiments/eval/linear-mnist5k.yaml --model.init_from $$ckpt
 
-test: $(STAMP)  ## the whole test suite
-	$(BIN)/python -m pytest
+test: $(STAMP)  ## the whole test suite; every test's time in runs/test-durations.txt
+	$(PYTEST)
 
-test-fast: $(STAMP)  ## the suite without the slow end-to-end runs
-	$(BIN)/python -m pytest -m "not slow"
+test-fast: $(STAMP)  ## every module's quick tests, without the slow end-to-end runs (a few minutes)
+	$(PYTEST) -m "not slow"
+
+test-one: $(STAMP)  ## one method's (or module's) quick tests: make test-one M=swav runs tests/test_swav.py but its slow runs
+	$(BIN)/python -m pytest -m "not slow" tests/test_$(M).py
 
 bench: $(STAMP)  ## each method's step against its backbone floor; data pipeline; FAISS kNN against torch (tables + runs/*.json)
 	$(BIN)/selfsup bench $(BENCH_ARGS)

@@ -7,7 +7,7 @@ import pytest
 from clirun import REPO, selfsup
 
 
-def test_bench_measures_each_method_against_its_backbone_floor(tmp_path, mnist5k):
+def test_bench_measures_each_method_against_its_backbone_floor(tmp_path, small_data):
     out = tmp_path / "bench.json"
     proc = selfsup("bench", "--batch-size", "16", "--repeats", "1", "--repo", str(REPO), "--out", str(out),
                    cwd=tmp_path)
@@ -20,8 +20,7 @@ def test_bench_measures_each_method_against_its_backbone_floor(tmp_path, mnist5k
     assert rows["SwAV"]["backbone_images"] == 32  # its MNIST recipe's two 28 px crops of 16 images, one forward
     assert rows["PixPro"]["backbone_calls"] == ["forward_features"] * 2  # one per view (BN statistics per view)
     assert rows["SimMIM"]["backbone_images"] == 16  # one masked view of 16 images
-    # its recipe's two clips of 16 videos (one forward), then one frame of each clip (the frame loss; builds
-    # builtin:moving-mnist, ~1-2 min)
+    # its recipe's two clips of 16 videos (one forward), then one frame of each clip (the frame loss)
     assert rows["CVRL"]["backbone_images"] == 32 + 32 and rows["CVRL"]["backbone_calls"] == ["forward"] * 2
     assert all(r["step_ms"] > 0 and r["floor_ms"] > 0 and r["peak_mib"] > 0 for r in rows.values())
     assert all(r["images_per_s"] == pytest.approx(16e3 / r["step_ms"]) for r in rows.values())

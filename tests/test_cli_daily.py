@@ -265,7 +265,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, mnist5k, tmp_path):
 
 
 @pytest.mark.slow
-def test_knn_of_an_image_checkpoint_on_video_data_is_refused(trained, tmp_path):
+def test_knn_of_an_image_checkpoint_on_video_data_is_refused(trained, tmp_path, small_data):
     proc = selfsup("knn", "--ckpt", str(trained[1]), "-c", str(REPO / "experiments/eval/moving-mnist.yaml"),
                    cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]

@@ -1,11 +1,19 @@
 """The README and docs/: every command in them runs here, in page order, through the real `selfsup` (or is marked
 as needing a GPU, a cluster or a data set that is not in the repository); the docs site builds strictly; no page
-or docstring points outside the repository."""
+or docstring points outside the repository.
+
+The commands run at the smallest size that still exercises their code, by one rule for every page: each
+`selfsup fit` gets SHORT_FIT appended (one epoch of two batches of 32), and every command reads the built-in
+data sets cut to their first few hundred samples per split (the `small_builtins` fixture, SMALL_SPLITS in
+builtin_cache.py), so that `knn`, `plot`, feature caches and probes pass over hundreds of samples, not
+thousands. The full-length runs, and the numbers the pages quote, come from `make results`."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,7 +28,8 @@ from clirun import REPO
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 MARKS = ("# [GPU]", "# [cluster]", "# [data]")  # a command that cannot run on a CPU-only machine with the repo alone
 # What the runner appends to every `selfsup fit`: a few steps of the documented command, not the whole schedule.
-SHORT_FIT = "--trainer.max_epochs 1 --trainer.limit_train_batches 2 --trainer.limit_val_batches 2"
+SHORT_FIT = ("--trainer.max_epochs 1 --trainer.limit_train_batches 2 --trainer.limit_val_batches 2 "
+             "--data.init_args.batch_size 32")
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 
 
@@ -132,19 +141,56 @@ def script(page: Path) -> tuple[str, str]:
     return "\n".join(lines) + "\n", "".join(python)
 
 
+def parse_list(pages: list[Path], root: Path) -> list[dict]:
+    """Every `selfsup` command of ``pages`` for parse_commands.py: its arguments, each `$NAME` (a checkpoint the
+    page found with `NAME=$(ls ...)`) replaced by ``root``/last.ckpt, and the variables the page exported."""
+    out = []
+    for page in pages:
+        env: dict[str, str] = {}
+        for command in page_commands(page):
+            if marked(command) or command.startswith("make ") or re.match(r"^[A-Z]+=\$\(ls ", command):
+                continue
+            if command.startswith("export "):
+                name, value = command.split()[1].split("=", 1)
+                env[name] = value
+            else:
+                words = shlex.split(re.sub(r"\$[A-Z]+\b", str(root / "last.ckpt"), command), comments=True)
+                out.append({"where": f"{rel(page)}: {command}", "args": words[1:], "env": env.copy()})
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_every_page_command_parses(tmp_path):
+    """The quick check of every page's commands (test_page_commands_run runs them): `selfsup` accepts each
+    command line's options, its Python class paths included, in one process that stops each command once parsed."""
+    (tmp_path / "experiments").symlink_to(REPO / "experiments")
+    (tmp_path / "my_methods.py").write_text(script(REPO / "docs/adding-a-method.md")[1])
+    (tmp_path / "last.ckpt").touch()  # the pages' checkpoints: the CLI checks the file is there, then stops parsed
+    commands = parse_list(PAGES, tmp_path)
+    assert len(commands) > 30
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO / "ssl"), str(tmp_path)])}
+    refused = tmp_path / "refused.txt"
+    proc = subprocess.run([sys.executable, str(REPO / "tests/parse_commands.py"), str(refused)], cwd=tmp_path,
+                          input=json.dumps(commands), env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not refused.read_text(), "commands the CLI refuses:\n" + refused.read_text()
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("page", [p for p in PAGES if runnable(p) and p.name != "quickstart.md"], ids=rel)
-def test_page_commands_run(page, tmp_path, mnist5k):
+def test_page_commands_run(page, tmp_path, small_builtins):
     """Each page's commands, in order, in a fresh folder that has the repository's experiments/ (and the
-    quickstart's photos/). docs/quickstart.md holds the README's commands (test above)."""
+    quickstart's photos/), on the small built-in data sets. docs/quickstart.md holds the README's commands (test
+    above)."""
     (tmp_path / "experiments").symlink_to(REPO / "experiments")
     photos(tmp_path / "photos")
     text, python = script(page)
     (tmp_path / "my_methods.py").write_text(python)
-    env = {**os.environ, "PY": sys.executable, "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "PY": sys.executable, "OMP_NUM_THREADS": "1", "SELFSUP_CACHE": str(small_builtins),
            "PYTHONPATH": os.pathsep.join([str(REPO / "ssl"), str(tmp_path)])}
-    proc = subprocess.run(["bash", "-c", text], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(["bash", "-c", text], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=800)
     assert proc.returncode == 0, f"{rel(page)}:\n{text}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     if page.name == "README.md":
         assert "pretrained backbone" in proc.stdout + proc.stderr and (tmp_path / "backbone.pt").is_file()

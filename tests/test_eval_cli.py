@@ -127,7 +127,7 @@ def test_bad_evaluation_input_is_one_clear_message(args, message, trained, unlab
 
 
 @pytest.mark.slow
-def test_dense_probe_on_mnist_scenes_reports_class_ious_and_draws_predictions(tmp_path):
+def test_dense_probe_on_mnist_scenes_reports_class_ious_and_draws_predictions(tmp_path, small_data):
     proc = selfsup("fit", "-c", str(REPO / "experiments/eval/dense-mnist-scenes.yaml"), "--model.init_from", "null",
                    "--model.backbone", "resnet18", "--model.backbone_args", "{width: 4, cifar_stem: true}",
                    "--model.cache_features", "false", "--data.init_args.num_workers", "0",
