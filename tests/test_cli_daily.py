@@ -252,7 +252,7 @@ BAD = [
      "--device cuda: no CUDA GPU is available here"),
     (["fit", "--model", "CVRL", "--model.backbone", "resnet18", "--data.num_workers", "0", "--trainer.fast_dev_run",
       "1"], "CVRL needs a 3-D (video) backbone, but model.backbone 'resnet18' reads single images"),
-    (["export", "--ckpt", ".", "--out", "b.pt"], ". is a folder; give a checkpoint file written by `selfsup fit`"),
+    (["export", "--ckpt", ".", "--out", "b.pt"], ". is a folder; give a checkpoint file written by selfsup"),
 ]
 
 
