@@ -37,7 +37,7 @@ def test_simclr_on_a_timm_convnet_exports_into_timm_and_probes_its_dense_map(mni
     assert "timm.create_model('convnext_atto', num_classes=0, in_chans=1, dims=(8, 16, 32, 64)" in proc.stdout
     model = timm.create_model("convnext_atto", num_classes=0, in_chans=1, dims=(8, 16, 32, 64), depths=(1, 1, 1, 1),
                               patch_size=1)
-    model.load_state_dict(torch.load(tmp_path / "convnext.pt"), strict=True)
+    model.load_state_dict(torch.load(tmp_path / "convnext.pt", weights_only=True), strict=True)
 
     selfsup("fit", "-c", str(REPO / "experiments/eval/dense-mnist5k.yaml"), "--model.init_from", str(ckpt),
             *FEW_STEPS, cwd=tmp_path)

@@ -72,7 +72,7 @@ class TimmBackbone(LibraryBackbone):
 
     def loading_lines(self, path: str) -> list[str]:
         return [f"model = {call('timm.create_model', self.arguments, self.model_name)}",
-                f"model.load_state_dict(torch.load({path!r}), strict=True)"]
+                f"model.load_state_dict(torch.load({path!r}, weights_only=True), strict=True)"]
 
 
 class MaskedTimmBackbone(TimmBackbone, MaskedImageBackbone):

@@ -110,7 +110,8 @@ class TorchvisionBackbone(LibraryBackbone):
             name, conv = first_conv(self.model)
             target = "model" + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in name.split("."))
             lines.append(f"{target} = torch.nn.{conv!r}")
-        lines.append(f"model.load_state_dict(torch.load({path!r}), strict=False)  # all but the classifier")
+        lines.append(f"model.load_state_dict(torch.load({path!r}, weights_only=True), strict=False)"
+                     "  # all but the classifier")
         return lines
 
 
