@@ -55,7 +55,7 @@ def test_bench_data_compares_shards_with_pil_files(tmp_path, mnist5k):
         (name, stage) for name in ("MNIST-", "RGB-64") for stage in ("read", "decode", "decode + views")]
     assert all(r["shards"] > 0 and r["files"] > 0 for r in rows) and "PIL files" in proc.stdout
     photos = json.loads(out.read_text())["photos"]
-    assert [r["method"] for r in photos] == ["decode", "SimCLR", "SwAV", "PixPro", "SimMIM", "RotNet"]
+    assert [r["method"] for r in photos] == ["decode", "SimCLR", "SwAV", "PixPro", "BYOL", "SimMIM", "RotNet"]
     assert all(r[k] > 0 for r in photos[1:] for k in ("pil_baseline", "workers", "device_split_workers"))
     videos = {r.get("path", r.get("memory")): r for r in json.loads(out.read_text())["kinetics"]}
     assert videos["seek to 2 clips"]["ratio"] > 1.5 and videos["CVRL loader (seek, views at 224)"]["ratio"] > 1

@@ -22,7 +22,7 @@ from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
 from selfsup.data.builtin import cache_dir
-from selfsup.data.coord_views import CoordViews
+from selfsup.data.coord_views import AsymmetricViews, CoordViews
 from selfsup.data.masking import MaskedViews
 from selfsup.data.members import media_member
 from selfsup.data.sources import Source
@@ -118,6 +118,8 @@ def photo_methods() -> dict[str, tuple[ViewRecipe, list[T.Compose]]]:
                  + [pil_view(96, (0.05, 0.14), simclr, 0.5, 0, SWAV_MEAN, SWAV_STD)] * 6),
         "PixPro": (CoordViews(224), [pil_view(224, (0.08, 1.0), pixpro, 1.0), pil_view(224, (0.08, 1.0), pixpro,
                                                                                          0.1, 0.2)]),
+        "BYOL": (AsymmetricViews(224, additive_brightness=True),  # MoCo v3, Barlow Twins, VICReg: the same views
+                 [pil_view(224, (0.08, 1.0), pixpro, 1.0), pil_view(224, (0.08, 1.0), pixpro, 0.1, 0.2)]),
         "SimMIM": (MaskedViews(192), [pil_view(192, (0.67, 1.0))]),
         "RotNet": (RotationViews(224), [pil_view(224, (0.6, 1.0))]),
     }
