@@ -79,19 +79,25 @@ class ViT(MaskedImageBackbone):
     every block that rate), ``layer_scale`` (the initial value of each branch's scale, e.g. 1e-5; 0 = off) and
     ``num_registers`` learned tokens inserted after the class token once the position table is added, left out
     of the dense map.
+
+    ``class_token: false`` builds it without the class token (I-JEPA's encoders): only the patch tokens (and any
+    registers) run through the blocks, ``num_prefix`` counts the registers alone and ``pool`` must be ``mean``.
     """
 
     def __init__(self, image_size: int = 224, patch_size: int = 16, num_layers: int = 12, num_heads: int = 12,
                  hidden_dim: int = 768, mlp_dim: int = 3072, in_channels: int = 3, dropout: float = 0.0,
                  attention_dropout: float = 0.0, pos_embed: Literal["learned", "sincos"] = "learned",
                  freeze_patch_embed: bool = False, pool: Literal["mean", "cls"] = "mean", drop_path: float = 0.0,
-                 drop_path_uniform: bool = False, layer_scale: float = 0.0, num_registers: int = 0) -> None:
+                 drop_path_uniform: bool = False, layer_scale: float = 0.0, num_registers: int = 0,
+                 class_token: bool = True) -> None:
         super().__init__()
         if image_size % patch_size:
             raise ConfigError(f"ViT image_size {image_size} is not a multiple of patch_size {patch_size}; "
                               "choose sizes where the patch divides the image")
         if pool not in ("mean", "cls"):
             raise ConfigError(f"ViT pool {pool!r} is unknown; choose mean (of the patch tokens) or cls")
+        if pool == "cls" and not class_token:
+            raise ConfigError("ViT pool cls needs the class token; set class_token: true or pool: mean")
         if not 0.0 <= drop_path < 1.0:
             raise ConfigError(f"ViT drop_path must be in [0, 1), got {drop_path}")
         vit = VisionTransformer(image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim, dropout,
@@ -101,7 +107,9 @@ class ViT(MaskedImageBackbone):
             self.conv_proj = nn.Conv2d(in_channels, hidden_dim, patch_size, stride=patch_size)
             nn.init.trunc_normal_(self.conv_proj.weight, std=math.sqrt(1 / (in_channels * patch_size**2)))
             nn.init.zeros_(self.conv_proj.bias)
-        self.class_token, self.encoder = vit.class_token, vit.encoder
+        self.encoder = vit.encoder
+        if class_token:
+            self.class_token = vit.class_token
         rates = [drop_path if drop_path_uniform or num_layers == 1 else drop_path * i / (num_layers - 1)
                  for i in range(num_layers)]
         self.encoder.layers = nn.Sequential(OrderedDict(
@@ -124,7 +132,7 @@ class ViT(MaskedImageBackbone):
         self._init_mask_token(hidden_dim)
         self.image_size, self.patch_size, self.stride = image_size, patch_size, patch_size
         self.num_blocks, self.num_features, self.embed_dim = num_layers, hidden_dim, hidden_dim
-        self.pool, self.num_prefix = pool, 1 + num_registers
+        self.pool, self.num_prefix = pool, int(class_token) + num_registers
 
     def position_table(self, h: int, w: int) -> torch.Tensor:
         """The (1, 1 + h*w, C) position table for an h x w patch grid: the stored one, or its patch part resized
@@ -139,8 +147,8 @@ class ViT(MaskedImageBackbone):
 
     def tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                keep: torch.Tensor | None = None) -> torch.Tensor:
-        """All tokens of the last layer after its norm, (B, num_prefix + N, C): the class token, the register
-        tokens, then the patch tokens in row-major order. ``mask`` (B, h, w), 1 = masked, replaces those patch
+        """All tokens of the last layer after its norm, (B, num_prefix + N, C): the class token (if any), the
+        register tokens, then the patch tokens in row-major order. ``mask`` (B, h, w), 1 = masked, replaces those patch
         embeddings by the mask token before the position table is added (SimMIM, iBOT); ``keep`` (B, K), indices
         into the row-major patch grid, runs the blocks over only those patches, in that order (MAE, I-JEPA)."""
         if x.shape[-1] % self.patch_size or x.shape[-2] % self.patch_size:
@@ -156,7 +164,7 @@ class ViT(MaskedImageBackbone):
         tokens = tokens + table[:, 1:]
         if keep is not None:
             tokens = tokens.gather(1, keep.unsqueeze(-1).expand(-1, -1, c))
-        prefix = [self.class_token.expand(b, -1, -1) + table[:, :1]]
+        prefix = [self.class_token.expand(b, -1, -1) + table[:, :1]] if hasattr(self, "class_token") else []
         if hasattr(self, "register_tokens"):
             prefix.append(self.register_tokens.expand(b, -1, -1))
         tokens = self.encoder.dropout(torch.cat([*prefix, tokens], dim=1))
