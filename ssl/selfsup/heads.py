@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.backbones.posembed import sincos_2d
+from selfsup.backbones.vit import Block
+
 LastNorm = Literal["none", "bn", "bn_noshift", "bn_noaffine"]
 
 
@@ -59,6 +62,40 @@ class LinearClassifier(nn.Linear):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return super().forward(features)
+
+
+class BlockPredictor(nn.Module):
+    """I-JEPA's narrow predictor: from the context encoder's tokens (B, K, D) at patch indices ``context`` (B, K)
+    to features (B, T, D) at the indices of each target block (``targets``: (M, B, T)).
+
+    Linear D -> ``dim``, plus the fixed 2-D sine-cosine position of each context patch; per target block, the
+    shared mask token plus each target patch's position appended; ``depth`` transformer blocks, LayerNorm, Linear
+    back to D; the outputs at the appended positions. Each target block gets its own sequence (the M blocks run
+    as one batch of M x B; they never attend to each other). Linear layers start trunc-normal (std 0.02, bias 0).
+    """
+
+    def __init__(self, in_dim: int, dim: int, depth: int, num_heads: int, grid: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.embed = nn.Linear(in_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.register_buffer("pos", sincos_2d(dim, grid, grid, first="column", cls_token=False), persistent=False)
+        self.blocks = nn.Sequential(*(Block(num_heads, dim, int(dim * mlp_ratio), 0.0, 0.0) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.proj = nn.Linear(dim, in_dim)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, tokens: torch.Tensor, context: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(M, B, T, D) predictions of the target blocks' features."""
+        m, b, t = targets.shape
+        x = self.embed(tokens) + self.pos[context]
+        queries = self.mask_token + self.pos[targets.flatten(0, 1)]  # (M B, T, dim)
+        x = torch.cat([x.repeat(m, 1, 1), queries], dim=1)
+        out = self.proj(self.norm(self.blocks(x)[:, -t:]))
+        return out.view(m, b, t, -1)
 
 
 class Prototypes(nn.Linear):

@@ -193,6 +193,13 @@ def warmup_cosine(
     return final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def cosine_ramp(step: int, total_steps: int, start: float, end: float) -> float:
+    """``end + (start - end) * (1 + cos(pi * step / total_steps)) / 2``: ``start`` at step 0, ``end`` at
+    ``total_steps`` and after (I-JEPA's weight decay, 0.04 -> 0.4)."""
+    progress = min(1.0, step / max(1, total_steps))
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def global_batch_size(batch_size: int, trainer) -> int:
     """Samples per optimizer step: per-device batch x devices x nodes x gradient accumulation."""
     return batch_size * trainer.world_size * trainer.accumulate_grad_batches

@@ -1,13 +1,13 @@
 """`selfsup bench`: each method's training step against its floor, the backbone passes it cannot avoid.
 
-The floor is measured, not assumed: one step runs with its backbone's ``forward`` and ``forward_features``
-recorded (arguments such as SimMIM's mask included), and the floor times forward + backward of the backbone
-alone on exactly those inputs, plus a forward without gradient of ``model.momentum_backbone`` on its recorded
-inputs where a method has one (PixPro). Step and floor are timed in pairs, back to back in alternating order,
-after warm-up (CUDA synchronised); the overhead is the median of the pairs' step / floor ratios, printed with its
-95% confidence interval, so a run states how far its own figure can be trusted. Methods are built from their
-experiment configs through the CLI, with the fast paths (precision, channels-last, torch.compile) set as a
-training run sets them.
+The floor is measured, not assumed: one step runs with its backbone's ``forward`` and ``forward_features`` (and
+a ViT's ``tokens``) recorded, arguments such as SimMIM's mask and I-JEPA's kept patches included, and the floor
+times forward + backward of the backbone alone on exactly those inputs, plus a forward without gradient of
+``model.momentum_backbone`` on its recorded inputs where a method has one (PixPro; I-JEPA's target encoder). Step
+and floor are timed in pairs, back to back in alternating order, after warm-up (CUDA synchronised); the overhead is
+the median of the pairs' step / floor ratios, printed with its 95% confidence interval, so a run states how far its
+own figure can be trusted. Methods are built from their experiment configs through the CLI, with the fast paths
+(precision, channels-last, torch.compile) set as a training run sets them.
 """
 
 from __future__ import annotations
