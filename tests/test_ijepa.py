@@ -13,6 +13,7 @@ from clirun import REPO, selfsup
 from selfsup.backbones import build_backbone
 from selfsup.data.multiblock import MultiBlockMasks, MultiBlockViews
 from selfsup.errors import ConfigError
+from selfsup.eval.checkpoint import backbone_state
 from selfsup.heads import BlockPredictor
 from selfsup.methods import IJEPA
 
@@ -201,6 +202,20 @@ def test_weight_decay_follows_a_cosine_on_the_decayed_groups_only():
         model.on_train_batch_start({}, 0)
         decays.append(sorted({g["weight_decay"] for g in opt.param_groups}))
     assert decays == [[0.0, pytest.approx(0.04)], [0.0, pytest.approx(0.22)], [0.0, pytest.approx(0.4)]]
+
+
+@pytest.mark.parametrize("evaluate_target, module", [(True, "momentum_backbone"), (False, "backbone")])
+def test_evaluations_read_the_target_encoder_from_a_checkpoint(evaluate_target, module):
+    model = IJEPA(**SMALL, evaluate_target=evaluate_target)
+    with torch.no_grad():
+        model.momentum_backbone.conv_proj.weight.add_(1.0)
+    ckpt = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(ckpt)
+    state = backbone_state(ckpt)
+    assert state.keys() == model.backbone.state_dict().keys()
+    assert all(torch.equal(v, getattr(model, module).state_dict()[k]) for k, v in state.items())
+    assert torch.equal(backbone_state({**ckpt, "evaluated_backbone": "probe"})["conv_proj.weight"],
+                       model.backbone.conv_proj.weight)  # anything else: the backbone
 
 
 def test_ijepa_refuses_a_backbone_without_kept_tokens():

@@ -145,9 +145,14 @@ def backbone_spec(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> Back
     return BackboneSpec(str(hp["backbone"]), args, in_channels, normalization)
 
 
+EVALUATED = "evaluated_backbone"  # checkpoint key: the module whose weights evaluations read (I-JEPA's target)
+
+
 def backbone_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The backbone's own state dict: the ``backbone.`` entries of the module's, prefix removed."""
-    prefix = "backbone."
+    """The backbone's own state dict: the ``backbone.`` entries of the module's, prefix removed; or those of the
+    module the checkpoint names under ``evaluated_backbone`` (``momentum_backbone``: I-JEPA's target encoder)."""
+    name = ckpt.get(EVALUATED, "backbone")
+    prefix = f"{name if name in ('backbone', 'momentum_backbone') else 'backbone'}."
     return {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
 
 

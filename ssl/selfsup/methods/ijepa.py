@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from selfsup.data.multiblock import MultiBlockViews
 from selfsup.data.views import ViewRecipe
 from selfsup.errors import ConfigError
+from selfsup.eval.checkpoint import EVALUATED
 from selfsup.heads import BlockPredictor
 from selfsup.methods.base import SSLMethod, StepOutput, host_scalar
 from selfsup.momentum import MomentumSchedule, MomentumTeacher
@@ -38,6 +39,10 @@ class IJEPA(MomentumTeacher, SSLMethod):
     tokens, position tables) follows a cosine from ``weight_decay`` to ``final_weight_decay`` over the run, per
     step (logged as ``schedule/weight_decay``). The online probe sees the mean of the context tokens.
 
+    Evaluations of a checkpoint (probes, kNN, fine-tuning, export) read the target encoder, as the paper
+    evaluates it (``evaluate_target: false``: the context encoder); the KNNMonitor during training sees the context
+    encoder.
+
     Args:
         pred_dim: the predictor's width (384).
         pred_depth: the predictor's transformer blocks (12).
@@ -45,6 +50,7 @@ class IJEPA(MomentumTeacher, SSLMethod):
         base_momentum: the target encoder's momentum at step 0 (0.996), rising to 1 at the last step.
         momentum_schedule: ``linear`` (I-JEPA) or ``cosine``.
         final_weight_decay: weight decay at the last step (0.4); None keeps ``weight_decay`` throughout.
+        evaluate_target: evaluations read the target encoder (True) or the context encoder.
         **kwargs: the shared options of ``SSLMethod`` (backbone, optimizer, schedule, probe).
     """
 
@@ -52,7 +58,7 @@ class IJEPA(MomentumTeacher, SSLMethod):
 
     def __init__(self, pred_dim: int = 384, pred_depth: int = 12, pred_heads: int | None = None,
                  base_momentum: float = 0.996, momentum_schedule: MomentumSchedule = "linear",
-                 final_weight_decay: float | None = 0.4, **kwargs: Any) -> None:
+                 final_weight_decay: float | None = 0.4, evaluate_target: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not callable(getattr(self.backbone, "tokens", None)):
             raise ConfigError(f"I-JEPA runs its encoder over kept patches, which {self.hparams.backbone!r} cannot; "
@@ -91,6 +97,9 @@ class IJEPA(MomentumTeacher, SSLMethod):
         tokens = self.backbone.tokens(images, keep=context)[:, self.backbone.num_prefix:]
         loss = F.smooth_l1_loss(self.predictor(tokens, context, blocks), targets)
         return StepOutput(loss=loss, features=tokens.mean(dim=1), logs={"train/momentum": torch.tensor(tau)})
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[EVALUATED] = "momentum_backbone" if self.hparams.evaluate_target else "backbone"
 
     def configure_optimizers(self) -> dict[str, Any]:
         config = super().configure_optimizers()
