@@ -225,7 +225,7 @@ def test_ijepa_refuses_a_backbone_without_kept_tokens():
 
 def test_recipe_with_blocks_that_do_not_fit_exits_2_in_one_line(tmp_path):
     proc = selfsup("fit", "-c", str(REPO / "experiments/ijepa/mnist5k-vit-tiny.yaml"),
-                   "--data.init_args.views.init_args.target_scale", "[0.15, 0.2]", cwd=tmp_path,
+                   "--data.init_args.views.init_args.target_aspect", "[0.75, 1.5]", cwd=tmp_path,
                    check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("selfsup: error: 4 target blocks of up to 12 patches")
