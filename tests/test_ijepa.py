@@ -225,10 +225,10 @@ def test_ijepa_refuses_a_backbone_without_kept_tokens():
 
 def test_recipe_with_blocks_that_do_not_fit_exits_2_in_one_line(tmp_path):
     proc = selfsup("fit", "-c", str(REPO / "experiments/ijepa/mnist5k-vit-tiny.yaml"),
-                   "--data.init_args.views.init_args.target_aspect", "[0.75, 1.5]", cwd=tmp_path,
+                   "--data.init_args.views.init_args.num_targets", "5", cwd=tmp_path,
                    check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("selfsup: error: 4 target blocks of up to 12 patches")
+    assert proc.stderr.strip().splitlines()[-1].startswith("selfsup: error: 5 target blocks of up to 40 patches")
 
 
 def test_paper_recipe_parses_with_the_paper_values(tmp_path):
@@ -238,3 +238,15 @@ def test_paper_recipe_parses_with_the_paper_values(tmp_path):
                  "pred_depth: 12", "max_epochs: 300", "base_momentum: 0.996", "final_weight_decay: 0.4",
                  "num_targets: 4", "class_token: false"]:
         assert line in proc.stdout, line
+
+
+@pytest.mark.slow
+def test_the_mnist_recipe_trains_and_its_checkpoint_gives_the_target_encoder(mnist5k, tmp_path):
+    selfsup("fit", "-c", str(REPO / "experiments/ijepa/mnist5k-vit-tiny.yaml"), "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "3", "--data.init_args.batch_size", "32", "--data.init_args.num_workers",
+            "0", "--trainer.callbacks=[]", cwd=tmp_path)
+    ckpt = torch.load(next(tmp_path.glob("runs/ijepa-mnist5k-vit-tiny/version_*/checkpoints/last.ckpt")),
+                      weights_only=False)
+    assert ckpt["evaluated_backbone"] == "momentum_backbone"
+    assert backbone_state(ckpt).keys() == {k.removeprefix("backbone.") for k in ckpt["state_dict"]
+                                           if k.startswith("backbone.")}
