@@ -86,6 +86,10 @@ def run(args: list[str]) -> int | None:
     args = with_recipes(args)
     if args[0] in TOOLS:
         return tool(args[0])(args[1:])
+    from selfsup.cli_checks import check_config_files, reject_linked_overrides
+
+    check_config_files(args)  # refused before Lightning loads: at once
+    reject_linked_overrides(args)
     from selfsup.cli import run_lightning
 
     return run_lightning(args)
