@@ -53,7 +53,7 @@ class WarmInterpreter:
         """Run ``python -m selfsup ARGS`` in a forked child; its exit status (negative: killed by that signal)."""
         request = {"args": args, "cwd": str(cwd), "env": env, "out": str(out), "err": str(err)}
         self.proc.stdin.write(json.dumps(request).encode() + b"\n")
-        pid = json.loads(self._reply(60))["pid"]
+        pid = json.loads(self._reply(timeout))["pid"]  # the first waits for the imports
         try:
             return json.loads(self._reply(timeout))["status"]
         except subprocess.TimeoutExpired:
@@ -77,10 +77,11 @@ class WarmInterpreter:
 
 def _child(request: dict) -> None:
     """In the forked child: become ``python -m selfsup ARGS`` run in ``cwd`` with ``env``, then exit as it would."""
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    for fd, path in ((1, request["out"]), (2, request["err"])):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    written = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, request["out"], written), (2, request["err"], written)):
+        opened = os.open(path, flags, 0o644)
+        os.dup2(opened, fd)  # the server's request and reply pipes are closed in the child this way too
+        os.close(opened)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
