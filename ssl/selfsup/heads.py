@@ -1,4 +1,5 @@
-"""Heads shared by the methods: projectors (MLP), prototypes (SwAV), and the linear classifier used by probes."""
+"""Heads shared by the methods: projectors (MLP), prototypes (SwAV), decoders (SimMIM, MAE), and the linear classifier
+used by probes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from selfsup.backbones.posembed import sincos_2d
+from selfsup.backbones.vit import Block
+from selfsup.data.masking import unshuffle
 
 LastNorm = Literal["none", "bn", "bn_noshift", "bn_noaffine"]
 
@@ -162,9 +167,6 @@ class MAEDecoder(nn.Module):
 
     def __init__(self, in_dim: int, grid: tuple[int, int], out_dim: int, dim: int = 512, depth: int = 8,
                  num_heads: int = 16, mlp_ratio: float = 4.0) -> None:
-        from selfsup.backbones.posembed import sincos_2d
-        from selfsup.backbones.vit import Block
-
         super().__init__()
         self.embed = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -179,8 +181,6 @@ class MAEDecoder(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(self, tokens: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
-        from selfsup.data.masking import unshuffle
-
         x = self.embed(tokens)
         cls, visible = x[:, :1], x[:, 1:]
         fill = self.mask_token.to(x.dtype).expand(x.shape[0], restore.shape[1] - visible.shape[1], -1)
