@@ -214,10 +214,10 @@ def masked_image_model(ckpt: Path, config: Path) -> torch.nn.Module:
         raise ConfigError(f"reconstructions need the fit config of a masked-image run (model.class_path "
                           f"selfsup.methods.SimMIM or selfsup.methods.MAE), but {config} names {class_path or 'none'}")
     state = load_checkpoint(ckpt)
-    model = cls(**{k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")})
-    try:
+    try:  # another method's options (TypeError) or weights (RuntimeError)
+        model = cls(**{k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")})
         model.load_state_dict(state["state_dict"])
-    except RuntimeError:
+    except (TypeError, RuntimeError):
         raise ConfigError(f"{ckpt} is not a {cls.__name__} checkpoint of this architecture; give the last.ckpt "
                           f"of the run {config} configured") from None
     return model.eval()
