@@ -12,14 +12,15 @@ def test_bench_measures_each_method_against_its_backbone_floor(tmp_path, small_d
     proc = selfsup("bench", "--batch-size", "16", "--repeats", "1", "--repo", str(REPO), "--out", str(out),
                    cwd=tmp_path)
     rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"SimCLR", "RotNet", "SwAV", "PixPro", "SimMIM", "CVRL", "BYOL", "MoCoV3", "BarlowTwins",
-                         "VICReg"} and "overhead" in proc.stdout
+    assert set(rows) == {"SimCLR", "RotNet", "SwAV", "PixPro", "SimMIM", "MAE", "CVRL", "BYOL", "MoCoV3",
+                         "BarlowTwins", "VICReg"} and "overhead" in proc.stdout
     assert rows["BYOL"]["momentum_images"] == rows["MoCoV3"]["momentum_images"] == 32  # the target's two views
     assert rows["SimCLR"]["backbone_images"] == 32  # two views of 16 images
     assert rows["RotNet"]["backbone_images"] == 64  # four rotations of 16 images
     assert rows["SwAV"]["backbone_images"] == 32  # its MNIST recipe's two 28 px crops of 16 images, one forward
     assert rows["PixPro"]["backbone_calls"] == ["forward_features"] * 2  # one per view (BN statistics per view)
     assert rows["SimMIM"]["backbone_images"] == 16  # one masked view of 16 images
+    assert rows["MAE"]["backbone_calls"] == ["tokens"] and rows["MAE"]["backbone_images"] == 16  # visible patches
     # its recipe's two clips of 16 videos (one forward), then one frame of each clip (the frame loss)
     assert rows["CVRL"]["backbone_images"] == 32 + 32 and rows["CVRL"]["backbone_calls"] == ["forward"] * 2
     assert all(r["step_ms"] > 0 and r["floor_ms"] > 0 and r["peak_mib"] > 0 for r in rows.values())

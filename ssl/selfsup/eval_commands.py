@@ -210,8 +210,30 @@ def plot_main(argv: list[str]) -> None:
     print(f"written: {out}")
 
 
+def masked_image_model(ckpt: Path, config: Path) -> torch.nn.Module:
+    """The method of ``config``'s ``model.class_path`` (SimMIM, MAE: one with a ``reconstructor``) built from the
+    hyper-parameters and weights of ``ckpt`` (read weights-only)."""
+    import selfsup.methods
+    from selfsup.eval.checkpoint import load_checkpoint
+
+    raw = yaml.safe_load(config.read_text())
+    class_path = str(((raw.get("model") or {}) if isinstance(raw, dict) else {}).get("class_path", ""))
+    cls = getattr(selfsup.methods, class_path.removeprefix("selfsup.methods."), None)
+    if not class_path.startswith("selfsup.methods.") or not hasattr(cls, "reconstructor"):
+        raise ConfigError(f"reconstructions need the fit config of a masked-image run (model.class_path "
+                          f"selfsup.methods.SimMIM or selfsup.methods.MAE), but {config} names {class_path or 'none'}")
+    state = load_checkpoint(ckpt)
+    try:  # another method's options (TypeError) or weights (RuntimeError)
+        model = cls(**{k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")})
+        model.load_state_dict(state["state_dict"])
+    except (TypeError, RuntimeError):
+        raise ConfigError(f"{ckpt} is not a {cls.__name__} checkpoint of this architecture; give the last.ckpt "
+                          f"of the run {config} configured") from None
+    return model.eval()
+
+
 def reconstruct_main(argv: list[str]) -> None:
-    """Original / masked / reconstruction of a few val images of a SimMIM checkpoint, as a PNG grid."""
+    """Original / masked / reconstruction of a few val images of a SimMIM or MAE checkpoint, as a PNG grid."""
     parser = argparse.ArgumentParser(prog="selfsup reconstruct", description=reconstruct_main.__doc__)
     _common(parser)
     parser.add_argument("--out", type=Path, default=Path("reconstruction.png"))
@@ -220,10 +242,11 @@ def reconstruct_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     device = _checked_device_and_checkpoint(args)
     from selfsup.eval.plot import figure_format
-    from selfsup.eval.reconstruction import load_simmim, reconstruction_rows, save_reconstruction_grid
+    from selfsup.eval.reconstruction import reconstruction_rows, save_reconstruction_grid
 
     figure_format(args.out)
-    model = load_simmim(args.ckpt)
     data = load_data(args.config, need_labels=False, what="reconstruct")
-    rows = reconstruction_rows(model.to(device), data, args.num_images, args.seed, device)
-    print(f"written: {save_reconstruction_grid(rows, args.out, f'SimMIM reconstructions ({args.ckpt.name})')}")
+    model = masked_image_model(args.ckpt, args.config).to(device)
+    rows = reconstruction_rows(model.reconstructor(data.views), data, args.num_images, args.seed, device)
+    title = f"{type(model).__name__} reconstructions ({args.ckpt.name})"
+    print(f"written: {save_reconstruction_grid(rows, args.out, title)}")

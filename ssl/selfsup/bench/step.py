@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-ENTRIES = ("forward", "forward_features")  # the two ways a method calls its backbone (DESIGN.md)
+ENTRIES = ("forward", "forward_features", "tokens")  # the ways a method calls its backbone (tokens: ViT, MAE)
 
 
 @dataclass
@@ -50,7 +50,8 @@ def _detached(value: Any) -> Any:
 
 
 class BackboneCalls:
-    """Context manager recording every outermost call of ``module.forward`` or ``module.forward_features``
+    """Context manager recording every outermost call of ``module.forward``, ``module.forward_features`` or
+    (ViTs) ``module.tokens``
     (``forward`` calling ``forward_features`` inside counts once), arguments detached. ``module=None``
     records nothing (a method without a momentum backbone)."""
 
@@ -60,7 +61,7 @@ class BackboneCalls:
 
     def __enter__(self) -> BackboneCalls:
         if self.module is not None:
-            for entry in ENTRIES:
+            for entry in (e for e in ENTRIES if hasattr(self.module, e)):
                 self._saved[entry] = self.module.__dict__.get(entry)  # an instance attribute (compiled) or None
                 setattr(self.module, entry, self._recording(entry, getattr(self.module, entry)))
         return self
