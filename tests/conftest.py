@@ -75,7 +75,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mnist5k: Path) -> tuple[Pa
     cwd = tmp_path_factory.mktemp("fit")
     selfsup("fit", "-c", str(REPO / "experiments/simclr/mnist5k.yaml"), *TINY, "--trainer.max_epochs", "1",
             "--trainer.limit_train_batches", "3", "--trainer.check_val_every_n_epoch", "1",
-            "--trainer.enable_progress_bar", "false", cwd=cwd)
+            "--trainer.enable_progress_bar", "false", cwd=cwd, fresh=True)  # `fit` as a user runs it
     runs = sorted((cwd / "runs/simclr-mnist5k").glob("version_*"))
     assert len(runs) == 1, runs  # CSV and TensorBoard share one version folder
     return runs[0], runs[0] / "checkpoints/last.ckpt"

@@ -12,14 +12,15 @@ def test_bench_measures_each_method_against_its_backbone_floor(tmp_path, small_d
     proc = selfsup("bench", "--batch-size", "16", "--repeats", "1", "--repo", str(REPO), "--out", str(out),
                    cwd=tmp_path)
     rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"SimCLR", "RotNet", "SwAV", "PixPro", "SimMIM", "CVRL", "BYOL", "MoCoV3", "BarlowTwins",
-                         "VICReg", "IJEPA"} and "overhead" in proc.stdout
+    assert set(rows) == {"SimCLR", "RotNet", "SwAV", "PixPro", "SimMIM", "MAE", "CVRL", "BYOL", "MoCoV3",
+                         "BarlowTwins", "VICReg", "IJEPA"} and "overhead" in proc.stdout
     assert rows["BYOL"]["momentum_images"] == rows["MoCoV3"]["momentum_images"] == 32  # the target's two views
     assert rows["SimCLR"]["backbone_images"] == 32  # two views of 16 images
     assert rows["RotNet"]["backbone_images"] == 64  # four rotations of 16 images
     assert rows["SwAV"]["backbone_images"] == 32  # its MNIST recipe's two 28 px crops of 16 images, one forward
     assert rows["PixPro"]["backbone_calls"] == ["forward_features"] * 2  # one per view (BN statistics per view)
     assert rows["SimMIM"]["backbone_images"] == 16  # one masked view of 16 images
+    assert rows["MAE"]["backbone_calls"] == ["tokens"] and rows["MAE"]["backbone_images"] == 16  # visible patches
     # the context encoder over the kept patches, the target encoder over the whole images
     assert rows["IJEPA"]["backbone_calls"] == ["tokens"] and rows["IJEPA"]["momentum_images"] == 16
     # its recipe's two clips of 16 videos (one forward), then one frame of each clip (the frame loss)
@@ -43,7 +44,7 @@ def test_bench_measures_the_fast_paths_as_a_training_run_sets_them(tmp_path, mni
 
 
 def test_bench_names_unknown_methods(tmp_path):
-    proc = selfsup("bench", "--methods", "DINO", cwd=tmp_path, check=False)
+    proc = selfsup("bench", "--methods", "DINO", cwd=tmp_path, check=False, fresh=True)
     assert proc.returncode == 2 and "no bench config for DINO" in proc.stderr
 
 

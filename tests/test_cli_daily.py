@@ -137,26 +137,48 @@ def test_name_names_every_logger_and_the_checkpoints(named_fit):
 
 # 4. help lists every subcommand, answers at once; --version --------------------------------------------------
 def test_help_lists_every_subcommand_with_one_line(tmp_path):
-    out = selfsup("--help", cwd=tmp_path).stdout
+    out = selfsup("--help", cwd=tmp_path, fresh=True).stdout
     for command in ("fit", "validate", "test", "predict", "knn", "plot", "export", "reconstruct", "shards", "bench"):
         assert re.search(rf"^  {command} +\S", out, re.MULTILINE), command
-    assert "bench data" in selfsup("bench", "--help", cwd=tmp_path).stdout
-    assert "bench knn" in selfsup("bench", "--help", cwd=tmp_path).stdout
-    version = selfsup("--version", cwd=tmp_path).stdout
+    assert "bench data" in selfsup("bench", "--help", cwd=tmp_path, fresh=True).stdout
+    assert "bench knn" in selfsup("bench", "--help", cwd=tmp_path, fresh=True).stdout
+    version = selfsup("--version", cwd=tmp_path, fresh=True).stdout
     assert re.fullmatch(r"selfsup \d+\.\d+\.\d+ \(torch .+, lightning .+\)\n", version)
+
+
+def without_torch(args: list[str], cwd: Path) -> tuple[float, str]:
+    """Run the command ``args`` in a new interpreter; its seconds and stderr, asserting it never loaded torch or
+    Lightning."""
+    code = ("import sys, time; from selfsup.console import main; start = time.perf_counter()\n"
+            f"try: main({args!r})\nexcept SystemExit: pass\n"
+            "print('SECONDS', time.perf_counter() - start, 'torch' in sys.modules, 'lightning' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": str(REPO / "ssl")})
+    seconds, torch_loaded, lightning_loaded = proc.stdout.split("SECONDS ")[1].split()
+    assert (torch_loaded, lightning_loaded) == ("False", "False"), proc.stderr
+    return float(seconds), proc.stderr
 
 
 @pytest.mark.parametrize("command", [[], ["knn"], ["export"], ["plot"], ["reconstruct"], ["bench"], ["bench", "knn"],
                                      ["shards"], ["shards", "write"], ["shards", "inspect"]])
 def test_help_of_the_tools_answers_without_loading_torch(command, tmp_path):
-    code = ("import sys, time; from selfsup.console import main; start = time.perf_counter()\n"
-            f"try: main({[*command, '--help']!r})\nexcept SystemExit: pass\n"
-            "print('SECONDS', time.perf_counter() - start, 'torch' in sys.modules, 'lightning' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                          env={"PYTHONPATH": str(REPO / "ssl")})
-    seconds, torch_loaded, lightning_loaded = proc.stdout.split("SECONDS ")[1].split()
-    assert (torch_loaded, lightning_loaded) == ("False", "False")
-    assert float(seconds) < 1.5
+    assert without_torch([*command, "--help"], tmp_path)[0] < 1.5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["knn", "--ckpt", "no/such.ckpt", "-c", "data.yaml"], "checkpoint no/such.ckpt does not exist"),
+    (["knn", "--ckpt", "no/such.ckpt", "-c", "data.yaml", "--k", "0"], "--k must be at least 1, got 0"),
+    (["export", "--ckpt", "no/such.ckpt", "--out", "b.pt"], "checkpoint no/such.ckpt does not exist"),
+    (["plot", "--ckpt", ".", "-c", "data.yaml"], ". is a folder; give a checkpoint file"),
+    (["reconstruct", "--ckpt", "https://example.com/a.ckpt", "-c", "data.yaml"], "refused to load checkpoint https:/"),
+    (["fit", "-c", "no/such.yaml"], "config no/such.yaml does not exist"),
+    (["validate", "--config=no/such.yml"], "config no/such.yml does not exist"),
+], ids=lambda v: " ".join(v[:2]) if isinstance(v, list) else None)
+def test_a_wrong_path_is_refused_at_once_without_loading_torch(args, message, tmp_path):
+    """What a typo gets wrong is said before torch and Lightning load (seconds of imports)."""
+    seconds, stderr = without_torch(args, tmp_path)
+    assert f"selfsup: error: {message}" in stderr and len(stderr.splitlines()) == 1, stderr
+    assert seconds < 1.5
 
 
 # 5. your own photos ----------------------------------------------------------------------------------------------

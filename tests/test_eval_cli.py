@@ -89,7 +89,7 @@ def test_plot_writes_a_png(trained, tmp_path):
 
 def test_export_of_the_tiny_checkpoint_says_what_torchvision_cannot_take(trained, tmp_path):
     _, ckpt = trained
-    proc = selfsup("export", "--ckpt", str(ckpt), "--out", str(tmp_path / "backbone.pt"), cwd=tmp_path)
+    proc = selfsup("export", "--ckpt", str(ckpt), "--out", str(tmp_path / "backbone.pt"), cwd=tmp_path, fresh=True)
     assert "cannot map to torchvision.models.resnet18: keys whose shapes differ" in proc.stdout
     assert "build_backbone('resnet18', in_channels=1" in proc.stdout
     assert (tmp_path / "backbone.pt").is_file() and (tmp_path / "backbone.json").is_file()

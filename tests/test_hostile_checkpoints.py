@@ -83,7 +83,7 @@ ENVIRONMENTS = {"default": None, "force-no-weights-only": "1"}
 
 
 def gate(path):
-    from selfsup.eval.checkpoint import existing_checkpoint
+    from selfsup.gate import existing_checkpoint
 
     return existing_checkpoint(path)
 

@@ -84,7 +84,7 @@ def test_bad_library_backbones_are_one_line_exit_2(backbone, message, tmp_path):
 
 @pytest.mark.slow
 def test_backbones_lists_builtins_and_searches_the_libraries(tmp_path):
-    listing = selfsup("backbones", cwd=tmp_path).stdout
+    listing = selfsup("backbones", cwd=tmp_path, fresh=True).stdout
     assert "resnet18" in listing and "vit_tiny" in listing and "timm:NAME" in listing and "torchvision:NAME" in listing
     found = selfsup("backbones", "--search", "convnext_at", cwd=tmp_path).stdout
     assert "timm:convnext_atto" in found and "torchvision:convnext_tiny" not in found

@@ -57,7 +57,7 @@ def read_split(source: str, split: str = "train", channels: int = 3, **kw) -> tu
 def test_folder_to_shards_round_trip_is_pixel_exact(tmp_path):
     truth = make_folder(tmp_path / "pics")
     proc = selfsup("shards", "write", "--from", str(tmp_path / "pics"), "--out", str(tmp_path / "shards"),
-                   "--maxcount", "5", "--quiet", cwd=tmp_path)
+                   "--maxcount", "5", "--quiet", cwd=tmp_path, fresh=True)
     assert "train: 36 samples in 8 shards" in proc.stdout and "3 classes" in proc.stdout
     for source in (f"shards:{tmp_path / 'shards'}", f"folder:{tmp_path / 'pics'}"):
         images, labels, health = read_split(source)

@@ -22,14 +22,14 @@ from selfsup.cli_checks import (
     check_accelerator,
     check_ranges,
     check_writable,
-    reject_linked_overrides,
     reject_unknown_method,
 )
 from selfsup.data import SSLDataModule
 from selfsup.data.health import DataHealth
 from selfsup.eval import FeatureWriter
-from selfsup.eval.checkpoint import existing_checkpoint, load_checkpoint
+from selfsup.eval.checkpoint import load_checkpoint
 from selfsup.eval.transform import RecordEvalTransform
+from selfsup.gate import existing_checkpoint
 from selfsup.training.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_resumable, newest_intact
 from selfsup.training.collapse import CollapseMonitor
 from selfsup.training.nonfinite import NonFiniteGuard
@@ -320,10 +320,10 @@ def output_folders(config: Any) -> list[Path]:
 
 
 def run_lightning(args: list[str] | None) -> None:
-    """Run LightningCLI on ``args`` (``fit -c CONFIG ...``; None: the command line)."""
+    """Run LightningCLI on ``args`` (``fit -c CONFIG ...``; None: the command line), which ``selfsup.console``
+    checked for a missing config file and linked values set by hand."""
     given = sys.argv[1:] if args is None else args
     reject_unknown_method(given)
-    reject_linked_overrides(given)
     SelfsupCLI(
         L.LightningModule,  # a method (SSLMethod) or a probe (FrozenProbe)
         SSLDataModule,

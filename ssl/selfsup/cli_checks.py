@@ -6,6 +6,7 @@ import math
 import os
 import pickle
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,17 @@ from selfsup.errors import ConfigError
 # Model arguments the CLI links from the data, and where their value comes from.
 LINK_ORIGIN = {"num_classes": "the data's classes", "in_channels": "the data's image channels",
                "batch_size": "data.batch_size"}
+
+
+def check_config_files(args: list[str]) -> None:
+    """Each ``-c``/``--config`` naming a YAML file names one that exists (said before Lightning loads)."""
+    for flag, value in zip(args, [*args[1:], ""]):
+        flag, joined, after = flag.partition("=")
+        if flag in ("-c", "--config"):
+            value = after if joined else value
+            if value.endswith((".yaml", ".yml")) and not Path(value).is_file():
+                raise ConfigError(f"config {value} does not exist; give a YAML file (the recipes that ship with "
+                                  "selfsup are found from any folder, e.g. experiments/simclr/mnist5k.yaml)")
 
 
 def reject_linked_overrides(args: list[str]) -> None:
@@ -110,18 +122,19 @@ def summarize_parse_error(message: str) -> str:
 
 def user_error(err: BaseException) -> ConfigError | None:
     """The ConfigError behind ``err`` (jsonargparse wraps errors raised while instantiating classes); a
-    checkpoint that torch refused to unpickle becomes one too."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    from selfsup.eval.checkpoint import code_refusal
-
+    checkpoint that torch refused to unpickle becomes one too. Imports nothing for a ConfigError (a refusal made
+    before torch and Lightning loaded stays quick)."""
+    lightning_errors = sys.modules.get("lightning.fabric.utilities.exceptions")  # none raised if not loaded
+    misconfiguration = lightning_errors.MisconfigurationException if lightning_errors else ()
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, ConfigError):
             return _unwrapped_from_worker(err)
         if isinstance(err, pickle.UnpicklingError):
+            from selfsup.eval.checkpoint import code_refusal
+
             return code_refusal(err)
-        if isinstance(err, MisconfigurationException):  # Lightning's own one-line check of a trainer argument
+        if isinstance(err, misconfiguration):  # Lightning's own one-line check of a trainer argument
             return ConfigError(f"{str(err).strip().splitlines()[0]} (fix it in the config or on the command line)")
         seen.add(id(err))
         err = err.__cause__ or err.__context__

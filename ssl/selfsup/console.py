@@ -18,7 +18,7 @@ TOOLS = {
     "plot": ("selfsup.eval_commands:plot_main", "t-SNE of a checkpoint's val features, as a PNG"),
     "backbones": ("selfsup.backbones_cli:main", "the backbone names: built-in ones, timm:NAME, torchvision:NAME"),
     "export": ("selfsup.eval_commands:export_main", "a checkpoint's backbone as a plain state dict + backbone.json"),
-    "reconstruct": ("selfsup.eval_commands:reconstruct_main", "SimMIM: original / masked / reconstructed images"),
+    "reconstruct": ("selfsup.eval_commands:reconstruct_main", "SimMIM, MAE: original / masked / reconstructed images"),
     "shards": ("selfsup.shards_cli:main", "shards write (a folder or built-in set -> shards), shards inspect"),
     "results": ("selfsup.results:main", "every CPU recipe and its evaluations vs random init and raw pixels"),
     "bench": ("selfsup.bench.cli:main", "speed: bench (each method's step), bench data (pipeline), bench knn (FAISS)"),
@@ -86,6 +86,10 @@ def run(args: list[str]) -> int | None:
     args = with_recipes(args)
     if args[0] in TOOLS:
         return tool(args[0])(args[1:])
+    from selfsup.cli_checks import check_config_files, reject_linked_overrides
+
+    check_config_files(args)  # refused before Lightning loads: at once
+    reject_linked_overrides(args)
     from selfsup.cli import run_lightning
 
     return run_lightning(args)

@@ -6,7 +6,8 @@
     selfsup reconstruct --ckpt runs/.../last.ckpt -c experiments/simmim/mnist5k-vit-tiny.yaml --out recon.png
 
 ``-c`` takes a YAML file with a ``data:`` section as in `selfsup fit -c` configs (any fit config works).
-torch and the data pipeline are imported once the arguments are parsed, so ``--help`` answers at once.
+torch and the data pipeline are imported once the arguments are parsed and the checkpoint's path is checked, so
+``--help`` and a wrong path answer at once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from selfsup.errors import ConfigError
+from selfsup.gate import existing_checkpoint
 from selfsup.training.runs import eval_folder
 
 if TYPE_CHECKING:
@@ -34,10 +36,6 @@ if TYPE_CHECKING:
 def load_data(config: Path, need_labels: bool, what: str, label: str | None = None) -> SSLDataModule:
     """The SSLDataModule of the ``data:`` section of ``config`` (a fit config or just a data block); ``label``
     replaces its ``label`` (which label kNN and the probes read)."""
-    from jsonargparse import ArgumentParser
-
-    from selfsup.data import SSLDataModule
-
     if not config.is_file():
         raise ConfigError(f"data config {config} does not exist; give a YAML file with a data: section "
                           "(e.g. experiments/eval/mnist5k.yaml)")
@@ -47,6 +45,10 @@ def load_data(config: Path, need_labels: bool, what: str, label: str | None = No
         raise ConfigError(f"{config} is not valid YAML ({str(err).splitlines()[0]})") from err
     if not isinstance(raw, dict) or "data" not in raw:
         raise ConfigError(f"{config} has no data: section; write one as in experiments/eval/mnist5k.yaml")
+    from jsonargparse import ArgumentParser
+
+    from selfsup.data import SSLDataModule
+
     section = raw["data"] if "class_path" in (raw["data"] or {}) else {
         "class_path": "selfsup.data.SSLDataModule", "init_args": raw["data"] or {}}
     if label is not None:
@@ -80,6 +82,16 @@ def _device(name: str | None) -> torch.device:
         return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as err:
         raise ConfigError(f"--device {name!r} is not a device ({err}); use cpu or cuda") from None
+
+
+def _checked_device_and_checkpoint(args: argparse.Namespace) -> torch.device:
+    """``--device`` (a CUDA one must exist) with ``--ckpt`` through the gate; without ``--device`` the path is
+    checked first, before torch loads, so a wrong one is refused at once."""
+    if args.device is None:
+        existing_checkpoint(args.ckpt)
+    device = _device(args.device)
+    existing_checkpoint(args.ckpt)
+    return device
 
 
 def _backbone_for(ckpt: Path, data: SSLDataModule, frames: bool = False) -> tuple[torch.nn.Module, BackboneSpec]:
@@ -132,17 +144,15 @@ def knn_main(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON file (default: RUN/eval/knn-TIME/knn.json, or beside a checkpoint outside a run)")
     args = parser.parse_args(argv)
-    from selfsup.eval.checkpoint import existing_checkpoint
-    from selfsup.eval.features import split_features
-    from selfsup.eval.knn import knn_evaluate
-    from selfsup.training.atomic import atomic_write, check_target
-
     if args.k and min(args.k) < 1:
         raise ConfigError(f"--k must be at least 1, got {min(args.k)}")
     if not (math.isfinite(args.temperature) and args.temperature > 0):
         raise ConfigError(f"--temperature must be a positive number, got {args.temperature} (the default is 0.07)")
-    device = _device(args.device)
-    existing_checkpoint(args.ckpt)
+    device = _checked_device_and_checkpoint(args)
+    from selfsup.eval.features import split_features
+    from selfsup.eval.knn import knn_evaluate
+    from selfsup.training.atomic import atomic_write, check_target
+
     folder = eval_folder(args.ckpt, "knn")
     out = args.out or (folder / "knn.json" if folder else args.ckpt.with_suffix(".knn.json"))
     check_target(out, [args.ckpt])  # before the evaluation, not after
@@ -172,6 +182,7 @@ def export_main(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path, required=True, help="where to write the state dict (.pt)")
     parser.add_argument("--force", action="store_true", help="replace --out (and its .json) if they exist")
     args = parser.parse_args(argv)
+    existing_checkpoint(args.ckpt)  # before torch loads
     from selfsup.eval.export import describe, export_backbone
 
     with writing(args.out):
@@ -185,13 +196,11 @@ def plot_main(argv: list[str]) -> None:
     _frames_flag(parser)
     parser.add_argument("--out", type=Path, default=Path("embedding.png"))
     args = parser.parse_args(argv)
-    from selfsup.eval.checkpoint import existing_checkpoint
+    device = _checked_device_and_checkpoint(args)
     from selfsup.eval.features import split_features
     from selfsup.eval.plot import figure_format, save_embedding_plot
 
     figure_format(args.out)  # before the evaluation, not after
-    device = _device(args.device)
-    existing_checkpoint(args.ckpt)
     data = load_data(args.config, need_labels=False, what="plot")
     backbone, spec = _backbone_for(args.ckpt, data, args.frames)
     features, labels = split_features(backbone.to(device), data, "val", device, progress=True)
@@ -201,20 +210,43 @@ def plot_main(argv: list[str]) -> None:
     print(f"written: {out}")
 
 
+def masked_image_model(ckpt: Path, config: Path) -> torch.nn.Module:
+    """The method of ``config``'s ``model.class_path`` (SimMIM, MAE: one with a ``reconstructor``) built from the
+    hyper-parameters and weights of ``ckpt`` (read weights-only)."""
+    import selfsup.methods
+    from selfsup.eval.checkpoint import load_checkpoint
+
+    raw = yaml.safe_load(config.read_text())
+    class_path = str(((raw.get("model") or {}) if isinstance(raw, dict) else {}).get("class_path", ""))
+    cls = getattr(selfsup.methods, class_path.removeprefix("selfsup.methods."), None)
+    if not class_path.startswith("selfsup.methods.") or not hasattr(cls, "reconstructor"):
+        raise ConfigError(f"reconstructions need the fit config of a masked-image run (model.class_path "
+                          f"selfsup.methods.SimMIM or selfsup.methods.MAE), but {config} names {class_path or 'none'}")
+    state = load_checkpoint(ckpt)
+    try:  # another method's options (TypeError) or weights (RuntimeError)
+        model = cls(**{k: v for k, v in state["hyper_parameters"].items() if not k.startswith("_")})
+        model.load_state_dict(state["state_dict"])
+    except (TypeError, RuntimeError):
+        raise ConfigError(f"{ckpt} is not a {cls.__name__} checkpoint of this architecture; give the last.ckpt "
+                          f"of the run {config} configured") from None
+    return model.eval()
+
+
 def reconstruct_main(argv: list[str]) -> None:
-    """Original / masked / reconstruction of a few val images of a SimMIM checkpoint, as a PNG grid."""
+    """Original / masked / reconstruction of a few val images of a SimMIM or MAE checkpoint, as a PNG grid."""
     parser = argparse.ArgumentParser(prog="selfsup reconstruct", description=reconstruct_main.__doc__)
     _common(parser)
     parser.add_argument("--out", type=Path, default=Path("reconstruction.png"))
     parser.add_argument("--num-images", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="seed of the masks")
     args = parser.parse_args(argv)
+    device = _checked_device_and_checkpoint(args)
     from selfsup.eval.plot import figure_format
-    from selfsup.eval.reconstruction import load_simmim, reconstruction_rows, save_reconstruction_grid
+    from selfsup.eval.reconstruction import reconstruction_rows, save_reconstruction_grid
 
     figure_format(args.out)
-    device = _device(args.device)
-    model = load_simmim(args.ckpt)
     data = load_data(args.config, need_labels=False, what="reconstruct")
-    rows = reconstruction_rows(model.to(device), data, args.num_images, args.seed, device)
-    print(f"written: {save_reconstruction_grid(rows, args.out, f'SimMIM reconstructions ({args.ckpt.name})')}")
+    model = masked_image_model(args.ckpt, args.config).to(device)
+    rows = reconstruction_rows(model.reconstructor(data.views), data, args.num_images, args.seed, device)
+    title = f"{type(model).__name__} reconstructions ({args.ckpt.name})"
+    print(f"written: {save_reconstruction_grid(rows, args.out, title)}")

@@ -1,4 +1,5 @@
-"""Heads shared by the methods: projectors (MLP), prototypes (SwAV), and the linear classifier used by probes."""
+"""Heads shared by the methods: projectors (MLP), prototypes (SwAV), decoders (SimMIM, MAE), and the linear classifier
+used by probes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from selfsup.backbones.posembed import sincos_2d
 from selfsup.backbones.vit import Block
+from selfsup.data.masking import unshuffle
 
 LastNorm = Literal["none", "bn", "bn_noshift", "bn_noaffine"]
 
@@ -53,12 +55,13 @@ class MLP(nn.Sequential):
 
 
 class LinearClassifier(nn.Linear):
-    """A linear layer from features to class logits (online probe, linear evaluation)."""
+    """A linear layer from features to class logits (online probe, linear evaluation, fine-tuning), weights
+    normal with ``init_std`` (MAE's fine-tuning: 2e-5), bias 0."""
 
-    def __init__(self, num_features: int, num_classes: int) -> None:
+    def __init__(self, num_features: int, num_classes: int, init_std: float = 0.01) -> None:
         super().__init__(num_features, num_classes)
         nn.init.zeros_(self.bias)
-        nn.init.normal_(self.weight, std=0.01)
+        nn.init.normal_(self.weight, std=init_std)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return super().forward(features)
@@ -186,3 +189,35 @@ class PixelShuffleDecoder(nn.Sequential):
     def __init__(self, in_dim: int, stride: int, channels: int = 3) -> None:
         super().__init__(nn.Conv2d(in_dim, channels * stride**2, kernel_size=1), nn.PixelShuffle(stride))
         self.stride, self.channels = stride, channels
+
+
+class MAEDecoder(nn.Module):
+    """MAE's light decoder over the encoder's tokens (B, 1 + K, in_dim) (class token, then the K visible patches
+    in the shuffled order of ``random_keep``): a Linear to ``dim``, one shared learned mask token in each of the
+    removed patches' slots, the tokens put back in patch order (``restore``), a fixed 2-D sine-cosine position
+    table (the column index's half first, zeros at the class token), ``depth`` pre-norm transformer blocks,
+    LayerNorm and a Linear to ``out_dim`` values per patch. Returns (B, num_patches, out_dim), the class token
+    dropped."""
+
+    def __init__(self, in_dim: int, grid: tuple[int, int], out_dim: int, dim: int = 512, depth: int = 8,
+                 num_heads: int = 16, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.embed = nn.Linear(in_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.register_buffer("pos_embed", sincos_2d(dim, *grid, first="column")[None], persistent=False)
+        self.blocks = nn.Sequential(*(Block(num_heads, dim, int(dim * mlp_ratio), 0.0, 0.0) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pred = nn.Linear(dim, out_dim)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, tokens: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        cls, visible = x[:, :1], x[:, 1:]
+        fill = self.mask_token.to(x.dtype).expand(x.shape[0], restore.shape[1] - visible.shape[1], -1)
+        patches = unshuffle(torch.cat([visible, fill], dim=1), restore)
+        x = torch.cat([cls, patches], dim=1) + self.pos_embed.to(x.dtype)
+        return self.pred(self.norm(self.blocks(x)))[:, 1:]

@@ -6,7 +6,7 @@ function given to them (``LambdaCallback``, ``LambdaLR``, ...) are refused. Trus
 the environment variable ``SELFSUP_TRUST`` (comma-separated module or class paths). It is an environment variable,
 not an option, so that no config file, checkpoint or sweep file can extend the trust it is checked against.
 
-Checkpoints are only read from local regular files, weights-only (``selfsup.eval.checkpoint.existing_checkpoint``).
+Checkpoints are only read from local regular files, weights-only (``selfsup.gate.existing_checkpoint``).
 """
 
 from __future__ import annotations

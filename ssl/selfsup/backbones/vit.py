@@ -45,6 +45,12 @@ def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
     return x * keep / (1 - rate)
 
 
+def drop_path_rates(rate: float, num_layers: int, uniform: bool = False) -> list[float]:
+    """Each block's drop-path rate: rising linearly from 0 at the first block to ``rate`` at the last (or
+    ``rate`` everywhere with ``uniform``)."""
+    return [rate if uniform or num_layers == 1 else rate * i / (num_layers - 1) for i in range(num_layers)]
+
+
 class Block(EncoderBlock):
     """torchvision's pre-norm transformer block (same parameter names) with drop path and optional LayerScale on
     both residual branches."""
@@ -110,8 +116,7 @@ class ViT(MaskedImageBackbone):
         self.encoder = vit.encoder
         if class_token:
             self.class_token = vit.class_token
-        rates = [drop_path if drop_path_uniform or num_layers == 1 else drop_path * i / (num_layers - 1)
-                 for i in range(num_layers)]
+        rates = drop_path_rates(drop_path, num_layers, drop_path_uniform)
         self.encoder.layers = nn.Sequential(OrderedDict(
             (f"encoder_layer_{i}", Block(num_heads, hidden_dim, mlp_dim, dropout, attention_dropout, rate,
                                          layer_scale or None)) for i, rate in enumerate(rates)))
@@ -133,6 +138,13 @@ class ViT(MaskedImageBackbone):
         self.image_size, self.patch_size, self.stride = image_size, patch_size, patch_size
         self.num_blocks, self.num_features, self.embed_dim = num_layers, hidden_dim, hidden_dim
         self.pool, self.num_prefix = pool, int(class_token) + num_registers
+
+    def set_drop_path(self, rate: float, uniform: bool = False) -> None:
+        """Give the blocks drop-path rates as ``drop_path`` does at construction (fine-tuning a pretrained ViT)."""
+        if not 0.0 <= rate < 1.0:
+            raise ConfigError(f"ViT drop_path must be in [0, 1), got {rate}")
+        for block, r in zip(self.encoder.layers, drop_path_rates(rate, self.num_blocks, uniform)):
+            block.drop_path = r
 
     def position_table(self, h: int, w: int) -> torch.Tensor:
         """The (1, 1 + h*w, C) position table for an h x w patch grid: the stored one, or its patch part resized

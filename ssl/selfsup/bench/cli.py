@@ -12,7 +12,8 @@ from selfsup.errors import ConfigError
 CONFIGS = {"SimCLR": "experiments/simclr/mnist5k.yaml", "RotNet": "experiments/rotnet/mnist5k.yaml",
            "CVRL": "experiments/cvrl/moving-mnist.yaml",
            "SwAV": "experiments/swav/mnist5k.yaml", "PixPro": "experiments/pixpro/mnist5k.yaml",
-           "SimMIM": "experiments/simmim/mnist5k-vit-tiny.yaml", "IJEPA": "experiments/ijepa/mnist5k-vit-tiny.yaml",
+           "SimMIM": "experiments/simmim/mnist5k-vit-tiny.yaml", "MAE": "experiments/mae/mnist5k-vit-tiny.yaml",
+           "IJEPA": "experiments/ijepa/mnist5k-vit-tiny.yaml",
            "BYOL": "experiments/byol/mnist5k.yaml", "MoCoV3": "experiments/mocov3/mnist5k.yaml",
            "BarlowTwins": "experiments/barlowtwins/mnist5k.yaml", "VICReg": "experiments/vicreg/mnist5k.yaml"}
 SUBCOMMANDS = """subcommands:

@@ -17,8 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-# the ways a method calls its backbone (DESIGN.md); a ViT's ``tokens`` also (kept-token lists: I-JEPA)
-ENTRIES = ("forward", "forward_features", "tokens")
+ENTRIES = ("forward", "forward_features", "tokens")  # the ways a method calls its backbone (tokens: ViT, MAE)
 
 
 @dataclass
@@ -52,8 +51,9 @@ def _detached(value: Any) -> Any:
 
 class BackboneCalls:
     """Context manager recording every outermost call of ``module.forward``, ``module.forward_features`` or
-    (where the module has it) ``module.tokens`` (``forward`` calling ``forward_features`` inside counts once),
-    arguments detached. ``module=None`` records nothing (a method without a momentum backbone)."""
+    (ViTs) ``module.tokens``
+    (``forward`` calling ``forward_features`` inside counts once), arguments detached. ``module=None``
+    records nothing (a method without a momentum backbone)."""
 
     def __init__(self, module: nn.Module | None) -> None:
         self.module, self.calls = module, []
@@ -61,7 +61,7 @@ class BackboneCalls:
 
     def __enter__(self) -> BackboneCalls:
         if self.module is not None:
-            for entry in (e for e in ENTRIES if callable(getattr(self.module, e, None))):
+            for entry in (e for e in ENTRIES if hasattr(self.module, e)):
                 self._saved[entry] = self.module.__dict__.get(entry)  # an instance attribute (compiled) or None
                 setattr(self.module, entry, self._recording(entry, getattr(self.module, entry)))
         return self

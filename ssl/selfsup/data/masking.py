@@ -1,4 +1,5 @@
-"""SimMIM's random mask (docs/methods/simmim.md): whole mask patches, at model-patch resolution."""
+"""Patch masks: SimMIM's random mask of whole mask patches at model-patch resolution (docs/methods/simmim.md), and
+MAE's per-sample random choice of the patches an encoder keeps (docs/methods/mae.md)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,33 @@ class MaskGenerator:
     def __repr__(self) -> str:
         return (f"MaskGenerator(input_size={self.input_size}, mask_patch_size={self.mask_patch_size}, "
                 f"model_patch_size={self.model_patch_size}, mask_ratio={self.mask_ratio})")
+
+
+def random_keep(batch: int, num_patches: int, mask_ratio: float, device: torch.device | str | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MAE's per-sample random masking: ``(keep, restore)``. Each sample's patches are ordered by the argsort of
+    uniform noise; ``keep`` (B, K) is the first ``K = floor(num_patches x (1 - mask_ratio))`` of that order (the
+    visible patches, exactly K per sample) and ``restore`` (B, num_patches) its inverse permutation, so that
+    ``x_shuffled.gather(1, restore)`` puts shuffled tokens back in patch order."""
+    if not 0 < mask_ratio < 1:
+        raise ConfigError(f"mask_ratio must be within (0, 1), got {mask_ratio}; MAE's is 0.75")
+    num_keep = int(num_patches * (1 - mask_ratio))
+    if num_keep < 1:
+        raise ConfigError(f"mask_ratio {mask_ratio} leaves none of {num_patches} patches visible; lower it")
+    noise = torch.rand(batch, num_patches, generator=generator, device=generator.device if generator else device)
+    noise = noise.to(device)
+    shuffle = noise.argsort(dim=1)
+    return shuffle[:, :num_keep], shuffle.argsort(dim=1)
+
+
+def removed_mask(restore: torch.Tensor, num_keep: int) -> torch.Tensor:
+    """(B, num_patches) in patch order, 1 where ``random_keep`` left the patch out (masked), 0 where it kept it."""
+    return (restore >= num_keep).to(torch.uint8)
+
+
+def unshuffle(tokens: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
+    """Tokens (B, L, C) in the shuffled order of ``random_keep`` (kept first) back in patch order."""
+    return tokens.gather(1, restore.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
 class MaskedViews(CropViews):

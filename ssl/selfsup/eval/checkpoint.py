@@ -1,6 +1,6 @@
 """A backbone out of a selfsup checkpoint: its architecture (from the hyper-parameters) and its weights.
 
-Every file selfsup unpickles passes ``existing_checkpoint`` (local regular files only) and loads with
+Every file selfsup unpickles passes ``selfsup.gate.existing_checkpoint`` (local regular files only) and loads with
 ``torch.load(weights_only=True)``: only tensors and plain containers are unpickled.
 Works for any checkpoint whose module has ``backbone`` as a submodule and ``backbone``, ``backbone_args`` and
 ``in_channels`` as hyper-parameters: every method and the probes.
@@ -22,6 +22,7 @@ from selfsup.backbones import Backbone, build_backbone
 from selfsup.data.limits import check_sizes
 from selfsup.errors import ConfigError
 from selfsup.eval.transform import KEY as EVAL_TRANSFORM
+from selfsup.gate import existing_checkpoint
 
 
 @dataclass(frozen=True)
@@ -42,40 +43,6 @@ class BackboneSpec:
         return f"{self.name}({args}{', ' if args else ''}in_channels={self.in_channels})"
 
 
-# A URL (``http://``, ``s3://``, ``file:/``) or an fsspec chain (``simplecache::http://...``): never opened.
-REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/|::")
-# Words Lightning's loader turns into a path it finds itself (``last`` is resolved by selfsup, then gated).
-KEYWORDS = ("best", "hpc", "registry")
-HINTS = {"checkpoint": "give the path of a .ckpt written by `selfsup fit`",
-         "exported backbone": "give the .pt file `selfsup export --out` wrote (its .json beside it) or a .ckpt",
-         "backbone spec": "export the backbone again with `selfsup export` (it writes the .json beside the .pt)"}
-
-
-def existing_checkpoint(path: str | Path, what: str = "checkpoint") -> Path:
-    """The gate every file selfsup unpickles passes: the local regular file ``path`` names, symlinks resolved.
-    Anything else (a URL or fsspec chain, Lightning's ``hpc``/``best``, a device, FIFO, socket, folder or missing
-    file) is a one-line ConfigError, raised before anything is opened or fetched."""
-    text = str(path)
-    if REMOTE.search(text):
-        raise ConfigError(f"refused to load {what} {text}: only local files are loaded (a remote {what} would be "
-                          "fetched and unpickled); download it first and give its local path")
-    if text in KEYWORDS or text.startswith("registry:"):
-        raise ConfigError(f"--ckpt_path {text} is not supported by selfsup; give the checkpoint file itself (e.g. "
-                          "RUN/checkpoints/epoch=...-step=....ckpt) or `last`")
-    try:
-        mode = os.stat(text).st_mode
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {text} does not exist; {HINTS.get(what, HINTS['checkpoint'])}") from None
-    except OSError as err:
-        raise ConfigError(f"cannot read {what} {text} ({err.strerror or err}); give a readable file") from None
-    if stat.S_ISDIR(mode):
-        found = sorted(Path(text).glob("**/checkpoints/last.ckpt")) or sorted(Path(text).glob("**/*.ckpt"))
-        hint = f", e.g. {found[-1]}" if found else " (this one holds none)"
-        raise ConfigError(f"{text} is a folder; give a {what} file written by selfsup{hint}")
-    if not stat.S_ISREG(mode):
-        raise ConfigError(f"refused to load {what} {text}: it is not a regular file (a device, FIFO, socket or "
-                          "pipe); save it to a file first and give that file")
-    return Path(text).resolve()
 
 
 def read_weights(path: str | Path, what: str = "checkpoint") -> Any:

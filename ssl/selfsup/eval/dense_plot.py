@@ -17,8 +17,8 @@ def mask_colours(mask: np.ndarray) -> np.ndarray:
     """RGB (H, W, 3) of a label map: background black, class c + 1 in tab10/tab20's colour c, ignored grey."""
     import matplotlib.pyplot as plt
 
-    palette = np.array([(0.0, 0.0, 0.0), *(plt.get_cmap("tab20" if mask.max(initial=0) > 10 else "tab10")(i)[:3]
-                                           for i in range(20))])
+    many = mask[mask != IGNORE].max(initial=0) > 10  # ignored pixels (255) do not make it tab20
+    palette = np.array([(0.0, 0.0, 0.0), *(plt.get_cmap("tab20" if many else "tab10")(i)[:3] for i in range(20))])
     rgb = palette[np.clip(mask, 0, len(palette) - 1)]
     rgb[mask == IGNORE] = 0.5
     return rgb

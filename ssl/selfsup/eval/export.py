@@ -25,11 +25,11 @@ from selfsup.eval.checkpoint import (
     backbone_spec,
     backbone_state,
     built_with,
-    existing_checkpoint,
     load_checkpoint,
     read_weights,
 )
 from selfsup.eval.transform import KEY, build_transform
+from selfsup.gate import existing_checkpoint
 from selfsup.training.atomic import atomic_save, atomic_write, check_target
 
 # Keys of a torchvision classification model that a backbone does not have (the classifier).

@@ -1,5 +1,5 @@
-"""Fine-tuning evaluation: the whole backbone from a checkpoint plus a linear head, with layer-wise lr decay
-(how SimMIM is judged).
+"""Fine-tuning evaluation: the whole backbone from a checkpoint plus a linear head, with layer-wise lr decay,
+drop path and a norm after the pooling (how SimMIM and MAE are judged).
 
     selfsup fit -c experiments/eval/finetune-mnist5k-vit-tiny.yaml --model.init_from runs/.../last.ckpt
 """
@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch.nn.functional as F
+from torch import nn
 
 from selfsup.data.views import CropViews, ViewRecipe
 from selfsup.errors import ConfigError
@@ -30,7 +31,8 @@ from selfsup.optim import (
 
 class FineTune(L.LightningModule):
     """Train the whole backbone (weights from ``init_from``; None: random init, the baseline) and a linear head
-    on its pooled features with cross-entropy (label smoothing); logs ``val/top1`` and ``val/top5``.
+    on its pooled features with cross-entropy (label smoothing); logs ``val/top1`` and ``val/top5``. One path
+    for SimMIM's and MAE's recipes: MAE's adds ``drop_path``, ``pool_norm`` and ``head_init_std``.
 
     Layer-wise lr decay: a parameter in transformer block i of L gets lr x ``layer_decay`` ^ (L + 1 - i); the
     patch embedding (and mask token, position tables) is depth 0, the final norm and the head depth L + 1
@@ -44,6 +46,11 @@ class FineTune(L.LightningModule):
             (``linear512``: x BS/512, SimMIM's rule); no weight decay for norms, biases, tokens, position tables.
         layer_decay: per-block lr decay factor (SimMIM: 0.9 Swin-B, 0.65 ViT-B [unverified]).
         label_smoothing: of the cross-entropy (SimMIM fine-tuning: 0.1).
+        drop_path: the ViT's largest drop-path rate, reached at its last block (MAE: 0.1 ViT-B, 0.2 ViT-L);
+            None keeps the checkpoint's.
+        pool_norm: a LayerNorm on the pooled feature before the head (MAE's global pool + ``fc_norm``; our ViT's
+            last norm stays in front of the pooling), at the head's depth.
+        head_init_std: std of the head's normal initial weights (MAE: 2e-5).
         warmup_epochs, warmup_start_factor, final_lr_factor: warmup + cosine schedule.
     """
 
@@ -68,6 +75,9 @@ class FineTune(L.LightningModule):
         warmup_epochs: float = 5.0,
         warmup_start_factor: float = 0.0,
         final_lr_factor: float = 0.0,
+        drop_path: float | None = None,
+        pool_norm: bool = False,
+        head_init_std: float = 0.01,
     ) -> None:
         super().__init__()
         if num_classes <= 0:
@@ -80,7 +90,14 @@ class FineTune(L.LightningModule):
         if layer_decay != 1.0 and not hasattr(self.backbone, "layer_id"):
             raise ConfigError(f"model.layer_decay {layer_decay} needs a backbone with transformer blocks (vit_*, "
                               f"swin_*), but {spec.name} has none; set model.layer_decay: 1.0")
-        self.head = LinearClassifier(self.backbone.num_features, num_classes)
+        if drop_path is not None:
+            if not hasattr(self.backbone, "set_drop_path"):
+                raise ConfigError(f"model.drop_path needs one of selfsup's ViTs (vit, vit_tiny, vit_s_16, vit_b_16), "
+                                  f"but the backbone is {spec.name}; drop model.drop_path")
+            self.backbone.set_drop_path(drop_path)
+        width = self.backbone.num_features
+        self.pool_norm = nn.LayerNorm(width, eps=1e-6) if pool_norm else nn.Identity()
+        self.head = LinearClassifier(width, num_classes, head_init_std)
 
     def default_views(self, size: int) -> ViewRecipe:
         """Random resized crops and flips, normalised as the backbone's pretraining (set data.views for a
@@ -96,7 +113,7 @@ class FineTune(L.LightningModule):
 
     def forward(self, images):
         """Class logits of images."""
-        return self.head(self.backbone(images))
+        return self.head(self.pool_norm(self.backbone(images)))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int):
         labels = batch["label"]
@@ -122,11 +139,13 @@ class FineTune(L.LightningModule):
         self._eval_step(batch, "test")
 
     def parameter_groups(self) -> list[dict]:
-        """Layer-wise decayed groups over the backbone and the head (the head at the top depth)."""
+        """Layer-wise decayed groups over the backbone, the pooled feature's norm and the head (both at the top
+        depth)."""
         hp, blocks = self.hparams, getattr(self.backbone, "num_blocks", 0)
         top = blocks + 1
         layer_id = getattr(self.backbone, "layer_id", lambda name: top)
         named = [*(("backbone." + n, p) for n, p in self.backbone.named_parameters()),
+                 *(("pool_norm." + n, p) for n, p in self.pool_norm.named_parameters()),
                  *(("head." + n, p) for n, p in self.head.named_parameters())]
 
         def depth(name: str) -> int:

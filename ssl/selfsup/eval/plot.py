@@ -17,13 +17,15 @@ from selfsup.training.atomic import atomic_write
 
 
 def tsne_2d(features: torch.Tensor, seed: int = 0) -> np.ndarray:
-    """(N, 2) t-SNE coordinates of L2-normalised features (PCA to 50 dimensions first when wider)."""
+    """(N, 2) t-SNE coordinates of L2-normalised features (PCA first to 50 dimensions when wider, or to N when there
+    are fewer samples: PCA finds no more components than samples)."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
     x = torch.nn.functional.normalize(features.float(), dim=1).numpy()
-    if x.shape[1] > 50:
-        x = PCA(50, random_state=seed).fit_transform(x)
+    width = min(50, len(x))
+    if x.shape[1] > width:
+        x = PCA(width, random_state=seed).fit_transform(x)
     perplexity = min(30.0, (len(x) - 1) / 3)
     return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
 

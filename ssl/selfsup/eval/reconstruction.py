@@ -1,4 +1,5 @@
-"""Masked-image reconstructions as a PNG grid: original / masked / reconstruction of a few val images (SimMIM).
+"""Masked-image reconstructions as a PNG grid: original / masked / reconstruction of a few val images (SimMIM,
+MAE: each method hands over its ``reconstructor``).
 
     selfsup reconstruct --ckpt runs/.../last.ckpt -c experiments/simmim/mnist5k-vit-tiny.yaml --out recon.png
 
@@ -7,6 +8,7 @@ The ``ReconstructionGrid`` callback writes the same grid into the run folder dur
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +22,6 @@ from selfsup.losses.simmim import pixel_mask
 
 if TYPE_CHECKING:
     from selfsup.data import SSLDataModule
-    from selfsup.data.masking import MaskedViews
 
 
 def _to_unit(x: torch.Tensor, norm: tuple[tuple[float, ...], tuple[float, ...]] | None) -> torch.Tensor:
@@ -67,37 +68,26 @@ def save_reconstruction_grid(rows: list[torch.Tensor], out: str | Path, title: s
     return save_figure(fig, out)
 
 
-def masked_views_of(data: SSLDataModule) -> MaskedViews:
-    """The data's MaskedViews (their mask geometry and normalisation), or a ConfigError naming the fix."""
-    from selfsup.data.masking import MaskedViews
-
-    if not isinstance(data.views, MaskedViews):
-        raise ConfigError(f"reconstructions need the SimMIM run's data.views (MaskedViews), but they are "
-                          f"{type(data.views).__name__}; give the SimMIM fit config with -c")
-    return data.views
+Reconstruct = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+"""What a masked-image method hands evaluation: ``f(images, generator) -> (mask (B, h, w), reconstruction
+(B, C, H, W))``, masks drawn with ``generator``, 1 = masked, pixels in the views' normalisation."""
 
 
 @torch.no_grad()
-def reconstruction_rows(model: torch.nn.Module, data: SSLDataModule, num_images: int = 8, seed: int = 0,
+def reconstruction_rows(reconstruct: Reconstruct, data: SSLDataModule, num_images: int = 8, seed: int = 0,
                         device: torch.device | str = "cpu") -> list[torch.Tensor]:
     """Original / masked / reconstruction rows of the first ``num_images`` un-augmented val images, with masks
-    drawn from the views' mask generator by ``seed`` (the same masks every time)."""
-    views = masked_views_of(data)
+    drawn by ``seed`` (the same masks every time). Call it with the model in eval mode."""
     images = next(iter(data.eval_dataloader("val", all_ranks=True)))["image"][:num_images]
-    mask = views.masks.batch(len(images), torch.Generator().manual_seed(seed))
-    was_training = model.training
-    model.eval()
-    try:
-        recon = model.reconstruct(images.to(device), mask.to(device)).float().cpu()
-    finally:
-        model.train(was_training)
-    return grid_rows(images, mask, recon, views.masks.model_patch_size, views.normalization)
+    mask, recon = reconstruct(images.to(device), torch.Generator().manual_seed(seed))
+    mask, recon = mask.cpu(), recon.float().cpu()
+    return grid_rows(images, mask, recon, images.shape[-1] // mask.shape[-1], data.views.normalization)
 
 
 class ReconstructionGrid(L.Callback):
     """Every ``every_n_epochs`` and after the last epoch, write ``reconstruction-epoch{N}.png`` (original /
-    masked / reconstruction of ``num_images`` val images, fixed masks) into the run folder. Rank 0; not under
-    ``fast_dev_run``."""
+    masked / reconstruction of ``num_images`` val images, fixed masks, from the method's ``reconstructor(views)``)
+    into the run folder. Rank 0; not under ``fast_dev_run``."""
 
     def __init__(self, every_n_epochs: int = 5, num_images: int = 8, seed: int = 0) -> None:
         self.every_n_epochs, self.num_images, self.seed = every_n_epochs, num_images, seed
@@ -110,21 +100,16 @@ class ReconstructionGrid(L.Callback):
             return
         if data is None or not data.source.has_split("val"):
             return
-        rows = reconstruction_rows(pl_module, data, self.num_images, self.seed, pl_module.device)
+        if not hasattr(pl_module, "reconstructor"):
+            raise ConfigError(f"ReconstructionGrid pictures masked-image methods (SimMIM, MAE), not "
+                              f"{type(pl_module).__name__}; drop it from trainer.callbacks")
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            rows = reconstruction_rows(pl_module.reconstructor(data.views), data, self.num_images, self.seed,
+                                       pl_module.device)
+        finally:
+            pl_module.train(was_training)
         out = save_reconstruction_grid(rows, Path(trainer.log_dir or ".") / f"reconstruction-epoch{epoch}.png",
-                                       f"SimMIM reconstructions, epoch {epoch}")
+                                       f"{type(pl_module).__name__} reconstructions, epoch {epoch}")
         rank_zero_info(f"reconstruction grid: {out}")
-
-
-def load_simmim(path: str | Path) -> torch.nn.Module:
-    """The SimMIM module (backbone and decoder) of a checkpoint, read weights-only."""
-    from selfsup.eval.checkpoint import load_checkpoint
-    from selfsup.methods import SimMIM
-
-    ckpt = load_checkpoint(path)
-    hp = dict(ckpt["hyper_parameters"])
-    if not any(k.startswith("decoder.") for k in ckpt["state_dict"]):
-        raise ConfigError(f"{path} is not a SimMIM checkpoint (no decoder); give the last.ckpt of a SimMIM run")
-    model = SimMIM(**{k: v for k, v in hp.items() if not k.startswith("_")})
-    model.load_state_dict(ckpt["state_dict"])
-    return model

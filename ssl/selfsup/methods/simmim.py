@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -63,9 +64,18 @@ class SimMIM(SSLMethod):
                 raise ConfigError(f"data.views.size {views.size} is not a multiple of the backbone's stride "
                                   f"{self.backbone.stride}; choose an image size that is")
 
-    def reconstruct(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Pixels predicted from masked images (B, C, H, W), in the views' normalisation."""
-        return self.decoder(self.backbone(images, mask=mask, dense=True))
+    def reconstructor(self, views: ViewRecipe | None) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+        """``f(images, generator) -> (mask, pixels predicted from the masked images (B, C, H, W))`` with masks from
+        ``views``' mask generator (the run's MaskedViews: their geometry is the data's, not the model's)."""
+        if not isinstance(views, MaskedViews):
+            raise ConfigError(f"reconstructions need the SimMIM run's data.views (MaskedViews), but they are "
+                              f"{type(views).__name__}; give the SimMIM fit config with -c")
+
+        def reconstruct(images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+            mask = views.masks.batch(len(images), generator).to(images.device)
+            return mask, self.decoder(self.backbone(images, mask=mask, dense=True))
+
+        return reconstruct
 
     def ssl_step(self, batch: dict[str, Any]) -> StepOutput:
         images, mask = batch["images"], batch["mask"]

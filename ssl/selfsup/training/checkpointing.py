@@ -13,7 +13,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from selfsup.errors import ConfigError
-from selfsup.eval.checkpoint import REMOTE, BackboneSpec, backbone_spec, check_same_architecture, load_checkpoint
+from selfsup.eval.checkpoint import BackboneSpec, backbone_spec, check_same_architecture, load_checkpoint
+from selfsup.gate import REMOTE
 from selfsup.training.atomic import atomic_save
 from selfsup.trust import trusted
 
