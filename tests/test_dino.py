@@ -311,3 +311,4 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(vit_run, tmp_path, cas
     assert "Traceback" not in proc.stderr
     assert ckpt.read_bytes() == before
     assert not list(tmp_path.glob("runs/*/version_*/checkpoints/*")), "a checkpoint was written"
+
