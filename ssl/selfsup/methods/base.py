@@ -59,12 +59,25 @@ def host_scalar(value: float) -> torch.Tensor:
 class StepOutput:
     """What a method's ``ssl_step`` returns: the loss, pooled backbone features of one view (for the online probe
     and the collapse monitor), what the loss compares for that view (projector outputs, for the collapse
-    monitor; None where there is no projector) and extra logs."""
+    monitor; None where there is no projector) and extra logs (``schedule/*`` ones: the value a per-step schedule
+    gave this step, logged per step only)."""
 
     loss: torch.Tensor
     features: torch.Tensor | None = None
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
     embeddings: torch.Tensor | None = None
+
+
+def size_runs(crops: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+    """(start, end) of each run of consecutive same-sized image batches in ``crops``."""
+    runs, start = [], 0
+    while start < len(crops):
+        end = start + 1
+        while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
+            end += 1
+        runs.append((start, end))
+        start = end
+    return runs
 
 
 class SSLMethod(L.LightningModule):
@@ -154,14 +167,7 @@ class SSLMethod(L.LightningModule):
     def backbone_by_size(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
         """Pooled features of a list of image batches, concatenated in order: one backbone forward per run of
         consecutive same-sized batches (multi-crop: one per resolution), not one per crop."""
-        features, start = [], 0
-        while start < len(crops):
-            end = start + 1
-            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
-                end += 1
-            features.append(self.backbone(torch.cat(list(crops[start:end]))))
-            start = end
-        return torch.cat(features)
+        return torch.cat([self.backbone(torch.cat(list(crops[start:end]))) for start, end in size_runs(crops)])
 
     def compile_backbones(self) -> None:
         """``torch.compile`` ``forward`` (through ``module.compile()``, which keeps the state-dict keys) and
@@ -188,7 +194,9 @@ class SSLMethod(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """The loss, with the step's detached features and embeddings for callbacks (``CollapseMonitor``)."""
         out = self.ssl_step(batch)
-        loss, logs = out.loss, {"train/loss": out.loss, **out.logs}
+        schedules = {k: v for k, v in out.logs.items() if k.startswith("schedule/")}  # this step's values, unaveraged
+        loss = out.loss
+        logs = {"train/loss": out.loss, **{k: v for k, v in out.logs.items() if k not in schedules}}
         if self.probe is not None and out.features is not None:
             probe_loss, top1 = self._probe(out.features.detach(), batch["label"])
             loss = loss + probe_loss
@@ -196,6 +204,8 @@ class SSLMethod(L.LightningModule):
         self.log_dict(logs, on_step=True, on_epoch=True, prog_bar=False, batch_size=len(batch["label"]))
         self.log("train/lr", host_scalar(self.trainer.optimizers[0].param_groups[0]["lr"]), on_step=True,
                  on_epoch=False)
+        if schedules:
+            self.log_dict(schedules, on_step=True, on_epoch=False, batch_size=len(batch["label"]))
         detached = {k: getattr(out, k) for k in ("features", "embeddings") if getattr(out, k) is not None}
         return {"loss": loss, **{k: v.detach() for k, v in detached.items()}}
 
@@ -247,15 +257,23 @@ class SSLMethod(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         return {"features": pooled_features(self.backbone, batch["image"]), "label": batch["label"]}
 
+    def no_decay(self, name: str, param: torch.nn.Parameter) -> bool:
+        """Whether ``param`` is left out of weight decay (and LARS adaptation)."""
+        return self.hparams.exclude_norms_and_biases and is_no_decay(name, param)
+
+    def parameter_groups(self, named: list[tuple[str, torch.nn.Parameter]]) -> list[dict]:
+        """The optimizer's groups of the method's parameters (the probe's is added to them): decayed and not,
+        the latter at ``no_decay_lr_scale`` of the lr."""
+        groups = split_decay(named, self.hparams.weight_decay, self.no_decay)
+        for group in groups:
+            group["lr_scale"] = 1.0 if group["adapt"] else self.no_decay_lr_scale
+        return groups
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         lr = scaled_lr(hp.lr, global_batch_size(hp.batch_size, self.trainer), hp.lr_scaling)
         probe = set(self.probe.parameters()) if self.probe is not None else set()
-        no_decay = is_no_decay if hp.exclude_norms_and_biases else (lambda name, p: False)
-        named = ((n, p) for n, p in self.named_parameters() if p not in probe)
-        groups = split_decay(named, hp.weight_decay, no_decay)
-        for group in groups:
-            group["lr_scale"] = 1.0 if group["adapt"] else self.no_decay_lr_scale
+        groups = self.parameter_groups([(n, p) for n, p in self.named_parameters() if p not in probe])
         if probe:
             groups.append({"params": list(probe), "weight_decay": 0.0, "adapt": False, "lr": hp.probe_lr})
         opt = build_optimizer(hp.optimizer, groups, lr, hp.momentum, hp.weight_decay, tuple(hp.betas))
