@@ -1,8 +1,10 @@
-"""SimMIM's random mask (docs/methods/simmim.md): whole mask patches, at model-patch resolution."""
+"""The masks of masked-image methods, at model-patch resolution: SimMIM's random mask patches
+(docs/methods/simmim.md) and iBOT's blockwise masks (docs/methods/ibot.md)."""
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,6 +63,75 @@ class MaskGenerator:
     def __repr__(self) -> str:
         return (f"MaskGenerator(input_size={self.input_size}, mask_patch_size={self.mask_patch_size}, "
                 f"model_patch_size={self.model_patch_size}, mask_ratio={self.mask_ratio})")
+
+
+class BlockMaskGenerator:
+    """iBOT's blockwise masks (BEiT's blocks) of an (h, w) patch grid, 1 = masked.
+
+    Each mask draws its ratio r uniformly from the choices ``ratio[i] +- ratio_var[i]`` (a choice with var 0 is
+    exactly ``ratio[i]``); the default, iBOT's recipe (ratio 0 0.3, var 0 0.2), leaves half the images unmasked
+    and masks the other half at U(0.1, 0.5). Rectangles are then added until r x h x w patches are masked: area
+    U(min_area, remaining), aspect log-uniform in ``aspect``, random position, kept when it masks between 1 and
+    ``remaining`` new patches; up to 10 tries per rectangle, stopping when none is kept. ``min_area`` None:
+    (min(h, w) // 3)^2, 16 on ViT-S/16's 14 x 14 grid.
+    """
+
+    tries = 10
+
+    def __init__(self, grid: int | Sequence[int], ratio: Sequence[float] = (0.0, 0.3),
+                 ratio_var: Sequence[float] = (0.0, 0.2), aspect: Sequence[float] = (0.3, 1 / 0.3),
+                 min_area: int | None = None) -> None:
+        self.grid = (grid, grid) if isinstance(grid, int) else tuple(grid)
+        self.ratio, self.ratio_var, self.aspect = list(ratio), list(ratio_var), tuple(aspect)
+        if len(self.ratio) != len(self.ratio_var) or not self.ratio:
+            raise ConfigError(f"give one mask ratio_var per mask ratio, got ratio={self.ratio}, "
+                              f"ratio_var={self.ratio_var}")
+        if any(not 0 <= m - v <= m + v < 1 for m, v in zip(self.ratio, self.ratio_var)):
+            raise ConfigError(f"each mask ratio +- its ratio_var must lie in [0, 1), got ratio={self.ratio}, "
+                              f"ratio_var={self.ratio_var}")
+        if not 0 < self.aspect[0] <= self.aspect[1]:
+            raise ConfigError(f"mask aspect must be a range (low, high) with 0 < low <= high, got {list(self.aspect)}")
+        self.min_area = (min(self.grid) // 3) ** 2 if min_area is None else min_area
+
+    def draw_ratio(self, rng: random.Random) -> float:
+        """One mask's ratio: a uniform choice among ``ratio[i] +- ratio_var[i]``."""
+        ratios = [rng.uniform(m - v, m + v) if v > 0 else m for m, v in zip(self.ratio, self.ratio_var)]
+        return rng.choice(ratios)
+
+    def block_mask(self, ratio: float, rng: random.Random) -> torch.Tensor:
+        """One (h, w) bool mask of rectangles covering at most ``ratio`` x h x w patches."""
+        h, w = self.grid
+        mask = torch.zeros(h, w, dtype=torch.bool)
+        target, count = ratio * h * w, 0
+        log_aspect = (math.log(self.aspect[0]), math.log(self.aspect[1]))
+        while count < target:
+            remaining, added = target - count, 0
+            for _ in range(self.tries):
+                area, aspect = rng.uniform(self.min_area, remaining), math.exp(rng.uniform(*log_aspect))
+                bh, bw = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+                if bh >= h or bw >= w:
+                    continue
+                top, left = rng.randint(0, h - bh), rng.randint(0, w - bw)
+                block = mask[top : top + bh, left : left + bw]
+                new = bh * bw - int(block.sum())
+                if 0 < new <= remaining:
+                    block.fill_(True)
+                    added = new
+                    break
+            if not added:
+                break
+            count += added
+        return mask
+
+    def batch(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, h, w) uint8 masks, each with its own ratio; reproducible from ``generator`` (None: torch's
+        global generator, seeded per loader worker)."""
+        rng = random.Random(int(torch.randint(2**62, (1,), generator=generator)))
+        return torch.stack([self.block_mask(self.draw_ratio(rng), rng) for _ in range(batch)]).to(torch.uint8)
+
+    def __repr__(self) -> str:
+        return (f"BlockMaskGenerator(grid={self.grid}, ratio={self.ratio}, ratio_var={self.ratio_var}, "
+                f"aspect={list(self.aspect)}, min_area={self.min_area})")
 
 
 class MaskedViews(CropViews):

@@ -1,0 +1,49 @@
+"""iBOT's masked patch-token self-distillation (docs/methods/ibot.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from selfsup.distributed import is_distributed, world_size
+
+
+def masked_patch_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+                      masks: Sequence[torch.Tensor], centre: torch.Tensor, teacher_temp: float,
+                      student_temp: float = 0.1) -> torch.Tensor:
+    """The student predicts, at each masked patch of a global crop, the teacher's output at that patch of the
+    same crop unmasked.
+
+    ``student``/``teacher``: one (B, N, K) tensor of patch logits per global crop (student from the masked crop,
+    teacher from the unmasked one); ``masks``: the crops' (B, h, w) masks, h x w = N, 1 = masked; ``centre``:
+    (K,) the teacher's patch centre. With t = softmax((teacher - centre) / teacher_temp), detached, and
+    s = log_softmax(student / student_temp), in float32::
+
+        loss = mean_g mean_b [ sum_{n masked} -sum_k t[g,b,n,k] s[g,b,n,k] / max(#masked(g, b), 1) ]
+
+    An image without a masked patch counts 0 in its batch mean. This rank's images only: DDP's gradient
+    averaging makes it the global mean.
+    """
+    with torch.autocast(student[0].device.type, enabled=False):
+        total = student[0].new_zeros((), dtype=torch.float32)
+        for s, t, m in zip(student, teacher, masks, strict=True):
+            targets = F.softmax((t.detach().float() - centre) / teacher_temp, dim=-1)
+            per_patch = -(targets * F.log_softmax(s.float() / student_temp, dim=-1)).sum(dim=-1)  # (B, N)
+            m = m.flatten(1).float()
+            total = total + ((per_patch * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)).mean()
+        return total / len(student)
+
+
+@torch.no_grad()
+def updated_centre(centre: torch.Tensor, teacher: Sequence[torch.Tensor], momentum: float = 0.9) -> torch.Tensor:
+    """``momentum x centre + (1 - momentum) x`` the mean of the teacher's logits over every row of ``teacher``
+    (each (..., K): all crops, all images, all patches) on all ranks (all-reduced, no gradient). Every rank
+    must pass the same number of rows. The caller uses the old centre for this step's targets."""
+    rows = torch.cat([t.detach().float().flatten(0, -2) for t in teacher])
+    total = rows.sum(dim=0)
+    if is_distributed():
+        dist.all_reduce(total)
+    return momentum * centre + (1 - momentum) * total / (len(rows) * world_size())
