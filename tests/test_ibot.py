@@ -70,6 +70,10 @@ def test_bad_mask_settings_are_named(kwargs, says):
 
 
 # ---- the masked patch loss and its centre ---------------------------------------------------------------------
+def targets(teacher, centre, temp) -> list[torch.Tensor]:
+    return [torch.softmax((t - centre) / temp, dim=-1) for t in teacher]
+
+
 def reference_loss(student, teacher, masks, centre, t_temp, s_temp=0.1) -> float:
     """Image by image, patch by patch, in float64."""
     crops = []
@@ -98,7 +102,7 @@ def logits_and_masks(b: int = 4, h: int = 3, k: int = 5, seed: int = 0):
 def test_the_loss_matches_the_formula_image_by_image():
     student, teacher, masks = logits_and_masks()
     centre = torch.randn(5)
-    got = masked_patch_loss(student, teacher, masks, centre, teacher_temp=0.05, student_temp=0.2)
+    got = masked_patch_loss(student, targets(teacher, centre, 0.05), masks, student_temp=0.2)
     assert abs(got.item() - reference_loss(student, teacher, masks, centre, 0.05, 0.2)) < 1e-5
 
 
@@ -106,14 +110,14 @@ def test_only_masked_patches_count_and_an_unmasked_image_adds_0_to_the_batch_mea
     student, teacher, masks = logits_and_masks()
     for s in student:
         s.requires_grad_(True)
-    loss = masked_patch_loss(student, teacher, masks, torch.zeros(5), 0.07)
+    probs = targets(teacher, torch.zeros(5), 0.07)
+    loss = masked_patch_loss(student, probs, masks)
     loss.backward()
     visible = masks[0].flatten(1) == 0
     assert student[0].grad[visible].abs().max() == 0 and student[0].grad[~visible].abs().min() > 0
     # the unmasked image 0 of crop 0 stays in the mean with 0: dropping it would divide by 3, not 4
-    kept = masked_patch_loss([s[1:] for s in student[:1]], [t[1:] for t in teacher[:1]], [masks[0][1:]],
-                             torch.zeros(5), 0.07)
-    alone = masked_patch_loss(student[:1], teacher[:1], masks[:1], torch.zeros(5), 0.07)
+    kept = masked_patch_loss([student[0][1:]], [probs[0][1:]], [masks[0][1:]])
+    alone = masked_patch_loss(student[:1], probs[:1], masks[:1])
     assert abs(alone.item() - kept.item() * 3 / 4) < 1e-6
 
 
@@ -141,9 +145,9 @@ def problem() -> tuple[nn.Module, nn.Module, torch.Tensor, list[torch.Tensor], t
 
 
 def step(student, teacher, features, masks, centre) -> tuple[torch.Tensor, torch.Tensor]:
-    targets = teacher(features).unbind()
-    loss = masked_patch_loss(student(features).unbind(), targets, masks, centre, 0.04)  # one forward, as DDP needs
-    return loss, updated_centre(centre, targets)
+    logits = teacher(features).unbind()
+    loss = masked_patch_loss(student(features).unbind(), targets(logits, centre, 0.04), masks)  # one DDP forward
+    return loss, updated_centre(centre, logits)
 
 
 def _rank_main(rank: int, world: int, port: int, out: str) -> None:

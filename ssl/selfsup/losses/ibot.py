@@ -11,30 +11,28 @@ import torch.nn.functional as F
 from selfsup.distributed import is_distributed, world_size
 
 
-def masked_patch_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
-                      masks: Sequence[torch.Tensor], centre: torch.Tensor, teacher_temp: float,
-                      student_temp: float = 0.1) -> torch.Tensor:
-    """The student predicts, at each masked patch of a global crop, the teacher's output at that patch of the
-    same crop unmasked.
+def masked_patch_loss(student_logits: Sequence[torch.Tensor], teacher_probs: Sequence[torch.Tensor],
+                      masks: Sequence[torch.Tensor], student_temp: float = 0.1) -> torch.Tensor:
+    """The student predicts, at each masked patch of a global crop, the teacher's target at that patch of the
+    same crop seen unmasked (never another crop's).
 
-    ``student``/``teacher``: one (B, N, K) tensor of patch logits per global crop (student from the masked crop,
-    teacher from the unmasked one); ``masks``: the crops' (B, h, w) masks, h x w = N, 1 = masked; ``centre``:
-    (K,) the teacher's patch centre. With t = softmax((teacher - centre) / teacher_temp), detached, and
-    s = log_softmax(student / student_temp), in float32::
+    ``student_logits``: one (B, N, K) tensor of patch logits per global crop, from the masked crop;
+    ``teacher_probs``: the teacher's (B, N, K) patch targets of the same crops (iBOT: centred with the patch
+    centre and sharpened); ``masks``: the crops' (B, h, w) masks, h x w = N, 1 = masked. With
+    s = log_softmax(student_logits / student_temp), in float32::
 
         loss = mean_g mean_b [ sum_{n masked} -sum_k t[g,b,n,k] s[g,b,n,k] / max(#masked(g, b), 1) ]
 
     An image without a masked patch counts 0 in its batch mean. This rank's images only: DDP's gradient
     averaging makes it the global mean.
     """
-    with torch.autocast(student[0].device.type, enabled=False):
-        total = student[0].new_zeros((), dtype=torch.float32)
-        for s, t, m in zip(student, teacher, masks, strict=True):
-            targets = F.softmax((t.detach().float() - centre) / teacher_temp, dim=-1)
-            per_patch = -(targets * F.log_softmax(s.float() / student_temp, dim=-1)).sum(dim=-1)  # (B, N)
+    with torch.autocast(student_logits[0].device.type, enabled=False):
+        total = student_logits[0].new_zeros((), dtype=torch.float32)
+        for s, t, m in zip(student_logits, teacher_probs, masks, strict=True):
+            per_patch = -(t.float() * F.log_softmax(s.float() / student_temp, dim=-1)).sum(dim=-1)  # (B, N)
             m = m.flatten(1).float()
             total = total + ((per_patch * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)).mean()
-        return total / len(student)
+        return total / len(student_logits)
 
 
 @torch.no_grad()
