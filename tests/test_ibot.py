@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from selfsup.data.masking import BlockMaskGenerator
 from selfsup.errors import ConfigError
-from selfsup.losses import masked_patch_loss, updated_centre
+from selfsup.losses import centered_targets, masked_patch_loss, updated_center
 from test_distributed import free_port
 
 
@@ -71,7 +71,7 @@ def test_bad_mask_settings_are_named(kwargs, says):
 
 # ---- the masked patch loss and its centre ---------------------------------------------------------------------
 def targets(teacher, centre, temp) -> list[torch.Tensor]:
-    return [torch.softmax((t - centre) / temp, dim=-1) for t in teacher]
+    return [centered_targets(t, centre, temp) for t in teacher]
 
 
 def reference_loss(student, teacher, masks, centre, t_temp, s_temp=0.1) -> float:
@@ -121,11 +121,11 @@ def test_only_masked_patches_count_and_an_unmasked_image_adds_0_to_the_batch_mea
     assert abs(alone.item() - kept.item() * 3 / 4) < 1e-6
 
 
-def test_the_centre_is_the_ema_of_the_mean_over_every_teacher_patch():
+def test_the_patch_centre_is_the_ema_of_the_mean_over_every_teacher_patch():
     _, teacher, _ = logits_and_masks()
-    centre = torch.randn(5)
+    centre = torch.randn(1, 5)
     mean = torch.cat([t.reshape(-1, 5) for t in teacher]).mean(dim=0)
-    assert torch.allclose(updated_centre(centre, teacher, 0.9), 0.9 * centre + 0.1 * mean, atol=1e-6)
+    assert torch.allclose(updated_center(centre, torch.stack(teacher), 0.9), 0.9 * centre + 0.1 * mean, atol=1e-6)
 
 
 # ---- 2 ranks x N == 1 rank x 2N -------------------------------------------------------------------------------
@@ -147,7 +147,7 @@ def problem() -> tuple[nn.Module, nn.Module, torch.Tensor, list[torch.Tensor], t
 def step(student, teacher, features, masks, centre) -> tuple[torch.Tensor, torch.Tensor]:
     logits = teacher(features).unbind()
     loss = masked_patch_loss(student(features).unbind(), targets(logits, centre, 0.04), masks)  # one DDP forward
-    return loss, updated_centre(centre, logits)
+    return loss, updated_center(centre, torch.stack(logits))
 
 
 def _rank_main(rank: int, world: int, port: int, out: str) -> None:

@@ -61,3 +61,13 @@ def all_reduce_logsumexp(x: torch.Tensor) -> torch.Tensor:
     total = (x - peak).exp()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return peak + total.log()
+
+
+@torch.no_grad()
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of ``x`` over ranks (a new tensor; a copy of ``x`` without a process group). No
+    gradient: for statistics such as DINO's centre."""
+    total = x.detach().clone()
+    if is_distributed():
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total

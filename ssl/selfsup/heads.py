@@ -149,3 +149,46 @@ class PixelShuffleDecoder(nn.Sequential):
     def __init__(self, in_dim: int, stride: int, channels: int = 3) -> None:
         super().__init__(nn.Conv2d(in_dim, channels * stride**2, kernel_size=1), nn.PixelShuffle(stride))
         self.stride, self.channels = stride, channels
+
+
+class WeightNormLinear(nn.Module):
+    """A bias-free linear layer with weight normalisation, ``W = g * V / ||V||`` row by row: ``weight_v`` (K, D)
+    and ``weight_g`` (K, 1), g filled with 1. ``norm_last_layer``: g stays 1 (``requires_grad`` off), so every
+    output is a cosine similarity to a learned direction (DINO's head)."""
+
+    def __init__(self, in_dim: int, out_dim: int, norm_last_layer: bool = True) -> None:
+        super().__init__()
+        self.weight_v = nn.Parameter(nn.Linear(in_dim, out_dim, bias=False).weight.detach().clone())
+        self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight_g * F.normalize(self.weight_v, dim=1, eps=0.0))
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head: ``layers`` Linear layers (GELU between, BN after the hidden ones with ``use_bn``)
+    from ``in_dim`` through ``hidden_dim`` to a ``bottleneck_dim`` output, L2-normalised, then a weight-normalised
+    bias-free ``last_layer`` to ``out_dim`` (K) logits. Linears truncated-normal (std 0.02), biases 0. Works on
+    any leading dimensions (pooled features or all tokens of a ViT)."""
+
+    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 layers: int = 3, norm_last_layer: bool = True, use_bn: bool = False) -> None:
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (max(layers, 1) - 1) + [bottleneck_dim]
+        modules: list[nn.Module] = []
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            linear = nn.Linear(d_in, d_out)
+            nn.init.trunc_normal_(linear.weight, std=0.02)
+            nn.init.zeros_(linear.bias)
+            modules.append(linear)
+            if i < len(dims) - 2:
+                modules += [nn.BatchNorm1d(d_out), nn.GELU()] if use_bn else [nn.GELU()]
+        self.mlp = nn.Sequential(*modules)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, norm_last_layer)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised bottleneck output (..., bottleneck_dim)."""
+        return F.normalize(self.mlp(x), dim=-1, eps=1e-12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(self.embed(x))

@@ -211,3 +211,14 @@ def warmup_cosine_scheduler(
         optimizer, lambda step: warmup_cosine(step, total, warmup, start_factor, final_factor)
     )
     return {"scheduler": schedule, "interval": "step"}
+
+
+@torch.no_grad()
+def clip_grad_per_tensor_(params: Iterable[nn.Parameter], max_norm: float) -> None:
+    """Scale each gradient whose L2 norm exceeds ``max_norm`` by ``max_norm / (norm + 1e-6)``, tensor by tensor
+    (DINO's clipping; not one global norm)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    scales = [(max_norm / (n + 1e-6)).clamp(max=1.0) for n in torch._foreach_norm(grads)]
+    torch._foreach_mul_(grads, scales)

@@ -1,7 +1,15 @@
 """Losses: pure functions of tensors, each documenting its formula and convention."""
 
 from selfsup.losses.contrastive import nt_xent
-from selfsup.losses.ibot import masked_patch_loss, updated_centre
+from selfsup.losses.dino import (
+    centered_targets,
+    dino_loss,
+    koleo_loss,
+    sinkhorn_targets,
+    teacher_temperature,
+    updated_center,
+)
+from selfsup.losses.ibot import masked_patch_loss
 from selfsup.losses.pixpro import instance_consistency, pixpro_loss, positive_pixel_pairs
 from selfsup.losses.simmim import masked_l1_loss
 from selfsup.losses.swav import sinkhorn, swapped_prediction_loss
@@ -14,6 +22,7 @@ from selfsup.losses.twoview import (
     vicreg_terms,
 )
 
-__all__ = ["barlow_twins_loss", "byol_loss", "instance_consistency", "masked_l1_loss", "masked_patch_loss",
-           "moco_v3_contrast", "moco_v3_loss", "nt_xent", "pixpro_loss", "positive_pixel_pairs", "regression_loss",
-           "sinkhorn", "swapped_prediction_loss", "updated_centre", "vicreg_terms"]
+__all__ = ["barlow_twins_loss", "byol_loss", "centered_targets", "dino_loss", "instance_consistency", "koleo_loss",
+           "masked_l1_loss", "masked_patch_loss", "moco_v3_contrast", "moco_v3_loss", "nt_xent", "pixpro_loss",
+           "positive_pixel_pairs", "regression_loss", "sinkhorn", "sinkhorn_targets", "swapped_prediction_loss",
+           "teacher_temperature", "updated_center", "vicreg_terms"]

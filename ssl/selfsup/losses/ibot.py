@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-
-from selfsup.distributed import is_distributed, world_size
 
 
 def masked_patch_loss(student_logits: Sequence[torch.Tensor], teacher_probs: Sequence[torch.Tensor],
@@ -33,15 +30,3 @@ def masked_patch_loss(student_logits: Sequence[torch.Tensor], teacher_probs: Seq
             m = m.flatten(1).float()
             total = total + ((per_patch * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)).mean()
         return total / len(student_logits)
-
-
-@torch.no_grad()
-def updated_centre(centre: torch.Tensor, teacher: Sequence[torch.Tensor], momentum: float = 0.9) -> torch.Tensor:
-    """``momentum x centre + (1 - momentum) x`` the mean of the teacher's logits over every row of ``teacher``
-    (each (..., K): all crops, all images, all patches) on all ranks (all-reduced, no gradient). Every rank
-    must pass the same number of rows. The caller uses the old centre for this step's targets."""
-    rows = torch.cat([t.detach().float().flatten(0, -2) for t in teacher])
-    total = rows.sum(dim=0)
-    if is_distributed():
-        dist.all_reduce(total)
-    return momentum * centre + (1 - momentum) * total / (len(rows) * world_size())

@@ -67,6 +67,18 @@ class StepOutput:
     embeddings: torch.Tensor | None = None
 
 
+def size_runs(crops: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+    """(start, end) of each run of consecutive same-sized image batches in ``crops``."""
+    runs, start = [], 0
+    while start < len(crops):
+        end = start + 1
+        while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
+            end += 1
+        runs.append((start, end))
+        start = end
+    return runs
+
+
 class SSLMethod(L.LightningModule):
     """Base of every method. A subclass adds its heads and implements ``ssl_step`` and ``default_views``.
 
@@ -154,14 +166,7 @@ class SSLMethod(L.LightningModule):
     def backbone_by_size(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
         """Pooled features of a list of image batches, concatenated in order: one backbone forward per run of
         consecutive same-sized batches (multi-crop: one per resolution), not one per crop."""
-        features, start = [], 0
-        while start < len(crops):
-            end = start + 1
-            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
-                end += 1
-            features.append(self.backbone(torch.cat(list(crops[start:end]))))
-            start = end
-        return torch.cat(features)
+        return torch.cat([self.backbone(torch.cat(list(crops[start:end]))) for start, end in size_runs(crops)])
 
     def compile_backbones(self) -> None:
         """``torch.compile`` ``forward`` (through ``module.compile()``, which keeps the state-dict keys) and
@@ -247,15 +252,23 @@ class SSLMethod(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         return {"features": pooled_features(self.backbone, batch["image"]), "label": batch["label"]}
 
+    def no_decay(self, name: str, param: torch.nn.Parameter) -> bool:
+        """Whether ``param`` is left out of weight decay (and LARS adaptation)."""
+        return self.hparams.exclude_norms_and_biases and is_no_decay(name, param)
+
+    def parameter_groups(self, named: list[tuple[str, torch.nn.Parameter]]) -> list[dict]:
+        """The optimizer's groups of the method's parameters (the probe's is added to them): decayed and not,
+        the latter at ``no_decay_lr_scale`` of the lr."""
+        groups = split_decay(named, self.hparams.weight_decay, self.no_decay)
+        for group in groups:
+            group["lr_scale"] = 1.0 if group["adapt"] else self.no_decay_lr_scale
+        return groups
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         lr = scaled_lr(hp.lr, global_batch_size(hp.batch_size, self.trainer), hp.lr_scaling)
         probe = set(self.probe.parameters()) if self.probe is not None else set()
-        no_decay = is_no_decay if hp.exclude_norms_and_biases else (lambda name, p: False)
-        named = ((n, p) for n, p in self.named_parameters() if p not in probe)
-        groups = split_decay(named, hp.weight_decay, no_decay)
-        for group in groups:
-            group["lr_scale"] = 1.0 if group["adapt"] else self.no_decay_lr_scale
+        groups = self.parameter_groups([(n, p) for n, p in self.named_parameters() if p not in probe])
         if probe:
             groups.append({"params": list(probe), "weight_decay": 0.0, "adapt": False, "lr": hp.probe_lr})
         opt = build_optimizer(hp.optimizer, groups, lr, hp.momentum, hp.weight_decay, tuple(hp.betas))

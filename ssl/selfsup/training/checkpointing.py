@@ -123,3 +123,6 @@ def check_resumable(ckpt: dict[str, Any], model: pl.LightningModule, path: str |
         expected = BackboneSpec(mine["backbone"], dict(mine.get("backbone_args") or {}),
                                 int(mine.get("in_channels", 3)))
         check_same_architecture(backbone_spec(ckpt, path), expected, path)
+    check_method = getattr(model, "check_checkpoint", None)  # a method's own conditions (DINO: norm_last_layer)
+    if check_method is not None:
+        check_method(hp, str(path))
