@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,9 +17,11 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from selfsup.data.masking import BlockMaskGenerator
+from clirun import REPO, selfsup
+from selfsup.data.masking import BlockMaskGenerator, iBOTViews
 from selfsup.errors import ConfigError
 from selfsup.losses import centered_targets, masked_patch_loss, updated_center
+from selfsup.methods import iBOT
 from test_distributed import free_port
 
 
@@ -179,3 +183,130 @@ def test_two_ranks_give_the_loss_centre_and_gradients_of_one_rank(tmp_path):
             assert torch.allclose(got, p.grad, rtol=1e-4, atol=1e-7), (got - p.grad).abs().max()
     # a rank's own rows alone would give another centre: the all-reduce matters
     assert not torch.allclose(step(student, teacher, features[:, :N], [m[:N] for m in masks], centre)[1], new_centre)
+
+
+# ---- the method ------------------------------------------------------------------------------------------------
+SMALL = {"backbone": "vit_tiny", "backbone_args": {"image_size": 16, "num_layers": 1, "hidden_dim": 16,
+                                                    "mlp_dim": 32, "pool": "cls"},
+         "in_channels": 1, "num_classes": 0, "head_hidden_dim": 16, "bottleneck_dim": 8}
+
+
+def small_ibot(**kwargs) -> iBOT:
+    return iBOT(**{"out_dim": 32, "patch_out_dim": 32, **SMALL, **kwargs})
+
+
+def views_batch(b: int = 6, locals_: int = 2) -> dict:
+    views = iBOTViews(4, global_size=16, local_size=8, num_local=locals_, mean=[0.5], std=[0.25])
+    images = torch.randint(0, 256, (b, 1, 20, 20), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    torch.manual_seed(0)
+    batch = views.batch(images)
+    batch["masks"][0][0] = 0
+    batch["masks"][0][1, :2, :2] = 1  # image 1 of the first global crop: masked, whatever the draw
+    return batch
+
+
+def spy_tokens(monkeypatch, backbone, calls: list) -> None:
+    tokens = backbone.tokens
+
+    def recording(x, mask=None, keep=None):
+        calls.append((tuple(x.shape), None if mask is None else mask.clone()))
+        return tokens(x, mask, keep)
+
+    monkeypatch.setattr(backbone, "tokens", recording)
+
+
+def test_the_student_sees_its_globals_masked_the_teacher_unmasked_and_no_local_crop(monkeypatch):
+    model, batch = small_ibot(), views_batch()
+    student, teacher = [], []
+    spy_tokens(monkeypatch, model.backbone, student)
+    spy_tokens(monkeypatch, model.momentum_backbone, teacher)
+    model.ssl_step(batch)
+    assert [shape for shape, _ in teacher] == [(12, 1, 16, 16)] and teacher[0][1] is None  # both globals, unmasked
+    assert student[0][0] == (12, 1, 16, 16) and torch.equal(student[0][1], torch.cat(batch["masks"]))
+    assert [(shape, mask) for shape, mask in student[1:]] == [((12, 1, 8, 8), None)]  # the locals, one forward
+
+
+def test_the_loss_is_dinos_plus_the_patch_term_with_last_steps_patch_centre():
+    model, batch = small_ibot(teacher_patch_temp=0.05, warmup_teacher_patch_temp=0.05), views_batch()
+    centre = torch.randn(1, 32)
+    model.patch_center.copy_(centre)
+    with torch.no_grad():
+        student = model.student_outputs(batch["views"], batch["masks"])
+        teacher = model.teacher_outputs(batch["views"][:2])
+    out = model.ssl_step(batch)
+    want = masked_patch_loss(student.patch_logits, targets(teacher.patch_logits, centre, 0.05), batch["masks"])
+    assert out.logs["train/loss_patch"].item() == pytest.approx(want.item(), rel=1e-5)  # the previous centre
+    assert out.loss.item() == pytest.approx(out.logs["train/loss_dino"].item() + want.item(), rel=1e-5)
+    assert torch.allclose(model.patch_center, updated_center(centre, torch.cat(teacher.patch_logits)), atol=1e-6)
+    assert student.patch_logits[0].shape == (6, 16, 32)  # every patch of the 4 x 4 grid
+
+
+def test_an_unmasked_batch_gives_a_zero_patch_term_and_no_gradient_to_the_mask_token():
+    model, batch = small_ibot(), views_batch()
+    batch["masks"] = [torch.zeros_like(m) for m in batch["masks"]]
+    out = model.ssl_step(batch)
+    out.loss.backward()
+    assert out.logs["train/loss_patch"] == 0 and out.loss > 0
+    assert model.backbone.mask_token.grad is None or model.backbone.mask_token.grad.abs().max() == 0
+
+
+def test_a_separate_patch_layer_is_averaged_into_the_teacher_and_frozen_in_epoch_0():
+    model = small_ibot(shared_head=False, patch_out_dim=24, base_momentum=0.5)
+    assert model.patch_center.shape == (1, 24) and model.head.patch_layer.weight_v.shape == (24, 8)
+    assert not model.momentum_head.patch_layer.weight_v.requires_grad
+    model._trainer = SimpleNamespace(current_epoch=0, global_step=0, estimated_stepping_batches=10, world_size=1)
+    with torch.no_grad():
+        model.head.patch_layer.weight_v.add_(1.0)
+    before = model.momentum_head.patch_layer.weight_v.clone()
+    out = model.ssl_step(views_batch())
+    assert out.logs["train/loss_patch"] > 0
+    assert not torch.equal(model.momentum_head.patch_layer.weight_v, before)  # the EMA reached it
+    out.loss.backward()
+    assert model.head.patch_layer.weight_v.grad is not None
+    model.on_before_optimizer_step(None)
+    assert model.head.patch_layer.weight_v.grad is None and model.head.last_layer.weight_v.grad is None
+
+
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"backbone": "resnet18", "backbone_args": {"width": 4}}, "iBOT masks patch tokens, which 'resnet18' has none"),
+    ({"patch_out_dim": 16}, "set patch_out_dim: 32, or shared_head: false"),
+    ({"teacher_patch_temp": 0.2}, "model.teacher_patch_temp 0.2 must be in (0, model.student_temp 0.1]"),
+    ({"targets": "sinkhorn_knopp"}, "set targets: centering"),
+    ({"patch_center_momentum": 1.5}, "model.patch_center_momentum must be in [0, 1]"),
+])
+def test_bad_options_are_named(kwargs, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        small_ibot(**kwargs)
+
+
+def test_default_views_mask_the_backbones_patch_grid():
+    views = small_ibot().default_views(16)
+    batch = views.batch(torch.zeros(3, 1, 16, 16, dtype=torch.uint8))
+    assert isinstance(views, iBOTViews) and views.model_patch_size == 4
+    assert [m.shape for m in batch["masks"]] == [(3, 4, 4)] * 2 and len(batch["views"]) == 10
+    with pytest.raises(ConfigError, match="global_size a multiple of model_patch_size"):
+        iBOTViews(16, global_size=28)
+
+
+# ---- the recipes through the CLI ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_mnist_recipe_trains_a_few_steps(mnist5k, tmp_path):
+    selfsup("fit", "-c", str(REPO / "experiments/ibot/mnist5k-vit-tiny.yaml"), "--data.init_args.batch_size", "32",
+            "--data.init_args.num_workers", "0", "--trainer.log_every_n_steps", "1", "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1", "--trainer.callbacks=[]",
+            "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+    run = next((tmp_path / "runs/ibot-mnist5k-vit-tiny").glob("version_*"))
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    patch = [float(r["train/loss_patch"]) for r in rows if r.get("train/loss_patch")]
+    assert len(patch) == 3 and all(math.isfinite(v) for v in patch)
+    assert any(r.get("schedule/teacher_patch_temp") for r in rows)
+
+
+@pytest.mark.slow
+def test_the_paper_recipe_parses_with_the_official_values(tmp_path):
+    proc = selfsup("fit", "-c", str(REPO / "experiments/ibot/imagenet-vit-s16.yaml"), "--print_config", cwd=tmp_path,
+                   check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for line in ("class_path: selfsup.methods.iBOT", "backbone: vit_s_16", "out_dim: 8192", "shared_head: true",
+                 "norm_last_layer: false", "teacher_patch_temp: 0.07", "num_local: 10", "max_epochs: 800"):
+        assert line in proc.stdout, line

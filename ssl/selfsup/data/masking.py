@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from selfsup.data.dino_views import DINOViews
 from selfsup.data.views import IMAGENET_MEAN, IMAGENET_STD, CropViews
 from selfsup.errors import ConfigError
 
@@ -168,3 +169,41 @@ class MaskedViews(CropViews):
     def from_crops(self, crops: dict[str, Any], on_device: bool = False) -> dict[str, Any]:
         out = super().from_crops(crops, on_device)
         return {**out, "mask": self.masks.batch(len(out["images"])).to(out["images"].device)}
+
+
+class iBOTViews(DINOViews):
+    """DINO's multi-crop views (``DINOViews``) with a blockwise mask (``BlockMaskGenerator``) of each global crop
+    for the student: ``{"views": [g1, g2, l1, ..., ln], "masks": [(B, h, w), (B, h, w)]}`` uint8, 1 = masked,
+    (h, w) = the global crops' patch grid (``global_size / model_patch_size``; the backbone's patch size).
+    Masks are drawn with the views, in the loader workers or on the device. ``mask_ratio``/``mask_ratio_var``
+    (iBOT's pred_ratio, pred_ratio_var): each mask's ratio is a uniform choice among ``mask_ratio[i] +-
+    mask_ratio_var[i]``; the default leaves half the images unmasked. ``mask_aspect``: the blocks' height/width
+    range. The rest: ``DINOViews``'s options.
+    """
+
+    kind = "masked_multicrop"
+
+    def __init__(self, model_patch_size: int = 16, mask_ratio: Sequence[float] = (0.0, 0.3),
+                 mask_ratio_var: Sequence[float] = (0.0, 0.2), mask_aspect: Sequence[float] = (0.3, 1 / 0.3),
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.global_size % model_patch_size:
+            raise ConfigError(f"iBOTViews: global crops of {self.global_size} px do not split into whole "
+                              f"{model_patch_size} px patches; make global_size a multiple of model_patch_size")
+        self.model_patch_size = model_patch_size
+        self.masks = BlockMaskGenerator(self.global_size // model_patch_size, mask_ratio, mask_ratio_var,
+                                        mask_aspect)
+
+    def with_masks(self, views: dict[str, Any]) -> dict[str, Any]:
+        """``views`` with a mask of each global crop (on the crops' device)."""
+        first = views["views"][0]
+        return {**views, "masks": [self.masks.batch(len(first)).to(first.device) for _ in range(2)]}
+
+    def __call__(self, image: torch.Tensor) -> dict[str, Any]:
+        return {key: [v[0] for v in values] for key, values in self.batch(image[None]).items()}
+
+    def batch(self, images: torch.Tensor) -> dict[str, Any]:
+        return self.with_masks(super().batch(images))
+
+    def from_crops(self, crops: dict[str, Any], on_device: bool = False) -> dict[str, Any]:
+        return self.with_masks(super().from_crops(crops, on_device))

@@ -5,6 +5,7 @@ from selfsup.methods.base import SSLMethod, StepOutput
 from selfsup.methods.byol import BYOL
 from selfsup.methods.cvrl import CVRL
 from selfsup.methods.dino import DINO
+from selfsup.methods.ibot import iBOT
 from selfsup.methods.mocov3 import MoCoV3
 from selfsup.methods.pixpro import PixPro
 from selfsup.methods.rotnet import RotNet
@@ -13,5 +14,5 @@ from selfsup.methods.simmim import SimMIM
 from selfsup.methods.swav import SwAV
 from selfsup.methods.vicreg import VICReg
 
-__all__ = ["SSLMethod", "StepOutput", "BarlowTwins", "BYOL", "CVRL", "DINO", "MoCoV3", "PixPro", "RotNet", "SimCLR",
-           "SimMIM", "SwAV", "VICReg"]
+__all__ = ["SSLMethod", "StepOutput", "BarlowTwins", "BYOL", "CVRL", "DINO", "iBOT", "MoCoV3", "PixPro", "RotNet",
+           "SimCLR", "SimMIM", "SwAV", "VICReg"]

@@ -125,7 +125,7 @@ class DINO(MomentumTeacher, SSLMethod):
         if len(crops) < 2:
             raise ConfigError(f"DINO needs two global crops first in its views, got {len(crops)} crop(s)")
         momentum = self.update_momentum()
-        student = self.student_outputs(crops)
+        student = self.student_outputs(crops, batch.get("masks"))
         with torch.no_grad():
             teacher = self.teacher_outputs(crops[:2])
         temp = self.teacher_temp()
@@ -150,8 +150,9 @@ class DINO(MomentumTeacher, SSLMethod):
         logits = head.last_layer(embeddings)
         return Distilled(features, list(embeddings.chunk(len(crops))), list(logits.chunk(len(crops))))
 
-    def student_outputs(self, crops: Sequence[torch.Tensor]) -> Distilled:
-        """The student on every crop."""
+    def student_outputs(self, crops: Sequence[torch.Tensor], masks: Sequence[torch.Tensor] | None = None
+                        ) -> Distilled:
+        """The student on every crop (``masks``, one per global crop where the views make them, are iBOT's)."""
         return self.distill(self.backbone, self.head, crops)
 
     def teacher_outputs(self, global_crops: Sequence[torch.Tensor]) -> Distilled:
