@@ -59,11 +59,14 @@ def updated_center(center: torch.Tensor, teacher_logits: torch.Tensor, momentum:
 
 def teacher_temperature(epoch: float, warmup_epochs: float, warmup_temp: float = 0.04,
                         final_temp: float = 0.04) -> float:
-    """The teacher's temperature at ``epoch``: linear from ``warmup_temp`` to ``final_temp`` over ``warmup_epochs``
-    (DINO counts whole epochs; a fraction gives DINOv2's per-step ramp), then ``final_temp``."""
+    """The teacher's temperature at ``epoch``: DINO's ``linspace(warmup_temp, final_temp, warmup_epochs)``
+    indexed by the epoch (``warmup_temp`` at 0, ``final_temp`` from ``warmup_epochs - 1`` on; a fractional epoch
+    interpolates, DINOv2's per-step ramp)."""
     if epoch >= warmup_epochs:
         return final_temp
-    return warmup_temp + (final_temp - warmup_temp) * epoch / warmup_epochs
+    if warmup_epochs <= 1:
+        return warmup_temp
+    return warmup_temp + (final_temp - warmup_temp) * min(1.0, epoch / (warmup_epochs - 1))
 
 
 def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

@@ -59,7 +59,8 @@ def host_scalar(value: float) -> torch.Tensor:
 class StepOutput:
     """What a method's ``ssl_step`` returns: the loss, pooled backbone features of one view (for the online probe
     and the collapse monitor), what the loss compares for that view (projector outputs, for the collapse
-    monitor; None where there is no projector) and extra logs."""
+    monitor; None where there is no projector) and extra logs (``schedule/*`` ones: the value a per-step schedule
+    gave this step, logged per step only)."""
 
     loss: torch.Tensor
     features: torch.Tensor | None = None
@@ -193,7 +194,9 @@ class SSLMethod(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """The loss, with the step's detached features and embeddings for callbacks (``CollapseMonitor``)."""
         out = self.ssl_step(batch)
-        loss, logs = out.loss, {"train/loss": out.loss, **out.logs}
+        schedules = {k: v for k, v in out.logs.items() if k.startswith("schedule/")}  # this step's values, unaveraged
+        loss = out.loss
+        logs = {"train/loss": out.loss, **{k: v for k, v in out.logs.items() if k not in schedules}}
         if self.probe is not None and out.features is not None:
             probe_loss, top1 = self._probe(out.features.detach(), batch["label"])
             loss = loss + probe_loss
@@ -201,6 +204,8 @@ class SSLMethod(L.LightningModule):
         self.log_dict(logs, on_step=True, on_epoch=True, prog_bar=False, batch_size=len(batch["label"]))
         self.log("train/lr", host_scalar(self.trainer.optimizers[0].param_groups[0]["lr"]), on_step=True,
                  on_epoch=False)
+        if schedules:
+            self.log_dict(schedules, on_step=True, on_epoch=False, batch_size=len(batch["label"]))
         detached = {k: getattr(out, k) for k in ("features", "embeddings") if getattr(out, k) is not None}
         return {"loss": loss, **{k: v.detach() for k, v in detached.items()}}
 
