@@ -78,6 +78,11 @@ def targets(teacher, centre, temp) -> list[torch.Tensor]:
     return [centered_targets(t, centre, temp) for t in teacher]
 
 
+def at_masked(tensors, masks) -> list[torch.Tensor]:
+    """The (M, K) rows of each (B, N, K) tensor at its crop's masked patches, image by image."""
+    return [t[m.flatten(1).bool()] for t, m in zip(tensors, masks)]
+
+
 def reference_loss(student, teacher, masks, centre, t_temp, s_temp=0.1) -> float:
     """Image by image, patch by patch, in float64."""
     crops = []
@@ -106,23 +111,19 @@ def logits_and_masks(b: int = 4, h: int = 3, k: int = 5, seed: int = 0):
 def test_the_loss_matches_the_formula_image_by_image():
     student, teacher, masks = logits_and_masks()
     centre = torch.randn(5)
-    got = masked_patch_loss(student, targets(teacher, centre, 0.05), masks, student_temp=0.2)
+    probs = targets(at_masked(teacher, masks), centre, 0.05)
+    got = masked_patch_loss(at_masked(student, masks), probs, masks, student_temp=0.2)
     assert abs(got.item() - reference_loss(student, teacher, masks, centre, 0.05, 0.2)) < 1e-5
 
 
-def test_only_masked_patches_count_and_an_unmasked_image_adds_0_to_the_batch_mean():
+def test_an_unmasked_image_adds_0_to_the_batch_mean():
     student, teacher, masks = logits_and_masks()
-    for s in student:
-        s.requires_grad_(True)
-    probs = targets(teacher, torch.zeros(5), 0.07)
-    loss = masked_patch_loss(student, probs, masks)
-    loss.backward()
-    visible = masks[0].flatten(1) == 0
-    assert student[0].grad[visible].abs().max() == 0 and student[0].grad[~visible].abs().min() > 0
-    # the unmasked image 0 of crop 0 stays in the mean with 0: dropping it would divide by 3, not 4
-    kept = masked_patch_loss([student[0][1:]], [probs[0][1:]], [masks[0][1:]])
+    student, probs = at_masked(student, masks), targets(at_masked(teacher, masks), torch.zeros(5), 0.07)
+    # the unmasked image 0 of crop 0 has no rows but stays in the mean with 0: dropping it would divide by 3, not 4
+    rest = masks[0][1:]
+    kept = masked_patch_loss([student[0]], [probs[0]], [rest])
     alone = masked_patch_loss(student[:1], probs[:1], masks[:1])
-    assert abs(alone.item() - kept.item() * 3 / 4) < 1e-6
+    assert abs(alone.item() - kept.item() * 3 / 4) < 1e-6 and alone > 0
 
 
 def test_the_patch_centre_is_the_ema_of_the_mean_over_every_teacher_patch():
@@ -150,7 +151,8 @@ def problem() -> tuple[nn.Module, nn.Module, torch.Tensor, list[torch.Tensor], t
 
 def step(student, teacher, features, masks, centre) -> tuple[torch.Tensor, torch.Tensor]:
     logits = teacher(features).unbind()
-    loss = masked_patch_loss(student(features).unbind(), targets(logits, centre, 0.04), masks)  # one DDP forward
+    loss = masked_patch_loss(at_masked(student(features).unbind(), masks), targets(at_masked(logits, masks), centre,
+                             0.04), masks)  # one DDP forward
     return loss, updated_center(centre, torch.stack(logits))
 
 
@@ -234,11 +236,16 @@ def test_the_loss_is_dinos_plus_the_patch_term_with_last_steps_patch_centre():
         student = model.student_outputs(batch["views"], batch["masks"])
         teacher = model.teacher_outputs(batch["views"][:2])
     out = model.ssl_step(batch)
-    want = masked_patch_loss(student.patch_logits, targets(teacher.patch_logits, centre, 0.05), batch["masks"])
+    probs = targets(at_masked(teacher.patch_logits, batch["masks"]), centre, 0.05)
+    want = masked_patch_loss(student.patch_logits, probs, batch["masks"])
     assert out.logs["train/loss_patch"].item() == pytest.approx(want.item(), rel=1e-5)  # the previous centre
     assert out.loss.item() == pytest.approx(out.logs["train/loss_dino"].item() + want.item(), rel=1e-5)
     assert torch.allclose(model.patch_center, updated_center(centre, torch.cat(teacher.patch_logits)), atol=1e-6)
-    assert student.patch_logits[0].shape == (6, 16, 32)  # every patch of the 4 x 4 grid
+    with torch.no_grad():  # the student's head runs on the masked patches only, as it would on all of them
+        full = model.head(model.backbone.tokens(torch.cat(batch["views"][:2]), torch.cat(batch["masks"]))[:, 1:])
+    assert torch.allclose(torch.cat(student.patch_logits), full[torch.cat(batch["masks"]).flatten(1).bool()],
+                          atol=1e-5)
+    assert teacher.patch_logits[0].shape == (6, 16, 32)  # the teacher: every patch of the 4 x 4 grid
 
 
 def test_an_unmasked_batch_gives_a_zero_patch_term_and_no_gradient_to_the_mask_token():

@@ -14,18 +14,19 @@ from selfsup.data.views import ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.heads import DINOHead, WeightNormLinear
 from selfsup.losses import centered_targets, masked_patch_loss, teacher_temperature, updated_center
-from selfsup.methods.base import host_scalar
+from selfsup.methods.base import StepOutput, host_scalar
 from selfsup.methods.dino import DINO, Distilled
 from selfsup.momentum import check_momentum, momentum_copy
 
 
 @dataclass
 class PatchDistilled(Distilled):
-    """``Distilled`` plus, per global crop, the head's patch logits (B, N, K_patch) and the crop's mask
-    (B, h, w) (None: seen unmasked)."""
+    """``Distilled`` plus, per global crop, the head's patch logits: (B, N, K_patch) at every patch of an
+    unmasked crop (the teacher's), or (M, K_patch) at the M masked patches of a masked one (the student's, in
+    the order of ``masks[g].flatten(1).nonzero()``), and the crops' masks (B, h, w) (None: unmasked)."""
 
     patch_logits: list[torch.Tensor]
-    masks: list[torch.Tensor | None]
+    masks: list[torch.Tensor] | None
 
 
 def pooled(backbone: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -91,15 +92,21 @@ class iBOT(DINO):
     def distill_masked(self, backbone: nn.Module, head: DINOHead, crops: Sequence[torch.Tensor],
                        masks: Sequence[torch.Tensor] | None) -> PatchDistilled:
         """Backbone and head over ``crops``: the global ones (with ``masks``) through all their tokens in one
-        forward, the local ones pooled (one forward per size)."""
+        forward, the local ones pooled (one forward per size). With masks, the head sees the masked patches only
+        (the loss reads no other)."""
         tokens = backbone.tokens(torch.cat(list(crops[:2])), None if masks is None else torch.cat(list(masks)))
         features = [*pooled(backbone, tokens).chunk(2), *self.encode(backbone, crops[2:])]
         embeddings = head.embed(torch.cat(features))
         logits = head.last_layer(embeddings)
-        patch_layer = getattr(head, "patch_layer", head.last_layer)
-        patch_logits = patch_layer(head.embed(tokens[:, backbone.num_prefix:]))
+        patch_layer, patches = getattr(head, "patch_layer", head.last_layer), tokens[:, backbone.num_prefix:]
+        if masks is None:
+            patch_logits = list(patch_layer(head.embed(patches)).chunk(2))
+        else:
+            where = torch.cat(list(masks)).flatten(1).bool()
+            counts = [int(m.sum()) for m in masks]
+            patch_logits = list(patch_layer(head.embed(patches[where])).split(counts))
         return PatchDistilled(features, list(embeddings.chunk(len(crops))), list(logits.chunk(len(crops))),
-                              list(patch_logits.chunk(2)), list(masks) if masks is not None else [None, None])
+                              patch_logits, None if masks is None else list(masks))
 
     def student_outputs(self, crops: Sequence[torch.Tensor], masks: Sequence[torch.Tensor] | None = None
                         ) -> PatchDistilled:
@@ -111,9 +118,16 @@ class iBOT(DINO):
     def teacher_outputs(self, global_crops: Sequence[torch.Tensor]) -> PatchDistilled:
         return self.distill_masked(self.momentum_backbone, self.momentum_head, global_crops, None)
 
+    def ssl_step(self, batch: dict[str, Any]) -> StepOutput:
+        out = super().ssl_step(batch)
+        out.logs["schedule/teacher_patch_temp"] = host_scalar(self.teacher_patch_temp())
+        return out
+
     def loss_terms(self, student: PatchDistilled, teacher: PatchDistilled, temp: float) -> dict[str, torch.Tensor]:
         terms = super().loss_terms(student, teacher, temp)
-        targets = [centered_targets(t, self.patch_center, self.teacher_patch_temp()) for t in teacher.patch_logits]
+        patch_temp = self.teacher_patch_temp()
+        targets = [centered_targets(t[m.flatten(1).bool()], self.patch_center, patch_temp)
+                   for t, m in zip(teacher.patch_logits, student.masks)]  # at the student's masked patches
         patch = masked_patch_loss(student.patch_logits, targets, student.masks, self.hparams.student_temp)
         return {**terms, "patch": self.hparams.patch_weight * patch}
 
@@ -128,10 +142,6 @@ class iBOT(DINO):
         hp = self.hparams
         return teacher_temperature(self.current_epoch, hp.warmup_teacher_temp_epochs, hp.warmup_teacher_patch_temp,
                                    hp.teacher_patch_temp)
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)
-        self.log("schedule/teacher_patch_temp", host_scalar(self.teacher_patch_temp()), on_step=True, on_epoch=False)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         super().on_before_optimizer_step(optimizer)
