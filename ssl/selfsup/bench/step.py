@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-ENTRIES = ("forward", "forward_features")  # the two ways a method calls its backbone (DESIGN.md)
+# The ways a method calls its backbone (DESIGN.md), and a ViT's tokens (iBOT's globals: class and patch tokens)
+ENTRIES = ("forward", "forward_features", "tokens")
 
 
 @dataclass
@@ -50,8 +51,8 @@ def _detached(value: Any) -> Any:
 
 
 class BackboneCalls:
-    """Context manager recording every outermost call of ``module.forward`` or ``module.forward_features``
-    (``forward`` calling ``forward_features`` inside counts once), arguments detached. ``module=None``
+    """Context manager recording every outermost call of ``module.forward``, ``module.forward_features`` or
+    ``module.tokens`` (``forward`` calling ``forward_features`` inside counts once), arguments detached. ``module=None``
     records nothing (a method without a momentum backbone)."""
 
     def __init__(self, module: nn.Module | None) -> None:
@@ -60,7 +61,7 @@ class BackboneCalls:
 
     def __enter__(self) -> BackboneCalls:
         if self.module is not None:
-            for entry in ENTRIES:
+            for entry in (e for e in ENTRIES if hasattr(self.module, e)):
                 self._saved[entry] = self.module.__dict__.get(entry)  # an instance attribute (compiled) or None
                 setattr(self.module, entry, self._recording(entry, getattr(self.module, entry)))
         return self
