@@ -40,7 +40,8 @@ class iBOT(DINO):
     before the position table), the teacher sees them unmasked; besides DINO's loss on the pooled features (the
     student's global ones from the masked crops), every masked patch of a global crop predicts the teacher's
     output at that patch of the same crop (``selfsup.losses.masked_patch_loss``), with its own centre and
-    teacher temperature. The head's MLP runs on the pooled features and on every patch token.
+    teacher temperature. The head's MLP runs on the pooled features and on the patch tokens (the teacher's all
+    of them, for its centre; the student's only the masked ones, the loss reads no other).
 
     Args:
         out_dim: K of the pooled features' last layer (iBOT: 8192).
