@@ -311,3 +311,15 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(vit_run, tmp_path, cas
     assert "Traceback" not in proc.stderr
     assert ckpt.read_bytes() == before
     assert not list(tmp_path.glob("runs/*/version_*/checkpoints/*")), "a checkpoint was written"
+
+
+
+@pytest.mark.slow
+def test_the_imagenet_recipe_parses_with_the_official_values(tmp_path):
+    proc = selfsup("fit", "-c", str(REPO / "experiments/dino/imagenet-vit-s16.yaml"), "--print_config", cwd=tmp_path,
+                   check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for line in ("class_path: selfsup.methods.DINO", "backbone: vit_s_16", "out_dim: 65536", "teacher_temp: 0.04",
+                 "weight_decay_end: 0.4", "clip_grad: 3.0", "base_momentum: 0.996", "num_local: 8", "max_epochs: 100",
+                 "precision: 16-mixed", "lr: 0.0005"):
+        assert line in proc.stdout, line
