@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from clirun import REPO, TINY, selfsup
-from selfsup.training.collapse import RANKME_EPS, CollapseMonitor, mean_pairwise_cosine, rankme
+from selfsup.training.collapse import RANKME_EPS, CollapseMonitor, mean_pairwise_cosine, rankme, target_health
 
 
 def rankme_reference(z: np.ndarray) -> float:
@@ -55,9 +55,22 @@ def test_the_buffer_keeps_the_newest_rows() -> None:
 def test_bad_settings_are_refused_in_one_line() -> None:
     from selfsup.errors import ConfigError
 
-    for kwargs in ({"every_n_steps": 0}, {"buffer_size": 1}, {"min_rank_fraction": 2.0}):
+    for kwargs in ({"every_n_steps": 0}, {"buffer_size": 1}, {"min_rank_fraction": 2.0}, {"target_window": 0},
+                   {"uniform_ratio": 0.0}, {"top_share": 1.5}):
         with pytest.raises(ConfigError, match="collapse."):
             CollapseMonitor(**kwargs)
+
+
+def test_target_health_is_the_mean_entropy_over_ln_k_and_the_top_share() -> None:
+    p = torch.softmax(torch.randn(6, 10, generator=torch.Generator().manual_seed(2)), dim=1)
+    entropy = float(sum(-sum(float(x) * math.log(float(x)) for x in row) for row in p)) / 6
+    top = max(int((p.argmax(1) == k).sum()) for k in range(10)) / 6
+    health = target_health(p)
+    assert health["target_entropy_ratio"].item() == pytest.approx(entropy / math.log(10), rel=1e-5)
+    assert health["target_top_share"].item() == pytest.approx(top)
+    assert target_health(torch.full((4, 8), 1 / 8))["target_entropy_ratio"].item() == pytest.approx(1.0)
+    one_hot = target_health(torch.eye(8)[[3, 3, 3, 1]])
+    assert one_hot["target_entropy_ratio"].item() == pytest.approx(0.0) and one_hot["target_top_share"] == 0.75
 
 
 QUICK = [*TINY, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "8", "--trainer.log_every_n_steps",
@@ -75,6 +88,15 @@ RUNS = {
     "simclr-lr-100": ("simclr/mnist5k.yaml", ["--model.init_args.lr", "100", "--model.init_args.optimizer", "sgd",
                                               "--model.init_args.proj_last_norm", "none",
                                               "--trainer.limit_train_batches", "20"], "embeddings span"),
+    # DINO's teacher targets (train/target_*) over an 8-step window: healthy; no centering (one output wins for
+    # ~85% of each batch); a teacher as soft as the student (entropy 0.97-0.99 of ln K)
+    "dino-healthy": ("dino/mnist5k-resnet18.yaml", ["--collapse.target_window", "8"], None),
+    "dino-no-centering": ("dino/mnist5k-resnet18.yaml", ["--collapse.target_window", "8",
+                                                         "--model.init_args.center_momentum", "1.0"], "same output"),
+    "dino-soft-teacher": ("dino/mnist5k-resnet18.yaml", ["--collapse.target_window", "8",
+                                                         "--model.init_args.teacher_temp", "0.1",
+                                                         "--model.init_args.warmup_teacher_temp", "0.1"],
+                          "near uniform"),
 }
 
 
@@ -89,8 +111,11 @@ def test_a_collapsed_run_warns_once_and_a_healthy_one_does_not(case: str, tmp_pa
     else:
         assert len(warnings) == 1 and expected in warnings[0] and "Likely causes" in warnings[0], proc.stderr[-2000:]
     (metrics,) = tmp_path.glob("runs/*/version_0/metrics.csv")
-    rows = [r for r in csv.DictReader(metrics.open()) if r.get("health/rank_features")]
+    every = list(csv.DictReader(metrics.open()))
+    rows = [r for r in every if r.get("health/rank_features")]
     assert rows, "health/* never logged"
     assert all(float(r["health/rank_features"]) >= 1.0 for r in rows)
+    if "dino" in config:
+        assert any(r.get("train/target_entropy_ratio_step") and r.get("train/target_top_share_step") for r in every)
     if "swav" in config:
         assert any(r.get("train/prototypes_used_step") for r in rows)

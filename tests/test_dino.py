@@ -172,6 +172,29 @@ def test_the_last_layer_gets_no_update_in_the_first_epoch(monkeypatch, epoch, fr
         assert unchanged == (frozen and name in last), name
 
 
+@pytest.mark.parametrize("norm_last_layer", [True, False])
+def test_the_teacher_starts_as_an_exact_copy_and_the_ema_and_optimizer_reach_the_whole_last_layer(norm_last_layer):
+    model = tiny_dino(norm_last_layer=norm_last_layer, head_bn=True)
+    student = {k: v for k, v in model.state_dict().items() if k.startswith(("backbone.", "head."))}
+    teacher = {k.removeprefix("momentum_"): v for k, v in model.state_dict().items() if k.startswith("momentum_")}
+    assert student.keys() == teacher.keys() and all(torch.equal(student[k], teacher[k]) for k in student)
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.add_(1.0)
+    model.update_momentum()  # outside a trainer: the base momentum
+    m = model.hparams.base_momentum
+    for (name, t), p in zip(model.momentum_head.named_parameters(), model.head.parameters()):
+        moved = torch.allclose(t, p - (1.0 - (1 - m) * 1.0), atol=1e-6) if p.requires_grad else torch.equal(t, p - 1)
+        assert moved, name  # a trainable one moved (1 - m) of the way; weight_g under norm_last_layer stays 1
+    probe = set(model.probe.parameters()) if model.probe is not None else set()
+    groups = model.parameter_groups([(n, p) for n, p in model.named_parameters() if p not in probe])
+    optimized = {id(p) for g in groups for p in g["params"]}
+    assert optimized == {id(p) for p in model.parameters() if p.requires_grad and p not in probe}
+    assert id(model.head.last_layer.weight_v) in optimized
+    assert (id(model.head.last_layer.weight_g) in optimized) is not norm_last_layer
+    assert not optimized & {id(p) for p in [*model.momentum_head.parameters(), *model.momentum_backbone.parameters()]}
+
+
 def test_weight_decay_follows_a_cosine_and_spares_only_biases_and_vectors(monkeypatch):
     model = tiny_dino()
     model._trainer = type("Trainer", (), {"estimated_stepping_batches": 100})()

@@ -25,6 +25,7 @@ from selfsup.methods.base import SSLMethod, StepOutput, host_scalar, size_runs
 from selfsup.methods.twoview import require_positive
 from selfsup.momentum import MomentumTeacher, check_momentum
 from selfsup.optim import clip_grad_per_tensor_, layer_decay_groups, warmup_cosine
+from selfsup.training.collapse import target_health
 
 Targets = Literal["centering", "sinkhorn_knopp"]
 
@@ -130,8 +131,10 @@ class DINO(MomentumTeacher, SSLMethod):
             teacher = self.teacher_outputs(crops[:2])
         temp = self.teacher_temp()
         terms = self.loss_terms(student, teacher, temp)
+        health = target_health(torch.cat(self.teacher_targets(teacher.logits, self.center, temp)))
         self.update_centers(teacher)
         logs = {f"train/loss_{name}": value.detach() for name, value in terms.items()}
+        logs.update({f"train/{name}": value for name, value in health.items()})  # read by CollapseMonitor
         logs.update({"schedule/momentum": host_scalar(momentum), "schedule/teacher_temp": host_scalar(temp)})
         return StepOutput(loss=sum(terms.values()), features=student.features[0], embeddings=student.embeddings[0],
                           logs=logs)

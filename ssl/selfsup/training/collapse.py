@@ -1,5 +1,6 @@
 """Collapse and health signs of a pretraining run: the effective rank of recent embeddings (RankMe), their mean
-pairwise cosine, and a one-line warning when a run collapses (see docs/troubleshooting.md)."""
+pairwise cosine, the entropy and agreement of a method's target distributions, and a one-line warning when a run
+collapses (see docs/troubleshooting.md)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from selfsup.errors import ConfigError
 
+TARGET_SIGNS = ("target_entropy_ratio", "target_top_share")  # what target_health gives, logged as train/<name>
 RANKME_EPS = 1e-7  # Garrido et al.'s epsilon: keeps log(p) finite for zero singular values
 
 
@@ -42,6 +44,17 @@ def mean_pairwise_cosine(z: torch.Tensor) -> float:
     return float(total / (n * (n - 1)))
 
 
+@torch.no_grad()
+def target_health(probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Two collapse signs of a batch of target distributions (N, K): ``target_entropy_ratio``, their mean entropy
+    over ln K (1: every target uniform), and ``target_top_share``, the share of rows whose largest entry is the
+    batch's most common one (1: every row picks the same output). A method logs them as ``train/<name>``."""
+    p = probs.float().reshape(-1, probs.shape[-1])
+    entropy = -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum(dim=-1).mean()
+    top = torch.bincount(p.argmax(dim=-1), minlength=p.shape[-1]).max()
+    return {"target_entropy_ratio": entropy / math.log(max(p.shape[-1], 2)), "target_top_share": top / len(p)}
+
+
 class CollapseMonitor(L.Callback):
     """Keeps the last ``buffer_size`` rows of two kinds of training output and, every ``every_n_steps`` steps
     (default: the trainer's ``log_every_n_steps``), logs their RankMe and mean pairwise cosine:
@@ -52,21 +65,30 @@ class CollapseMonitor(L.Callback):
     ``min_rank_fraction`` of their width (an embedding of 128 numbers that uses fewer than 6.4 directions: SimCLR
     at lr 100 settles at 3.5 with its loss at the uniform value, healthy MNIST runs use 20 to 70), and
     when a method's ``train/loss_minus_lnK`` (SwAV: the loss minus ln K, 0 when every prediction is uniform)
-    stays within ``lnk_margin`` of 0 for a whole epoch. Rows are kept on the device and read on the host only
+    stays within ``lnk_margin`` of 0 for a whole epoch, and when a method's targets (``target_health``, logged as
+    ``train/target_entropy_ratio`` and ``train/target_top_share``, e.g. DINO's teacher) are, on average over the
+    last ``target_window`` steps, near uniform (entropy ratio at least ``uniform_ratio``) or the same output for
+    nearly every image (top share at least ``top_share``). Rows are kept on the device and read on the host only
     when measured; each rank measures its own rows, rank 0's values are logged.
     """
 
     def __init__(self, every_n_steps: int | None = None, buffer_size: int = 512, min_rank_fraction: float = 0.05,
-                 lnk_margin: float = 0.01) -> None:
+                 lnk_margin: float = 0.01, target_window: int = 20, uniform_ratio: float = 0.95,
+                 top_share: float = 0.75) -> None:
         if every_n_steps is not None and every_n_steps < 1:
             raise ConfigError(f"collapse.every_n_steps must be at least 1, got {every_n_steps}")
         if buffer_size < 2:
             raise ConfigError(f"collapse.buffer_size must be at least 2 rows, got {buffer_size}")
         if not 0 <= min_rank_fraction <= 1:
             raise ConfigError(f"collapse.min_rank_fraction must be within 0..1, got {min_rank_fraction}")
+        if target_window < 1 or not 0 < uniform_ratio <= 1 or not 0 < top_share <= 1:
+            raise ConfigError(f"collapse.target_window must be at least 1 and collapse.uniform_ratio and "
+                              f"collapse.top_share within (0, 1]; got {target_window}, {uniform_ratio}, {top_share}")
         self.every_n_steps, self.buffer_size = every_n_steps, buffer_size
         self.min_rank_fraction, self.lnk_margin = min_rank_fraction, lnk_margin
+        self.uniform_ratio, self.top_share = uniform_ratio, top_share
         self.buffers: dict[str, deque[torch.Tensor]] = {"features": deque(), "embeddings": deque()}
+        self.targets: dict[str, deque[float]] = {k: deque(maxlen=target_window) for k in TARGET_SIGNS}
         self.warned: set[str] = set()
 
     def _keep(self, name: str, rows: torch.Tensor | None) -> None:
@@ -94,6 +116,7 @@ class CollapseMonitor(L.Callback):
             return
         self._keep("features", outputs.get("features"))
         self._keep("embeddings", outputs.get("embeddings"))
+        self._check_targets(trainer, pl_module)
         every = self.every_n_steps or trainer.log_every_n_steps or 1
         if (trainer.global_step + 1) % every or not any(self.buffers.values()):
             return
@@ -109,6 +132,26 @@ class CollapseMonitor(L.Callback):
                                f"{values['health/cos_embeddings']:.3f}): the model maps every image to nearly the "
                                "same point. Likely causes: a learning rate too high for the batch, views too "
                                "weak or too strong, or (SwAV) too few prototypes; lower model.init_args.lr first")
+
+    def _check_targets(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Warn when the targets' recent mean entropy is near ln K or one output wins for nearly every image."""
+        for name, values in self.targets.items():
+            value = trainer.callback_metrics.get(f"train/{name}_step", trainer.callback_metrics.get(f"train/{name}"))
+            if value is not None:
+                values.append(float(value))
+        ratio, share = (self.targets[k] for k in TARGET_SIGNS)
+        method, step, window = type(pl_module).__name__, trainer.global_step, ratio.maxlen
+        if len(ratio) == window and sum(ratio) / window >= self.uniform_ratio:
+            self._warn("uniform", f"collapse: {method}'s targets stayed near uniform for {window} steps (entropy "
+                                  f"{sum(ratio) / window:.3f} of ln K up to step {step}): no output is preferred for "
+                                  "any image. Likely causes: a teacher temperature too high "
+                                  "(model.init_args.teacher_temp), crops that show too little of the image, or an "
+                                  "lr too high for the batch")
+        if len(share) == window and sum(share) / window >= self.top_share:
+            self._warn("one-hot", f"collapse: {method}'s targets picked the same output for "
+                                  f"{sum(share) / window:.0%} of each batch over {window} steps (up to step {step}): "
+                                  "one output wins for every image. Likely causes: no centering "
+                                  "(model.init_args.center_momentum 1.0) or a teacher temperature too low")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         gap = trainer.callback_metrics.get("train/loss_minus_lnK_epoch")
