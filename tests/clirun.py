@@ -43,3 +43,10 @@ def selfsup(*args: str, cwd: Path, check: bool = True, path: tuple[Path, ...] = 
     if check and proc.returncode != 0:
         raise AssertionError(f"selfsup {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+def printed_config(recipe: str, cwd: Path) -> str:
+    """What ``selfsup fit -c experiments/RECIPE.yaml --print_config`` prints; fails unless the recipe parses."""
+    proc = selfsup("fit", "-c", str(REPO / f"experiments/{recipe}.yaml"), "--print_config", cwd=cwd, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout

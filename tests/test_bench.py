@@ -13,7 +13,7 @@ def test_bench_measures_each_method_against_its_backbone_floor(tmp_path, small_d
                    cwd=tmp_path)
     rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"SimCLR", "RotNet", "SwAV", "PixPro", "SimMIM", "MAE", "CVRL", "BYOL", "MoCoV3",
-                         "BarlowTwins", "VICReg", "DINO", "IJEPA"} and "overhead" in proc.stdout
+                         "BarlowTwins", "VICReg", "DINO", "iBOT", "IJEPA"} and "overhead" in proc.stdout
     assert rows["BYOL"]["momentum_images"] == rows["MoCoV3"]["momentum_images"] == 32  # the target's two views
     assert rows["SimCLR"]["backbone_images"] == 32  # two views of 16 images
     assert rows["RotNet"]["backbone_images"] == 64  # four rotations of 16 images
@@ -26,6 +26,9 @@ def test_bench_measures_each_method_against_its_backbone_floor(tmp_path, small_d
     # DINO: 2 globals and 4 locals of 16 images, one forward per crop size; its teacher only the 2 globals
     assert rows["DINO"]["backbone_images"] == 96 and rows["DINO"]["backbone_calls"] == ["forward"] * 2
     assert rows["DINO"]["momentum_images"] == 32
+    # iBOT: the 2 masked globals through tokens (their mask recorded), the 4 locals pooled; the teacher's globals
+    assert rows["iBOT"]["backbone_images"] == 96 and rows["iBOT"]["backbone_calls"] == ["tokens", "forward"]
+    assert rows["iBOT"]["momentum_images"] == 32
     # its recipe's two clips of 16 videos (one forward), then one frame of each clip (the frame loss)
     assert rows["CVRL"]["backbone_images"] == 32 + 32 and rows["CVRL"]["backbone_calls"] == ["forward"] * 2
     assert all(r["step_ms"] > 0 and r["floor_ms"] > 0 and r["peak_mib"] > 0 for r in rows.values())

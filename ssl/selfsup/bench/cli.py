@@ -16,7 +16,7 @@ CONFIGS = {"SimCLR": "experiments/simclr/mnist5k.yaml", "RotNet": "experiments/r
            "IJEPA": "experiments/ijepa/mnist5k-vit-tiny.yaml",
            "BYOL": "experiments/byol/mnist5k.yaml", "MoCoV3": "experiments/mocov3/mnist5k.yaml",
            "BarlowTwins": "experiments/barlowtwins/mnist5k.yaml", "VICReg": "experiments/vicreg/mnist5k.yaml",
-           "DINO": "experiments/dino/mnist5k-vit-tiny.yaml"}
+           "DINO": "experiments/dino/mnist5k-vit-tiny.yaml", "iBOT": "experiments/ibot/mnist5k-vit-tiny.yaml"}
 SUBCOMMANDS = """subcommands:
   selfsup bench data   images/s of the data pipeline: shards against PIL files, views in workers or on the device
   selfsup bench knn    FAISS kNN search against brute-force torch on the same features

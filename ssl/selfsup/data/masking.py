@@ -1,14 +1,17 @@
-"""Patch masks: SimMIM's random mask of whole mask patches at model-patch resolution (docs/methods/simmim.md), and
-MAE's per-sample random choice of the patches an encoder keeps (docs/methods/mae.md)."""
+"""The masks of masked-image methods, at model-patch resolution: SimMIM's random mask patches
+(docs/methods/simmim.md), MAE's per-sample random choice of the patches an encoder keeps (docs/methods/mae.md) and
+iBOT's blockwise masks (docs/methods/ibot.md)."""
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from selfsup.data.dino_views import DINOViews
 from selfsup.data.views import IMAGENET_MEAN, IMAGENET_STD, CropViews
 from selfsup.errors import ConfigError
 
@@ -89,6 +92,73 @@ def removed_mask(restore: torch.Tensor, num_keep: int) -> torch.Tensor:
 def unshuffle(tokens: torch.Tensor, restore: torch.Tensor) -> torch.Tensor:
     """Tokens (B, L, C) in the shuffled order of ``random_keep`` (kept first) back in patch order."""
     return tokens.gather(1, restore.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+class BlockMaskGenerator:
+    """iBOT's blockwise masks (BEiT's blocks) of an (h, w) patch grid, 1 = masked.
+
+    Each mask draws its ratio r uniformly from the choices ``ratio[i] +- ratio_var[i]`` (a choice with var 0 is
+    exactly ``ratio[i]``); the default, iBOT's recipe (ratio 0 0.3, var 0 0.2), leaves half the images unmasked
+    and masks the other half at U(0.1, 0.5). Rectangles are then added until r x h x w patches are masked: area
+    U(min_area, remaining), aspect log-uniform in ``aspect``, random position, kept when it masks between 1 and
+    ``remaining`` new patches; up to 10 tries per rectangle, stopping when none is kept. ``min_area`` None:
+    (min(h, w) // 3)^2, 16 on ViT-S/16's 14 x 14 grid.
+    """
+
+    tries = 10
+
+    def __init__(self, grid: int | Sequence[int], ratio: Sequence[float] = (0.0, 0.3),
+                 ratio_var: Sequence[float] = (0.0, 0.2), aspect: Sequence[float] = (0.3, 1 / 0.3),
+                 min_area: int | None = None) -> None:
+        self.grid = (grid, grid) if isinstance(grid, int) else tuple(grid)
+        self.ratio, self.ratio_var, self.aspect = list(ratio), list(ratio_var), tuple(aspect)
+        if len(self.ratio) != len(self.ratio_var) or not self.ratio:
+            raise ConfigError(f"give one mask ratio_var per mask ratio, got ratio={self.ratio}, "
+                              f"ratio_var={self.ratio_var}")
+        if any(not 0 <= m - v <= m + v < 1 for m, v in zip(self.ratio, self.ratio_var)):
+            raise ConfigError(f"each mask ratio +- its ratio_var must lie in [0, 1), got ratio={self.ratio}, "
+                              f"ratio_var={self.ratio_var}")
+        if not 0 < self.aspect[0] <= self.aspect[1]:
+            raise ConfigError(f"mask aspect must be a range (low, high) with 0 < low <= high, got {list(self.aspect)}")
+        self.min_area = (min(self.grid) // 3) ** 2 if min_area is None else min_area
+
+    def draw_ratio(self, rng: random.Random) -> float:
+        """One mask's ratio: a uniform choice among ``ratio[i] +- ratio_var[i]``."""
+        ratios = [rng.uniform(m - v, m + v) if v > 0 else m for m, v in zip(self.ratio, self.ratio_var)]
+        return rng.choice(ratios)
+
+    def block_mask(self, ratio: float, rng: random.Random) -> torch.Tensor:
+        """One (h, w) bool mask of rectangles covering at most ``ratio`` x h x w patches."""
+        h, w = self.grid
+        mask = torch.zeros(h, w, dtype=torch.bool)
+        target, count = ratio * h * w, 0
+        log_aspect = (math.log(self.aspect[0]), math.log(self.aspect[1]))
+        while count < target:
+            remaining, added = target - count, 0
+            for _ in range(self.tries):
+                area, aspect = rng.uniform(self.min_area, remaining), math.exp(rng.uniform(*log_aspect))
+                bh, bw = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+                if bh >= h or bw >= w:
+                    continue
+                top, left = rng.randint(0, h - bh), rng.randint(0, w - bw)
+                block = mask[top : top + bh, left : left + bw]
+                new = bh * bw - int(block.sum())
+                if 0 < new <= remaining:
+                    block.fill_(True)
+                    added = new
+                    break
+            if not added:
+                break
+            count += added
+        return mask
+
+    def batch(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, h, w) uint8 masks, each with its own ratio; reproducible from ``generator`` (None: torch's
+        global generator, seeded per loader worker)."""
+        rng = random.Random(int(torch.randint(2**62, (1,), generator=generator)))
+        return torch.stack([self.block_mask(self.draw_ratio(rng), rng) for _ in range(batch)]).to(torch.uint8)
+
+    def __repr__(self) -> str:
+        return (f"BlockMaskGenerator(grid={self.grid}, ratio={self.ratio}, ratio_var={self.ratio_var}, "
+                f"aspect={list(self.aspect)}, min_area={self.min_area})")
 
 
 class MaskedViews(CropViews):
@@ -125,3 +195,41 @@ class MaskedViews(CropViews):
     def from_crops(self, crops: dict[str, Any], on_device: bool = False) -> dict[str, Any]:
         out = super().from_crops(crops, on_device)
         return {**out, "mask": self.masks.batch(len(out["images"])).to(out["images"].device)}
+
+
+class iBOTViews(DINOViews):
+    """DINO's multi-crop views (``DINOViews``) with a blockwise mask (``BlockMaskGenerator``) of each global crop
+    for the student: ``{"views": [g1, g2, l1, ..., ln], "masks": [(B, h, w), (B, h, w)]}`` uint8, 1 = masked,
+    (h, w) = the global crops' patch grid (``global_size / model_patch_size``; the backbone's patch size).
+    Masks are drawn with the views, in the loader workers or on the device. ``mask_ratio``/``mask_ratio_var``
+    (iBOT's pred_ratio, pred_ratio_var): each mask's ratio is a uniform choice among ``mask_ratio[i] +-
+    mask_ratio_var[i]``; the default leaves half the images unmasked. ``mask_aspect``: the blocks' height/width
+    range. The rest: ``DINOViews``'s options.
+    """
+
+    kind = "masked_multicrop"
+
+    def __init__(self, model_patch_size: int = 16, mask_ratio: Sequence[float] = (0.0, 0.3),
+                 mask_ratio_var: Sequence[float] = (0.0, 0.2), mask_aspect: Sequence[float] = (0.3, 1 / 0.3),
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.global_size % model_patch_size:
+            raise ConfigError(f"iBOTViews: global crops of {self.global_size} px do not split into whole "
+                              f"{model_patch_size} px patches; make global_size a multiple of model_patch_size")
+        self.model_patch_size = model_patch_size
+        self.masks = BlockMaskGenerator(self.global_size // model_patch_size, mask_ratio, mask_ratio_var,
+                                        mask_aspect)
+
+    def with_masks(self, views: dict[str, Any]) -> dict[str, Any]:
+        """``views`` with a mask of each global crop (on the crops' device)."""
+        first = views["views"][0]
+        return {**views, "masks": [self.masks.batch(len(first)).to(first.device) for _ in range(2)]}
+
+    def __call__(self, image: torch.Tensor) -> dict[str, Any]:
+        return {key: [v[0] for v in values] for key, values in self.batch(image[None]).items()}
+
+    def batch(self, images: torch.Tensor) -> dict[str, Any]:
+        return self.with_masks(super().batch(images))
+
+    def from_crops(self, crops: dict[str, Any], on_device: bool = False) -> dict[str, Any]:
+        return self.with_masks(super().from_crops(crops, on_device))

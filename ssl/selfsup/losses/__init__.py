@@ -9,6 +9,7 @@ from selfsup.losses.dino import (
     teacher_temperature,
     updated_center,
 )
+from selfsup.losses.ibot import masked_patch_loss
 from selfsup.losses.mae import mae_loss, normalize_patches, patchify, unpatchify
 from selfsup.losses.pixpro import instance_consistency, pixpro_loss, positive_pixel_pairs
 from selfsup.losses.simmim import masked_l1_loss
@@ -23,6 +24,7 @@ from selfsup.losses.twoview import (
 )
 
 __all__ = ["barlow_twins_loss", "byol_loss", "centered_targets", "dino_loss", "instance_consistency", "koleo_loss",
-           "mae_loss", "masked_l1_loss", "moco_v3_contrast", "moco_v3_loss", "normalize_patches", "nt_xent", "patchify",
-           "pixpro_loss", "positive_pixel_pairs", "regression_loss", "sinkhorn", "sinkhorn_targets",
-           "swapped_prediction_loss", "teacher_temperature", "unpatchify", "updated_center", "vicreg_terms"]
+           "mae_loss", "masked_l1_loss", "masked_patch_loss", "moco_v3_contrast", "moco_v3_loss", "normalize_patches",
+           "nt_xent", "patchify", "pixpro_loss", "positive_pixel_pairs", "regression_loss", "sinkhorn",
+           "sinkhorn_targets", "swapped_prediction_loss", "teacher_temperature", "unpatchify", "updated_center",
+           "vicreg_terms"]
