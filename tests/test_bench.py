@@ -50,8 +50,8 @@ def test_bench_measures_the_fast_paths_as_a_training_run_sets_them(tmp_path, mni
 
 
 def test_bench_names_unknown_methods(tmp_path):
-    proc = selfsup("bench", "--methods", "DINO", cwd=tmp_path, check=False, fresh=True)
-    assert proc.returncode == 2 and "no bench config for DINO" in proc.stderr
+    proc = selfsup("bench", "--methods", "Dino2", cwd=tmp_path, check=False, fresh=True)
+    assert proc.returncode == 2 and "no bench config for Dino2" in proc.stderr
 
 
 @pytest.mark.slow
