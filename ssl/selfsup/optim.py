@@ -98,13 +98,15 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-# Learned tokens and position tables of transformers (torchvision's names, and selfsup's mask token).
-NO_DECAY_NAMES = ("mask_token", "class_token", "pos_embedding", "relative_position_bias_table")
+# Learned tokens and position tables of transformers (torchvision's names, selfsup's mask token, and timm's ViTs'
+# own no_weight_decay() set).
+NO_DECAY_NAMES = ("mask_token", "class_token", "pos_embedding", "relative_position_bias_table",
+                  "cls_token", "reg_token", "dist_token", "pos_embed")
 
 
 def is_no_decay(name: str, param: nn.Parameter) -> bool:
     """No weight decay for norm weights and biases (every parameter with fewer than 2 dimensions), the mask and
-    class tokens and the position tables (SimMIM's exclusions)."""
+    class tokens and the position tables (SimMIM's exclusions; timm's names for them too)."""
     return param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
 
 

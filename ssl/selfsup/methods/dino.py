@@ -111,8 +111,9 @@ class DINO(MomentumTeacher, SSLMethod):
                              norm_last_layer, head_bn)
         self.add_teacher(["backbone", "head"], base_momentum)
         for module in self.momentum_backbone.modules():  # the teacher runs without stochastic depth
-            if isinstance(getattr(module, "drop_path", None), float):
-                module.drop_path = 0.0
+            for rate in ("drop_path", "drop_prob"):  # the built-in ViT's blocks, timm's DropPath
+                if isinstance(getattr(module, rate, None), float):
+                    setattr(module, rate, 0.0)
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def default_views(self, size: int) -> ViewRecipe:

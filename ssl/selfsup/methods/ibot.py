@@ -66,7 +66,7 @@ class iBOT(DINO):
         hp = self.hparams
         if not hasattr(self.backbone, "tokens"):
             raise ConfigError(f"iBOT masks patch tokens, which {hp.backbone!r} has none of; use a ViT: vit_tiny, "
-                              "vit_s_16, vit_b_16, vit")
+                              "vit_s_16, vit_b_16, vit or a timm ViT (timm:vit_small_patch16_224)")
         if hp.targets != "centering":
             raise ConfigError(f"iBOT centres its patch targets; model.targets {hp.targets!r} is DINO's option only; "
                               "set targets: centering")

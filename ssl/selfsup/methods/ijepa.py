@@ -62,8 +62,8 @@ class IJEPA(MomentumTeacher, SSLMethod):
         super().__init__(**kwargs)
         if not callable(getattr(self.backbone, "tokens", None)):
             raise ConfigError(f"I-JEPA runs its encoder over kept patches, which {self.hparams.backbone!r} cannot; "
-                              "use a built-in ViT: vit, vit_tiny, vit_s_16, vit_b_16")
-        heads = pred_heads or self.backbone.encoder.layers[0].num_heads
+                              "use a ViT: vit, vit_tiny, vit_s_16, vit_b_16 or a timm one (timm:vit_small_patch16_224)")
+        heads = pred_heads or self.backbone.num_heads
         if pred_dim % heads or pred_dim % 4:
             raise ConfigError(f"model.pred_dim {pred_dim} must be a multiple of 4 and of the predictor's {heads} "
                               "heads; choose another pred_dim (or pred_heads)")
