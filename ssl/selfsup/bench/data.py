@@ -171,8 +171,8 @@ def clip_rows(repeats: int) -> list[dict]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="selfsup bench data", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where `augment_on: device` makes the views")
+    parser.add_argument("--device", default=None,
+                        help="where `augment_on: device` makes the views (default: cuda when available)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-data.json"))
     parser.add_argument("--clips", action=argparse.BooleanOptionalAction, default=True,
                         help="also the moving-MNIST video rows (videos/s and clips/s)")
@@ -183,7 +183,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--small", action=argparse.BooleanOptionalAction, default=True,
                         help="also the MNIST-5k and RGB-64 rows")
     args = at_least(parser.parse_args(argv), {"repeats": 1, "photos": 0, "kinetics": 0})
-    device = torch.device(args.device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one loader worker = one core
     sets = bench_sets() if args.small else {}
