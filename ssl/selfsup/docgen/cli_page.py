@@ -10,6 +10,9 @@ import typing
 
 from selfsup.docgen.parsers import lightning_parsers, tool_parsers
 
+# Classes of selfsup.methods and selfsup.eval that are no `model:` of their own (bases, callbacks).
+NOT_MODELS = ("SSLMethod", "StepOutput", "FeatureWriter", "KNNMonitor", "EmbeddingPlot", "DensePlot",
+              "ReconstructionGrid")
 # The groups of the LightningCLI parser that selfsup adds (its callbacks), listed option by option.
 SELFSUP_GROUPS = ("checkpoint", "nonfinite", "collapse", "data_health", "predict_writer", "slurm_requeue")
 
@@ -21,7 +24,8 @@ def one_line(text: str | None, limit: int = 220) -> str:
     line = " ".join(paragraph.split()).replace("``", "`").replace("|", "\\|")
     if len(line) > limit:
         sentence = re.match(r"(.+?[.;:])(\s|$)", line)
-        line = sentence.group(1) if sentence and len(sentence.group(1)) <= limit else line[:limit].rsplit(" ", 1)[0] + " …"
+        short = sentence is not None and len(sentence.group(1)) <= limit
+        line = sentence.group(1) if short else line[:limit].rsplit(" ", 1)[0] + " …"
     return line
 
 
@@ -100,8 +104,8 @@ def _group(parser: argparse.ArgumentParser, dest: str | None = None, title: str 
 
 def _options_of(actions: list[argparse.Action], prefix: str) -> list[argparse.Action]:
     """The options under ``prefix``, jsonargparse's ``.help`` entries left out."""
-    return [a for a in actions
-            if a.option_strings and a.option_strings[0].startswith(prefix) and not a.option_strings[0].endswith(".help")]
+    names = [(a, a.option_strings[0] if a.option_strings else "") for a in actions]
+    return [a for a, name in names if name.startswith(prefix) and not name.endswith(".help")]
 
 
 def classes_line(module_name: str, exclude: tuple[str, ...] = ()) -> str:
@@ -140,10 +144,9 @@ def lightning_section() -> list[str]:
         lines += [f"Options of `{name}` alone:", "", *table(option_rows(own, f"selfsup {name}", _defaults(parser))), ""]
     lines += [
         "The configuration's sections:", "",
-        f"- `model`: a method ({classes_line('selfsup.methods', ('SSLMethod', 'StepOutput'))}) or an evaluation "
-        f"module ({classes_line('selfsup.eval', ('FeatureWriter', 'KNNMonitor', 'EmbeddingPlot', 'DensePlot', 'ReconstructionGrid'))}), "
-        "by `class_path` or short name. Every method takes the arguments of `SSLMethod`: "
-        + ", ".join(f"`{p}`" for p in inspect.signature(SSLMethod).parameters) + ".",
+        f"- `model`: a method ({classes_line('selfsup.methods', NOT_MODELS)}) or an evaluation module "
+        f"({classes_line('selfsup.eval', NOT_MODELS)}), by `class_path` or short name. Every method takes the "
+        "arguments of `SSLMethod`: " + ", ".join(f"`{p}`" for p in inspect.signature(SSLMethod).parameters) + ".",
         "- `data`: `SSLDataModule`: " + ", ".join(f"`{p}`" for p in inspect.signature(SSLDataModule).parameters)
         + " (`selfsup fit --data.help SSLDataModule`).",
         "- `trainer`: Lightning's Trainer: " + ", ".join(f"`{k}`" for k in trainer) + ".",
