@@ -141,21 +141,35 @@ def test_docgen_catches_every_subcommand():
         assert option in page, option
 
 
+def results_figures(name: str) -> dict[str, str]:
+    """A kNN-judged row of docs/results.md's table (``| SimCLR |``): its minutes, kNN and linear cells (seed 0;
+    pretrained, random init, raw pixels) and the median and range of its 3 seeds."""
+    row = next(line for line in (REPO / "docs/results.md").read_text().splitlines() if line.startswith(f"| {name} |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    knn, linear = cells[4].split(" / "), cells[5].split(" / ")
+    median, low, high = re.fullmatch(r"([\d.]+) \(([\d.]+)-([\d.]+), 3 seeds\)", cells[10]).groups()
+    return {"minutes": cells[3], "knn": knn[0], "knn_random": knn[1], "knn_pixels": knn[2], "linear": linear[0],
+            "median": median, "low": low, "high": high}
+
+
 def test_the_readme_quotes_the_demo_as_the_results_table_has_it():
     """The demo's figures in the README (and so docs/index.md) are the SimCLR row of docs/results.md."""
-    row = next(line for line in (REPO / "docs/results.md").read_text().splitlines() if line.startswith("| SimCLR |"))
-    cells = [c.strip() for c in row.split("|")[1:-1]]
-    minutes, (knn, knn_random, knn_pixels), linear = cells[3], cells[4].split(" / "), cells[5].split(" / ")[0]
-    median, low, high = re.fullmatch(r"([\d.]+) \(([\d.]+)-([\d.]+), 3 seeds\)", cells[10]).groups()
+    f = results_figures("SimCLR")
     readme = (REPO / "README.md").read_text()
     demo = " ".join(readme[readme.index("`make demo` prints"):readme.index("<!-- /shared:install -->")].split())
-    assert f"random-init backbone {knn_random}0 " in demo and f"pretrained backbone {knn}0 " in demo
-    assert f"LinearProbe on val: top1 {linear}0" in demo and f"({minutes} of pretraining)" in demo
-    assert (f"the kNN was {low}-{high} (median {median}), against {knn_pixels} for the raw pixels and {knn_random} "
-            "for the random-init backbone") in demo
-    simclr = next(line for line in readme.splitlines() if line.startswith("| **SimCLR** |"))
-    assert f"kNN median {median} over 3 seeds ({low}-{high}; random init {knn_random}, raw pixels {knn_pixels}), " \
-           f"linear {linear}, {minutes}" in simclr
+    assert f"random-init backbone {f['knn_random']}0 " in demo and f"pretrained backbone {f['knn']}0 " in demo
+    assert f"LinearProbe on val: top1 {f['linear']}0" in demo and f"({f['minutes']} of pretraining)" in demo
+    assert (f"the kNN was {f['low']}-{f['high']} (median {f['median']}), against {f['knn_pixels']} for the raw "
+            f"pixels and {f['knn_random']} for the random-init backbone") in demo
+
+
+@pytest.mark.parametrize("name", ["SimCLR", "SwAV"])
+def test_the_method_table_quotes_the_results_table(name):
+    """README's (and so docs/index.md's) "Which method?" row of a kNN-judged method: docs/results.md's figures."""
+    f = results_figures(name)
+    row = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(f"| **{name}** |"))
+    assert (f"kNN median {f['median']} over 3 seeds ({f['low']}-{f['high']}; random init {f['knn_random']}, raw "
+            f"pixels {f['knn_pixels']}), linear {f['linear']}, {f['minutes']}") in row, row
 
 
 def test_the_docs_site_builds_strictly(tmp_path):

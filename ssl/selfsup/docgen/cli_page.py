@@ -153,9 +153,10 @@ def lightning_section() -> list[str]:
         "- `seed_everything`, `name`, `run_dir`, `threads`, and selfsup's callbacks below.", ""]
     for dest in SELFSUP_GROUPS:
         group = _group(fit, dest=dest)
-        lines += [f"`--{dest}.*`: `{group.group_class.__name__}`: {one_line(inspect.getdoc(group.group_class), 600)}",
-                  "", *table(option_rows(_options_of(group._group_actions, f"--{dest}."), "selfsup fit", defaults)),
-                  ""]
+        doc = (inspect.getdoc(group.group_class) or "").split("\nArgs:")[0]  # its options' help is in the table
+        doc = re.split(r"\n\s*\n", doc)  # the prose explains the options that have no Args entry
+        lines += [f"`--{dest}.*`: `{group.group_class.__name__}`. " + " ".join(one_line(p, 2000) for p in doc), "",
+                  *table(option_rows(_options_of(group._group_actions, f"--{dest}."), "selfsup fit", defaults)), ""]
     return lines
 
 
@@ -167,6 +168,8 @@ def reference() -> str:
              "| command | what |", "|---|---|",
              *(f"| `selfsup {name}` | {line} |" for name, line in LIGHTNING.items()),
              *(f"| `selfsup {name}` | {line} |" for name, (_, line) in TOOLS.items()), "",
+             "`selfsup --help` lists them, `selfsup COMMAND --help` gives one command's options as below, and "
+             "`selfsup --version` prints the versions of selfsup, torch and Lightning.", "",
              *lightning_section()]
     for name, parser in tool_parsers().items():
         lines += tool_section(name, parser)
