@@ -102,7 +102,7 @@ def test_nothing_points_outside_the_repository():
 
 # Modules of selfsup/methods that are not a method: the base class, and the shared parts of a family of methods
 # (a page of their own, but no recipe to put in the results table).
-NOT_METHODS = {"__init__": None, "base": None, "twoview": "family"}
+NOT_METHODS = {"__init__": None, "base": None, "twoview": "family"}  # any other module: a method
 
 
 def test_every_method_module_has_a_page_in_the_site_and_a_results_row():
@@ -119,6 +119,19 @@ def test_every_method_module_has_a_page_in_the_site_and_a_results_row():
             assert module.stem in pretrained, f"{module.name} needs a row in experiments/results.yaml"
         else:  # a family's shared code: its page says it is no method and has no results row
             assert module.stem not in pretrained and "no recipe" in (REPO / "docs" / page).read_text()
+
+
+NUMBERS = {12: "twelve", 13: "thirteen", 14: "fourteen", 15: "fifteen", 16: "sixteen", 17: "seventeen"}
+
+
+def test_the_readme_names_every_method_and_counts_them():
+    """The intro (and so docs/index.md's) lists each method page's title in bold, and says how many there are."""
+    readme = (REPO / "README.md").read_text()
+    intro = " ".join(readme[:readme.index("<!-- /shared:intro -->")].split())
+    methods = [m.stem for m in (REPO / "ssl/selfsup/methods").glob("*.py") if m.stem not in NOT_METHODS]
+    titles = [(REPO / f"docs/methods/{m}.md").read_text().splitlines()[0].removeprefix("# ") for m in methods]
+    assert [t for t in titles if f"**{t}**" not in intro] == []
+    assert f"implements {NUMBERS.get(len(titles), len(titles))} self-supervised methods" in intro
 
 
 def test_generated_docs_are_current():

@@ -36,7 +36,7 @@ def usage() -> str:
     rows = [("training (LightningCLI: -c CONFIG, --print_config, --help)", LIGHTNING),
             ("evaluation, data and speed", {name: line for name, (_, line) in TOOLS.items()})]
     lines = ["usage: selfsup COMMAND [options]   (selfsup COMMAND --help: the options of one command)", "",
-             "Self-supervised pretraining for vision: SimCLR, SwAV, PixPro, SimMIM, RotNet, CVRL.", ""]
+             "Self-supervised pretraining for vision; each method's recipes are experiments/METHOD/*.yaml.", ""]
     for title, commands in rows:
         lines.append(f"{title}:")
         lines += [f"  {name:<12} {line}" for name, line in commands.items()]
