@@ -134,6 +134,12 @@ def test_the_readme_names_every_method_and_counts_them():
     assert f"implements {NUMBERS.get(len(titles), len(titles))} self-supervised methods" in intro
 
 
+def test_no_page_states_a_test_count():
+    """How many tests there are changes with every commit; the pages say what the suite checks instead."""
+    for page in PAGES:
+        assert not re.search(r"\b\d[\d,]* (quick |slow |fast )?tests\b", page.read_text()), rel(page)
+
+
 def test_generated_docs_are_current():
     """docs/cli.md's reference (from the parsers) and docs/index.md's sections copied from the README."""
     from selfsup.docgen import COMMAND, pages
