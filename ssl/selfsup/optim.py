@@ -188,14 +188,13 @@ def warmup_cosine(
     from 1 down to ``final_factor`` at ``total_steps``."""
     if step < warmup_steps:
         return start_factor + (1.0 - start_factor) * step / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cosine_ramp(step - warmup_steps, total_steps - warmup_steps, 1.0, final_factor)
 
 
 def cosine_ramp(step: int, total_steps: int, start: float, end: float) -> float:
     """``end + (start - end) * (1 + cos(pi * step / total_steps)) / 2``: ``start`` at step 0, ``end`` at
-    ``total_steps`` and after (I-JEPA's weight decay, 0.04 -> 0.4)."""
+    ``total_steps`` and after. The one cosine of every schedule: the lr after its warmup, the weight decay
+    (``weight_decay`` -> ``weight_decay_end``), the momentum of a cosine EMA (``base_momentum`` -> 1)."""
     progress = min(1.0, step / max(1, total_steps))
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

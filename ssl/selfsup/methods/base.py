@@ -22,6 +22,7 @@ from selfsup.optim import (
     OptimizerName,
     apply_lr_scale,
     build_optimizer,
+    cosine_ramp,
     global_batch_size,
     is_no_decay,
     scaled_lr,
@@ -95,6 +96,8 @@ class SSLMethod(L.LightningModule):
         lr_scaling: ``linear`` (lr x global batch / 256), ``linear512`` (x global batch / 512, SimMIM), ``sqrt``
             (lr x sqrt(global batch)) or ``none``.
         weight_decay: applied to weights (and to norms and biases unless they are excluded).
+        weight_decay_end: the weight decay at the last step, reached on a cosine from ``weight_decay`` and set every
+            optimizer step on the decayed groups (logged as ``schedule/weight_decay``); None keeps ``weight_decay``.
         exclude_norms_and_biases: no weight decay and no LARS/LARC adaptation for norms and biases (SimCLR);
             False applies both to every parameter (SwAV's official code).
         momentum: SGD/LARS momentum.
@@ -125,6 +128,7 @@ class SSLMethod(L.LightningModule):
         lr: float = 0.3,
         lr_scaling: LRScaling = "linear",
         weight_decay: float = 1e-6,
+        weight_decay_end: float | None = None,
         exclude_norms_and_biases: bool = True,
         momentum: float = 0.9,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -220,6 +224,21 @@ class SSLMethod(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batch_start = time.perf_counter()
+        hp = self.hparams
+        if hp.weight_decay_end is not None and hp.weight_decay:
+            decay = self.weight_decay_now()
+            for group in self.trainer.optimizers[0].param_groups:  # before 'weight_decay_scale': decayed or not
+                group["weight_decay"] = decay * group.get("weight_decay_scale", float(group["weight_decay"] > 0))
+            self.log("schedule/weight_decay", host_scalar(decay), on_step=True, on_epoch=False)
+
+    def weight_decay_now(self) -> float:
+        """The weight decay at this optimizer step: cosine from ``weight_decay`` to ``weight_decay_end`` over the
+        fit; ``weight_decay`` where there is no schedule or no trainer."""
+        hp = self.hparams
+        if hp.weight_decay_end is None or not hp.weight_decay or self._trainer is None:
+            return hp.weight_decay
+        return cosine_ramp(self.global_step, int(self.trainer.estimated_stepping_batches), hp.weight_decay,
+                           hp.weight_decay_end)
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
         now = time.perf_counter()
@@ -276,6 +295,8 @@ class SSLMethod(L.LightningModule):
         groups = self.parameter_groups([(n, p) for n, p in self.named_parameters() if p not in probe])
         if probe:
             groups.append({"params": list(probe), "weight_decay": 0.0, "adapt": False, "lr": hp.probe_lr})
+        for group in groups:  # what the weight-decay schedule multiplies (saved with the optimizer state)
+            group["weight_decay_scale"] = group["weight_decay"] / hp.weight_decay if hp.weight_decay else 0.0
         opt = build_optimizer(hp.optimizer, groups, lr, hp.momentum, hp.weight_decay, tuple(hp.betas))
         apply_lr_scale(opt)
         schedule = warmup_cosine_scheduler(opt, self.trainer, hp.warmup_epochs, hp.warmup_start_factor,

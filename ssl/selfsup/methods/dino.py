@@ -24,7 +24,7 @@ from selfsup.losses import (
 from selfsup.methods.base import SSLMethod, StepOutput, host_scalar, size_runs
 from selfsup.methods.twoview import require_positive
 from selfsup.momentum import MomentumTeacher, check_momentum
-from selfsup.optim import clip_grad_per_tensor_, layer_decay_groups, warmup_cosine
+from selfsup.optim import clip_grad_per_tensor_, layer_decay_groups
 from selfsup.training.collapse import target_health
 
 Targets = Literal["centering", "sinkhorn_knopp"]
@@ -60,7 +60,7 @@ class DINO(MomentumTeacher, SSLMethod):
         base_momentum: the teacher's momentum at step 0 (0.996), rising to 1 (cosine).
         clip_grad: each gradient tensor's norm is capped at this value (3.0; 0: off).
         freeze_last_layer_epochs: epochs during which the head's last layer gets no update (1).
-        weight_decay_end: the weight decay at the last step, reached on a cosine from ``weight_decay`` (0.4).
+        weight_decay_end: ``SSLMethod``'s cosine weight-decay schedule, DINO's default end: 0.4.
         koleo_weight: weight of DINOv2's KoLeo term on the student's backbone features of each global crop (0: off;
             DINOv2: 0.1).
         layer_decay: DINOv2's layer-wise lr decay: block i of L gets ``layer_decay ** (L + 1 - id)`` of the lr
@@ -88,14 +88,14 @@ class DINO(MomentumTeacher, SSLMethod):
         base_momentum: float = 0.996,
         clip_grad: float = 3.0,
         freeze_last_layer_epochs: int = 1,
-        weight_decay_end: float = 0.4,
+        weight_decay_end: float | None = 0.4,
         koleo_weight: float = 0.0,
         layer_decay: float = 1.0,
         **kwargs: Any,
     ) -> None:
         for key, value in {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.04}.items():
             kwargs.setdefault(key, value)
-        super().__init__(**kwargs)
+        super().__init__(weight_decay_end=weight_decay_end, **kwargs)
         require_positive(out_dim=out_dim, head_hidden_dim=head_hidden_dim, bottleneck_dim=bottleneck_dim,
                          head_layers=head_layers, student_temp=student_temp, teacher_temp=teacher_temp,
                          warmup_teacher_temp=warmup_teacher_temp)
@@ -210,22 +210,6 @@ class DINO(MomentumTeacher, SSLMethod):
             return layer_id(name.removeprefix("backbone.")) if name.startswith("backbone.") else blocks + 1
 
         return layer_decay_groups(named, depth, blocks, hp.layer_decay, hp.weight_decay, self.no_decay)
-
-    def weight_decay_now(self) -> float:
-        """The weight decay at this optimizer step: cosine from ``weight_decay`` to ``weight_decay_end``."""
-        hp = self.hparams
-        if self._trainer is None or hp.weight_decay == 0:
-            return hp.weight_decay
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        return hp.weight_decay * warmup_cosine(self.global_step, total, 0, 1.0, hp.weight_decay_end / hp.weight_decay)
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)
-        wd = self.weight_decay_now()
-        for group in self.trainer.optimizers[0].param_groups:
-            if group["weight_decay"] > 0:
-                group["weight_decay"] = wd
-        self.log("schedule/weight_decay", host_scalar(wd), on_step=True, on_epoch=False)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         hp = self.hparams
