@@ -123,3 +123,27 @@ def test_without_weight_decay_end_the_weight_decay_stays_and_is_not_logged():
     model.on_train_batch_start({}, 0)
     assert sorted(g["weight_decay"] for g in model.trainer.optimizers[0].param_groups) == [0.0, 1e-4]
     assert "schedule/weight_decay" not in model.logged
+
+
+def test_any_method_takes_the_weight_decay_schedule_and_layer_decay():
+    model = started(SimCLR(backbone="vit_tiny", backbone_args=TINY_VIT, in_channels=1, weight_decay=0.1,
+                           weight_decay_end=0.3, layer_decay=0.5, optimizer="adamw"), 100)
+    model.on_train_batch_start({}, 0)
+    opt, named = model.trainer.optimizers[0], dict(model.named_parameters())
+    lr_scale = {id(p): g["initial_lr"] / opt.defaults["lr"] for g in opt.param_groups for p in g["params"]}
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    expected = {  # 2 blocks: embedding depth 0, block i depth i + 1, the rest of the model depth 3
+        "backbone.conv_proj.weight": (0.5**3, 0.3), "backbone.encoder.pos_embedding": (0.5**3, 0.0),
+        "backbone.encoder.layers.encoder_layer_1.mlp.0.weight": (0.5, 0.3),
+        "backbone.encoder.layers.encoder_layer_1.ln_1.bias": (0.5, 0.0),
+        "projector.0.weight": (1.0, 0.3),
+    }
+    for name, (scale, wd) in expected.items():
+        assert (lr_scale[id(named[name])], decay[id(named[name])]) == pytest.approx((scale, wd)), name
+    assert model.logged["schedule/weight_decay"] == pytest.approx(0.3)
+
+
+def test_layer_decay_on_a_backbone_without_blocks_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="model.layer_decay 0.9 needs a backbone with transformer blocks .* resnet18 "
+                                          "has none; set model.layer_decay: 1.0"):
+        SimCLR(backbone="resnet18", backbone_args={"width": 4}, layer_decay=0.9)

@@ -144,6 +144,29 @@ def layer_decay_groups(
     return [groups[k] for k in sorted(groups)]
 
 
+def check_layer_decay(backbone: nn.Module, decay: float, name: str) -> None:
+    """A ConfigError unless layer-wise lr decay is off (1) or ``backbone`` (called ``name``) has blocks to decay
+    over (a ``layer_id``)."""
+    if decay != 1.0 and not hasattr(backbone, "layer_id"):
+        raise ConfigError(f"model.layer_decay {decay} needs a backbone with transformer blocks (vit_*, swin_*), but "
+                          f"{name} has none; set model.layer_decay: 1.0")
+
+
+def backbone_layer_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]], backbone: nn.Module, decay: float, weight_decay: float,
+    no_decay: Callable[[str, nn.Parameter], bool] = is_no_decay, prefix: str = "backbone.",
+) -> list[dict]:
+    """``layer_decay_groups`` of a model's parameters: those named ``prefix`` + a backbone parameter at the
+    backbone's ``layer_id`` depth, every other one (heads, norms after the backbone; all of them for a backbone
+    without blocks) at the top depth, L + 1."""
+    blocks, layer_id = getattr(backbone, "num_blocks", 0), getattr(backbone, "layer_id", None)
+
+    def depth(name: str) -> int:
+        return layer_id(name.removeprefix(prefix)) if layer_id and name.startswith(prefix) else blocks + 1
+
+    return layer_decay_groups(named_params, depth, blocks, decay, weight_decay, no_decay)
+
+
 def apply_lr_scale(optimizer: torch.optim.Optimizer) -> None:
     """Set each group's lr (and the scheduler's base lr) to the optimizer's lr x the group's ``lr_scale``."""
     for group in optimizer.param_groups:

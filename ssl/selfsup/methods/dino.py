@@ -21,10 +21,10 @@ from selfsup.losses import (
     teacher_temperature,
     updated_center,
 )
-from selfsup.methods.base import SSLMethod, StepOutput, host_scalar, size_runs
+from selfsup.methods.base import SSLMethod, StepOutput, features_by_size, host_scalar
 from selfsup.methods.twoview import require_positive
 from selfsup.momentum import MomentumTeacher, check_momentum
-from selfsup.optim import clip_grad_per_tensor_, layer_decay_groups
+from selfsup.optim import clip_grad_per_tensor_
 from selfsup.training.collapse import target_health
 
 Targets = Literal["centering", "sinkhorn_knopp"]
@@ -63,10 +63,9 @@ class DINO(MomentumTeacher, SSLMethod):
         weight_decay_end: ``SSLMethod``'s cosine weight-decay schedule, DINO's default end: 0.4.
         koleo_weight: weight of DINOv2's KoLeo term on the student's backbone features of each global crop (0: off;
             DINOv2: 0.1).
-        layer_decay: DINOv2's layer-wise lr decay: block i of L gets ``layer_decay ** (L + 1 - id)`` of the lr
-            (1: off; DINOv2: 0.9).
-        **kwargs: the shared options of ``SSLMethod`` (backbone, optimizer, schedule, probe); DINO's defaults:
-            AdamW, lr 5e-4 x N / 256, weight decay 0.04, no decay only for biases and 1-D parameters.
+        **kwargs: the shared options of ``SSLMethod`` (backbone, optimizer, schedule, probe, ``layer_decay``:
+            DINOv2's 0.9); DINO's defaults: AdamW, lr 5e-4 x N / 256, weight decay 0.04, no decay only for biases
+            and 1-D parameters.
     """
 
     view_kinds = ("multicrop",)
@@ -90,7 +89,6 @@ class DINO(MomentumTeacher, SSLMethod):
         freeze_last_layer_epochs: int = 1,
         weight_decay_end: float | None = 0.4,
         koleo_weight: float = 0.0,
-        layer_decay: float = 1.0,
         **kwargs: Any,
     ) -> None:
         for key, value in {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.04}.items():
@@ -139,16 +137,9 @@ class DINO(MomentumTeacher, SSLMethod):
         return StepOutput(loss=sum(terms.values()), features=student.features[0], embeddings=student.embeddings[0],
                           logs=logs)
 
-    def encode(self, backbone: nn.Module, crops: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """``backbone``'s pooled features of each crop, one forward per run of same-sized crops."""
-        features = []
-        for start, end in size_runs(crops):
-            features += backbone(torch.cat(list(crops[start:end]))).chunk(end - start)
-        return features
-
     def distill(self, backbone: nn.Module, head: DINOHead, crops: Sequence[torch.Tensor]) -> Distilled:
         """Backbone and head over ``crops`` (the head once over all of them)."""
-        features = self.encode(backbone, crops)
+        features = features_by_size(backbone, crops)
         embeddings = head.embed(torch.cat(features))
         logits = head.last_layer(embeddings)
         return Distilled(features, list(embeddings.chunk(len(crops))), list(logits.chunk(len(crops))))
@@ -196,21 +187,6 @@ class DINO(MomentumTeacher, SSLMethod):
         """DINO's rule: no weight decay for biases and 1-D parameters only (tokens and position tables decay)."""
         return name.endswith(".bias") or param.ndim == 1
 
-    def parameter_groups(self, named: list[tuple[str, nn.Parameter]]) -> list[dict]:
-        hp = self.hparams
-        if hp.layer_decay == 1.0:
-            return super().parameter_groups(named)
-        blocks = getattr(self.backbone, "num_blocks", 0)
-        layer_id = getattr(self.backbone, "layer_id", None)
-        if layer_id is None:
-            raise ConfigError(f"model.layer_decay needs a backbone with blocks (a ViT); {hp.backbone} has none; "
-                              "set layer_decay: 1.0")
-
-        def depth(name: str) -> int:
-            return layer_id(name.removeprefix("backbone.")) if name.startswith("backbone.") else blocks + 1
-
-        return layer_decay_groups(named, depth, blocks, hp.layer_decay, hp.weight_decay, self.no_decay)
-
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         hp = self.hparams
         probe = set(self.probe.parameters()) if self.probe is not None else set()
@@ -221,16 +197,6 @@ class DINO(MomentumTeacher, SSLMethod):
                 p.grad = None  # the optimizer skips it: no moments, no decay
 
     # ---- checks ------------------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        views = getattr(self.trainer.datamodule, "views", None) if self._trainer else None
-        patch = getattr(self.backbone, "patch_size", None)
-        for size in sorted(set(getattr(views, "sizes", []) or [])):
-            if patch and (size < patch or size % patch):
-                raise ConfigError(f"DINO: crops of {size} px do not split into whole {patch} px patches of "
-                                  f"{self.hparams.backbone}; make every crop size in data.views a multiple of "
-                                  f"{patch} (at least {patch})")
-
     def check_checkpoint(self, saved: dict[str, Any], path: str) -> None:
         """Refuse to resume from a checkpoint whose head was trained with the other ``norm_last_layer``."""
         mine, theirs = self.hparams.norm_last_layer, saved.get("norm_last_layer", True)
