@@ -103,9 +103,11 @@ def main(argv: list[str] | None = None) -> None:
         status = run(args)
     except ArgumentError as err:
         from selfsup.cli_checks import summarize_parse_error
+        from selfsup.moved import renamed_option
         from selfsup.trust import import_refusal
 
-        problem = import_refusal(str(err)) or f"{summarize_parse_error(str(err))} (see selfsup fit --help)"
+        problem = (import_refusal(str(err)) or renamed_option(str(err))
+                   or f"{summarize_parse_error(str(err))} (see selfsup fit --help)")
         print(f"selfsup: error: {problem}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:
