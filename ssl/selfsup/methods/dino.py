@@ -24,7 +24,7 @@ from selfsup.losses import (
 from selfsup.methods.base import SSLMethod, StepOutput, features_by_size, host_scalar
 from selfsup.methods.twoview import require_positive
 from selfsup.momentum import MomentumTeacher, check_momentum
-from selfsup.optim import clip_grad_per_tensor_
+from selfsup.optim import OptimizerName, clip_grad_per_tensor_
 from selfsup.training.collapse import target_health
 
 Targets = Literal["centering", "sinkhorn_knopp"]
@@ -64,8 +64,8 @@ class DINO(MomentumTeacher, SSLMethod):
         koleo_weight: weight of DINOv2's KoLeo term on the student's backbone features of each global crop (0: off;
             DINOv2: 0.1).
         **kwargs: the shared options of ``SSLMethod`` (backbone, optimizer, schedule, probe, ``layer_decay``:
-            DINOv2's 0.9); DINO's defaults: AdamW, lr 5e-4 x N / 256, weight decay 0.04, no decay only for biases
-            and 1-D parameters.
+            DINOv2's 0.9); no decay only for biases and 1-D parameters.
+        optimizer, lr, weight_decay: DINO's: AdamW, 5e-4 x N / 256, 0.04.
     """
 
     view_kinds = ("multicrop",)
@@ -89,11 +89,13 @@ class DINO(MomentumTeacher, SSLMethod):
         freeze_last_layer_epochs: int = 1,
         weight_decay_end: float | None = 0.4,
         koleo_weight: float = 0.0,
+        optimizer: OptimizerName = "adamw",
+        lr: float = 5e-4,
+        weight_decay: float = 0.04,
         **kwargs: Any,
     ) -> None:
-        for key, value in {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.04}.items():
-            kwargs.setdefault(key, value)
-        super().__init__(weight_decay_end=weight_decay_end, **kwargs)
+        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, weight_decay_end=weight_decay_end,
+                         **kwargs)
         require_positive(out_dim=out_dim, head_hidden_dim=head_hidden_dim, bottleneck_dim=bottleneck_dim,
                          head_layers=head_layers, student_temp=student_temp, teacher_temp=teacher_temp,
                          warmup_teacher_temp=warmup_teacher_temp)
