@@ -146,6 +146,29 @@ def layer_decay_groups(
     return [groups[k] for k in sorted(groups)]
 
 
+def check_layer_decay(backbone: nn.Module, decay: float, name: str) -> None:
+    """A ConfigError unless layer-wise lr decay is off (1) or ``backbone`` (called ``name``) has blocks to decay
+    over (a ``layer_id``)."""
+    if decay != 1.0 and not hasattr(backbone, "layer_id"):
+        raise ConfigError(f"model.layer_decay {decay} needs a backbone with transformer blocks (vit_*, swin_*), but "
+                          f"{name} has none; set model.layer_decay: 1.0")
+
+
+def backbone_layer_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]], backbone: nn.Module, decay: float, weight_decay: float,
+    no_decay: Callable[[str, nn.Parameter], bool] = is_no_decay, prefix: str = "backbone.",
+) -> list[dict]:
+    """``layer_decay_groups`` of a model's parameters: those named ``prefix`` + a backbone parameter at the
+    backbone's ``layer_id`` depth, every other one (heads, norms after the backbone; all of them for a backbone
+    without blocks) at the top depth, L + 1."""
+    blocks, layer_id = getattr(backbone, "num_blocks", 0), getattr(backbone, "layer_id", None)
+
+    def depth(name: str) -> int:
+        return layer_id(name.removeprefix(prefix)) if layer_id and name.startswith(prefix) else blocks + 1
+
+    return layer_decay_groups(named_params, depth, blocks, decay, weight_decay, no_decay)
+
+
 def apply_lr_scale(optimizer: torch.optim.Optimizer) -> None:
     """Set each group's lr (and the scheduler's base lr) to the optimizer's lr x the group's ``lr_scale``."""
     for group in optimizer.param_groups:
@@ -190,14 +213,13 @@ def warmup_cosine(
     from 1 down to ``final_factor`` at ``total_steps``."""
     if step < warmup_steps:
         return start_factor + (1.0 - start_factor) * step / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cosine_ramp(step - warmup_steps, total_steps - warmup_steps, 1.0, final_factor)
 
 
 def cosine_ramp(step: int, total_steps: int, start: float, end: float) -> float:
     """``end + (start - end) * (1 + cos(pi * step / total_steps)) / 2``: ``start`` at step 0, ``end`` at
-    ``total_steps`` and after (I-JEPA's weight decay, 0.04 -> 0.4)."""
+    ``total_steps`` and after. The one cosine of every schedule: the lr after its warmup, the weight decay
+    (``weight_decay`` -> ``weight_decay_end``), the momentum of a cosine EMA (``base_momentum`` -> 1)."""
     progress = min(1.0, step / max(1, total_steps))
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

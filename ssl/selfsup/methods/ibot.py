@@ -14,7 +14,7 @@ from selfsup.data.views import ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.heads import DINOHead, WeightNormLinear
 from selfsup.losses import centered_targets, masked_patch_loss, teacher_temperature, updated_center
-from selfsup.methods.base import StepOutput, host_scalar
+from selfsup.methods.base import StepOutput, features_by_size, host_scalar
 from selfsup.methods.dino import DINO, Distilled
 from selfsup.momentum import check_momentum, momentum_copy
 
@@ -96,7 +96,7 @@ class iBOT(DINO):
         forward, the local ones pooled (one forward per size). With masks, the head sees the masked patches only
         (the loss reads no other)."""
         tokens = backbone.tokens(torch.cat(list(crops[:2])), None if masks is None else torch.cat(list(masks)))
-        features = [*pooled(backbone, tokens).chunk(2), *self.encode(backbone, crops[2:])]
+        features = [*pooled(backbone, tokens).chunk(2), *features_by_size(backbone, crops[2:])]
         embeddings = head.embed(torch.cat(features))
         logits = head.last_layer(embeddings)
         patch_layer, patches = getattr(head, "patch_layer", head.last_layer), tokens[:, backbone.num_prefix:]
