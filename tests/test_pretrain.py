@@ -1,0 +1,124 @@
+"""`selfsup pretrain PATH` and `selfsup.pretrain(...)`: a folder of real photos with broken files to an exported
+backbone that selfsup, torchvision and timm load; every image method's photo recipe."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import selfsup
+from clirun import REPO, printed_config
+from clirun import selfsup as cli
+from selfsup.pretraining import photo_methods
+
+IMAGE_METHODS = ("simclr", "swav", "byol", "mocov3", "barlowtwins", "vicreg", "dino", "ibot", "mae", "simmim",
+                 "pixpro", "rotnet", "ijepa")
+SMALL = ["--epochs", "1", "--data.init_args.image_size", "32"]  # two steps of 16 images at 32 px
+
+
+def photo_folder(root: Path, per_class: int = 20) -> Path:
+    """Crops of scikit-learn's two sample photos in two class folders (JPEG and PNG, several sizes), and beside
+    them a truncated JPEG and a text file named .jpg (both to be skipped), an RGBA PNG and a grayscale JPEG (both
+    to be trained on)."""
+    from sklearn.datasets import load_sample_image
+
+    for c, name in enumerate(("china", "flower")):
+        image = load_sample_image(f"{name}.jpg")
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            side = 40 + (i * 7) % 60
+            top, left = (i * 37) % (image.shape[0] - side), (i * 53 + c) % (image.shape[1] - side)
+            crop = Image.fromarray(image[top:top + side, left:left + side + i % 9])
+            crop.save(root / name / (f"{i:03d}.png" if i % 3 == 0 else f"{i:03d}.jpg"))
+    good = (root / "china/001.jpg").read_bytes()
+    (root / "china/truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "flower/notes.jpg").write_text("holiday 2024, not a photo\n")
+    Image.open(root / "china/002.jpg").convert("RGBA").save(root / "china/rgba.png")
+    Image.open(root / "flower/002.jpg").convert("L").save(root / "flower/gray.jpg")
+    return root
+
+
+def check_export(backbone_pt: Path, size: int, photo: Path) -> None:
+    """The export loads with selfsup.load_backbone (evaluating ``photo`` at the run's size, resized by 256/224) and
+    into torchvision's resnet18 (everything but the classifier)."""
+    import torchvision
+
+    described = json.loads(backbone_pt.with_suffix(".json").read_text())["eval_transform"]
+    assert (described["size"], described["resize"]) == (size, round(size / 0.875)), described
+    backbone, transform = selfsup.load_backbone(backbone_pt)
+    x = transform(Image.open(photo))
+    assert tuple(x.shape) == (3, size, size) and tuple(backbone(x[None]).shape) == (1, 512)
+    model = torchvision.models.resnet18()
+    missing, unexpected = model.load_state_dict(torch.load(backbone_pt, weights_only=True), strict=False)
+    assert missing == ["fc.weight", "fc.bias"] and not unexpected
+    assert "selfsup.load_backbone" in (backbone_pt.parent / "load.py").read_text()
+
+
+@pytest.mark.slow
+def test_pretrain_a_folder_of_photos_with_broken_files_through_the_cli(tmp_path):
+    photo_folder(tmp_path / "photos")
+    proc = cli("pretrain", "photos", *SMALL, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    skipped = out[out.index("passed over"):].splitlines()
+    assert any("truncated.jpg" in line for line in skipped) and any("notes.jpg" in line for line in skipped), out
+    assert "rgba.png" not in out and "gray.jpg" not in out  # converted and trained on
+    assert re.search(r"step 2/2 .*ETA", out) and "random-init backbone" in out and "pretrained backbone" in out, out
+    run = tmp_path / "runs/simclr-photos/version_0"
+    assert f"run {run.relative_to(tmp_path)}" in out
+    check_export(run / "export/backbone.pt", 32, tmp_path / "photos/china/rgba.png")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["data"]["init_args"]["source"] == "shards:data/shards/photos"
+    assert config["data"]["init_args"]["image_size"] == 32 and config["trainer"]["max_epochs"] == 1
+    assert "views 32 px, eval 32 of 37 px" in out  # the summary line's sizes
+
+
+@pytest.mark.slow
+def test_pretrain_in_python_reuses_the_shards_and_names_its_own_run(tmp_path, monkeypatch, capsys, caplog):
+    """SwAV on RGB photos; its one-epoch prototype freeze and a queue as long as the data are said to cover all."""
+    photo_folder(tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)
+    cli("shards", "write", "--from", "photos", "--out", "data/shards/photos", "--val-fraction", "0.2", "--quiet",
+        cwd=tmp_path)
+    options = ["--data.init_args.image_size", "32", "--model.init_args.queue_length", "64",
+               "--model.init_args.queue_start_epoch", "0"]
+    with pytest.warns(UserWarning) as said:
+        backbone_pt = selfsup.pretrain("photos", "swav", name="mine", epochs=1, fit_options=options)
+    out = "".join(capsys.readouterr()) + caplog.text  # the kNN table is a log record
+    assert "written before" in out and "random-init backbone" in out and "pretrained backbone" in out, out
+    warned = " ".join(str(w.message) for w in said)
+    assert "prototypes stay frozen for the whole run (2 steps of 2)" in warned, warned
+    assert "queue_length 64 holds the whole training set (33 images)" in warned, warned
+    assert Path(backbone_pt) == Path("runs/mine/version_0/export/backbone.pt")
+    check_export(Path(backbone_pt), 32, tmp_path / "photos/flower/gray.jpg")
+
+
+def test_an_unknown_method_is_one_line_with_the_nearest(tmp_path):
+    (tmp_path / "photos").mkdir()
+    proc = cli("pretrain", "photos", "--method", "simclear", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "no photo recipe for it; did you mean simclr?" in proc.stderr
+
+
+def test_every_image_method_has_a_photo_recipe():
+    assert set(photo_methods()) == set(IMAGE_METHODS)
+
+
+@pytest.mark.parametrize("method", IMAGE_METHODS)
+def test_photo_recipe_parses_with_its_own_run_and_sizes(method, tmp_path):
+    config = yaml.safe_load(printed_config(f"{method}/photos", tmp_path))
+    assert config["trainer"]["logger"][0]["init_args"]["name"] == f"{method}-photos"
+    data = config["data"]["init_args"]
+    assert (data["image_size"], data["eval_crop"], data["num_workers"]) == (64, 0.875, 1)
+    assert data["views"] is None  # the method's own (the paper's) views, at image_size
+
+
+def test_photo_recipes_are_not_the_demo_and_name_no_mnist_steps():
+    for method in IMAGE_METHODS:
+        text = (REPO / f"experiments/{method}/photos.yaml").read_text()
+        assert "freeze_prototypes_iters" not in text and "mnist" not in text.lower()
