@@ -15,7 +15,7 @@ from PIL import Image
 import selfsup
 from clirun import REPO, printed_config
 from clirun import selfsup as cli
-from selfsup.pretraining import photo_methods
+from selfsup.pretraining import photo_methods, plan
 
 IMAGE_METHODS = ("simclr", "swav", "byol", "mocov3", "barlowtwins", "vicreg", "dino", "ibot", "mae", "simmim",
                  "pixpro", "rotnet", "ijepa")
@@ -122,3 +122,46 @@ def test_photo_recipes_are_not_the_demo_and_name_no_mnist_steps():
     for method in IMAGE_METHODS:
         text = (REPO / f"experiments/{method}/photos.yaml").read_text()
         assert "freeze_prototypes_iters" not in text and "mnist" not in text.lower()
+
+
+@pytest.fixture(scope="module")
+def photo_shards(tmp_path_factory) -> Path:
+    """The photo folder above as shards with a val split."""
+    root = tmp_path_factory.mktemp("photo-shards")
+    cli("shards", "write", "--from", str(photo_folder(root / "photos")), "--out", str(root / "shards"),
+        "--val-fraction", "0.2", "--quiet", cwd=root)
+    return root / "shards"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", IMAGE_METHODS)
+def test_photo_recipe_trains_on_real_photos(method, photo_shards, tmp_path):
+    """Each recipe as written (its default views, a ViT built at the data's size) takes two steps on RGB photos
+    and evaluates them at the view size with ImageNet's margin."""
+    proc = cli("fit", "-c", f"experiments/{method}/photos.yaml", "--data.init_args.source", f"shards:{photo_shards}",
+               "--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0", "--trainer.max_steps", "2",
+               "--trainer.limit_val_batches", "1", cwd=tmp_path)
+    summary = next(line for line in proc.stdout.splitlines() if " | backbone " in line)
+    assert "eval 64 of 73 px" in summary and summary.split(" | ")[2].startswith("data "), summary
+    assert ("image_size=64" in summary) == (method in ("dino", "ibot", "mae", "simmim", "ijepa")), summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, backbone, args", [("dino", "vit_s_16", "{pool: cls}"), ("pixpro", "resnet50", "{}")])
+def test_a_gpu_gets_the_papers_backbone_at_224_and_the_options_parse(method, backbone, args, photo_shards, tmp_path):
+    chosen = plan(f"experiments/{method}/photos.yaml", photo_shards, "x", "gpu", None)
+    options = {option: value for option, value, _ in chosen.options}
+    assert (options["--model.init_args.backbone"], options["--model.init_args.backbone_args"]) == (backbone, args)
+    assert options["--data.init_args.image_size"] == "224" and options["--trainer.max_epochs"] == "100"
+    assert options["--data.init_args.batch_size"] == "16"  # 256 capped: at least 2 steps an epoch of 33 images
+    printed = yaml.safe_load(cli(*chosen.fit_args(["--print_config"]), cwd=tmp_path).stdout)
+    assert printed["model"]["init_args"]["backbone"] == backbone and printed["data"]["init_args"]["image_size"] == 224
+
+
+@pytest.mark.slow
+def test_a_cpu_run_aims_at_a_few_hundred_steps_and_says_what_a_gpu_would_use(photo_shards):
+    chosen = plan("experiments/simclr/photos.yaml", photo_shards, "x", "cpu", None)
+    options = {option: value for option, value, _ in chosen.options}
+    assert options["--trainer.max_epochs"] == "100"  # 2 steps an epoch: the recipe's 100 epochs are under 300 steps
+    assert "--model.init_args.backbone" not in options
+    assert "on a GPU this would train resnet50 at 224 px" in chosen.notes[0]
