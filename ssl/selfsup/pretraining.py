@@ -53,6 +53,11 @@ def photo_methods() -> list[str]:
     return sorted(p.parent.name for p in PACKAGED.glob("*/photos.yaml") if p.parent.name != "eval")
 
 
+def default_name(method: str, path: Path) -> str:
+    """The run's name without ``--name``: METHOD-FOLDER (runs/simclr-photos/version_N)."""
+    return f"{method.lower()}-{path.resolve().name}"
+
+
 def photo_recipe(method: str) -> str:
     """``experiments/METHOD/photos.yaml`` (the packaged recipe unless there is a copy here)."""
     recipe = f"experiments/{method.lower()}/photos.yaml"
@@ -154,7 +159,7 @@ def pretrain(path: str | os.PathLike, method: str = DEFAULT_METHOD, name: str | 
     recipe = photo_recipe(method)
     where = machine(device)
     source = shard_set(folder, Path(shards) if shards else None, say)
-    run_name = name or f"{method.lower()}-{folder.resolve().name}"
+    run_name = name or default_name(method, folder)
     chosen = plan(recipe, source, run_name, where, epochs)
     if device == "cpu":
         chosen.choose("--trainer.accelerator", "cpu", "--device cpu")
