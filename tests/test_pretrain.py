@@ -75,6 +75,11 @@ def test_pretrain_a_folder_of_photos_with_broken_files_through_the_cli(tmp_path)
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["data"]["init_args"]["source"] == "shards:data/shards/photos"
     assert config["data"]["init_args"]["image_size"] == 32 and config["trainer"]["max_epochs"] == 1
+    again = yaml.safe_load(cli("fit", "-c", str(run / "config.yaml"), "--print_config", cwd=tmp_path).stdout)
+    for part in ("model", "data", "trainer"):  # `selfsup fit -c RUN/config.yaml` makes the same run
+        assert again[part] == config[part], part
+    assert (again["name"], again["data"]["init_args"]["batch_size"]) == ("simclr-photos", 16)
+    assert again["threads"] == config["threads"] >= 1  # the cores the loader workers leave free
     assert "views 32 px, eval 32 of 37 px" in out  # the summary line's sizes
 
 

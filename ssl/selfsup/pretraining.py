@@ -104,43 +104,47 @@ def plan(recipe: str, source: Path, name: str, where: str, epochs: int | None) -
     from selfsup.data.sources import Source
 
     raw = yaml.safe_load(recipe_path(recipe).read_text())
-    model, data = raw["model"]["init_args"], raw["data"]["init_args"]
-    data_source = Source(f"shards:{source}")
-    train = data_source.split("train").num_samples
+    data = Source(f"shards:{source}")
+    train = data.split("train").num_samples
     result = Plan(recipe, name)
     result.choose("--data.init_args.source", f"shards:{source}", f"{train} training images")
     result.choose("--name", name, f"the run folder runs/{name}/version_N")
-    cores = os.cpu_count() or 1
-    backbone, args = model["backbone"], dict(model.get("backbone_args") or {})
-    gpu_backbone = GPU_BACKBONES.get(backbone, backbone)
-    gpu_args = {k: v for k, v in args.items() if k not in SIZE_ARGS}
-    if where == "gpu":
-        result.choose("--model.init_args.backbone", gpu_backbone, "the papers' backbone on a GPU")
-        result.choose("--model.init_args.backbone_args", yaml.safe_dump(gpu_args, default_flow_style=True).strip(),
-                      "its own sizes")
-        result.choose("--data.init_args.image_size", GPU_IMAGE_SIZE, "the papers' view size")
-        workers = min(8, max(1, cores - 1))
-    else:
-        workers = 1 if cores <= 2 else min(8, cores // 2)
-        result.choose("--threads", max(1, cores - workers), f"{cores} cores: the loader workers' are left free")
-        result.notes.append(f"on a GPU this would train {gpu_backbone} at {GPU_IMAGE_SIZE} px, batch {GPU_BATCH}, "
-                            f"{min(8, max(1, cores - 1))} loader worker(s)")
-    result.choose("--data.init_args.num_workers", workers, "loader processes making the views")
-    wanted = GPU_BATCH if where == "gpu" else int(data["batch_size"])
+    size_to_machine(result, raw["model"]["init_args"], where)
+    wanted = GPU_BATCH if where == "gpu" else int(raw["data"]["init_args"]["batch_size"])
     batch = min(wanted, 2 ** int(math.log2(max(train // 2, 1))))
     result.choose("--data.init_args.batch_size", batch,
                   "the recipe's" if batch == wanted else f"at least 2 steps an epoch of {train} images")
-    steps = train // batch
-    schedule = int(raw["trainer"]["max_epochs"])
+    steps, schedule = train // batch, int(raw["trainer"]["max_epochs"])
     if epochs is None:
         epochs = schedule if where == "gpu" else max(1, min(schedule, math.ceil(CPU_STEPS / max(steps, 1))))
         why = "the recipe's" if epochs == schedule else f"about {CPU_STEPS} steps on a CPU; --epochs to change"
     else:
         why = "--epochs"
-    result.choose("--trainer.max_epochs", epochs, f"{why}: {epochs * steps} steps of {steps}")
-    if not (data_source.label_classes("cls") and data_source.has_split("val")):
+    result.choose("--trainer.max_epochs", epochs, f"{why}: {epochs} x {steps} steps")
+    if not (data.label_classes("cls") and data.has_split("val")):
         result.notes.append("no class folders (or no val split): no kNN before/after")
     return result
+
+
+def size_to_machine(result: Plan, model: dict, where: str) -> None:
+    """A GPU gets the papers' backbone at 224 px; a CPU keeps the recipe's small one, its loader workers and
+    torch's threads sharing the cores, with a note of what a GPU would train."""
+    cores = os.cpu_count() or 1
+    gpu_workers = min(8, max(1, cores - 1))
+    backbone = GPU_BACKBONES.get(model["backbone"], model["backbone"])
+    if where == "gpu":
+        kept = {k: v for k, v in (model.get("backbone_args") or {}).items() if k not in SIZE_ARGS}
+        result.choose("--model.init_args.backbone", backbone, "the papers' backbone on a GPU")
+        result.choose("--model.init_args.backbone_args", yaml.safe_dump(kept, default_flow_style=True).strip(),
+                      "its own sizes")
+        result.choose("--data.init_args.image_size", GPU_IMAGE_SIZE, "the papers' view size")
+        result.choose("--data.init_args.num_workers", gpu_workers, "loader processes making the views")
+        return
+    workers = 1 if cores <= 2 else min(8, cores // 2)
+    result.choose("--threads", max(1, cores - workers), f"{cores} cores: the loader workers' are left free")
+    result.choose("--data.init_args.num_workers", workers, "loader processes making the views")
+    result.notes.append(f"on a GPU this would train {backbone} at {GPU_IMAGE_SIZE} px, batch {GPU_BATCH}, "
+                        f"{gpu_workers} loader worker(s)")
 
 
 def pretrain(path: str | os.PathLike, method: str = DEFAULT_METHOD, name: str | None = None,
