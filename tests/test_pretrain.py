@@ -4,7 +4,10 @@ backbone that selfsup, torchvision and timm load; every image method's photo rec
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,23 +87,25 @@ def test_pretrain_a_folder_of_photos_with_broken_files_through_the_cli(tmp_path)
 
 
 @pytest.mark.slow
-def test_pretrain_in_python_reuses_the_shards_and_names_its_own_run(tmp_path, monkeypatch, capsys, caplog):
+def test_pretrain_in_python_reuses_the_shards_and_names_its_own_run(tmp_path):
     """SwAV on RGB photos; its one-epoch prototype freeze and a queue as long as the data are said to cover all."""
     photo_folder(tmp_path / "photos")
-    monkeypatch.chdir(tmp_path)
     cli("shards", "write", "--from", "photos", "--out", "data/shards/photos", "--val-fraction", "0.2", "--quiet",
         cwd=tmp_path)
     options = ["--data.init_args.image_size", "32", "--model.init_args.queue_length", "64",
-               "--model.init_args.queue_start_epoch", "0"]
-    with pytest.warns(UserWarning) as said:
-        backbone_pt = selfsup.pretrain("photos", "swav", name="mine", epochs=1, fit_options=options)
-    out = "".join(capsys.readouterr()) + caplog.text  # the kNN table is a log record
+               "--model.init_args.queue_start_epoch", "0",
+               "--trainer.precision", "32-true"]  # bf16 gave a non-finite gradient in 1 of 4 runs of 16 images
+    code = ("import selfsup\n"
+            f"print('export:', selfsup.pretrain('photos', 'swav', name='mine', epochs=1, fit_options={options!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "ssl")})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
     assert "written before" in out and "random-init backbone" in out and "pretrained backbone" in out, out
-    warned = " ".join(str(w.message) for w in said)
-    assert "prototypes stay frozen for the whole run (2 steps of 2)" in warned, warned
-    assert "queue_length 64 holds the whole training set (33 images)" in warned, warned
-    assert Path(backbone_pt) == Path("runs/mine/version_0/export/backbone.pt")
-    check_export(Path(backbone_pt), 32, tmp_path / "photos/flower/gray.jpg")
+    assert "prototypes stay frozen for the whole run (2 steps of 2)" in out, out
+    assert "queue_length 64 holds the whole training set (33 images)" in out, out
+    assert "export: runs/mine/version_0/export/backbone.pt" in out
+    check_export(tmp_path / "runs/mine/version_0/export/backbone.pt", 32, tmp_path / "photos/flower/gray.jpg")
 
 
 def test_an_unknown_method_is_one_line_with_the_nearest(tmp_path):
