@@ -25,7 +25,7 @@ class SSLDataModule(L.LightningDataModule):
         batch_size: images per batch on each device (the global batch is this x devices x nodes).
         num_workers: loader processes per device; capped by the shards each rank has.
         views: the training view recipe; by default the method's own (``default_views``).
-        image_size: side of evaluation images (default: the data's own size).
+        image_size: side of evaluation images (default: the data's own size, else the training views' largest side).
         eval_resize: short side before the evaluation centre crop (default: ``image_size``, or as ``eval_crop``).
         eval_crop: the share of the resized short side the evaluation centre crop keeps, so the resize follows the
             image size: 0.875 is ImageNet's 224 of 256, and a 64 px run then evaluates a 64 px crop of a 73 px
@@ -224,9 +224,10 @@ class SSLDataModule(L.LightningDataModule):
         """``views 96+40 px, eval 96 of 110 px``: the training views' sides and the evaluation crop of its resize."""
         sides = "+".join(str(s) for s in dict.fromkeys(view_sides(self.views))) or "?"
         try:
-            frame = getattr(self.eval_transform(), "_frame", None) or self.eval_transform()
+            view = self.eval_transform()
         except ConfigError:
             return f"views {sides} px"
+        frame = getattr(view, "_frame", view)  # a video's clips: each frame as an image
         return f"views {sides} px, eval {frame.size} of {frame.resize} px"
 
     def val_dataloader(self) -> DataLoader | list:
