@@ -15,6 +15,7 @@ import math
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def photo_recipe(method: str) -> str:
     return recipe
 
 
-def shard_set(path: Path, shards: Path | None, say) -> Path:
+def shard_set(path: Path, shards: Path | None, say: Callable[[str], None]) -> Path:
     """The shard set of ``path``: itself when it is one, else the shards written from the folder (to ``shards``,
     default ``data/shards/NAME``; reused when written before), with the files passed over listed."""
     if (path / "manifest.json").is_file():
@@ -190,7 +191,7 @@ def train(args: list[str], runs: Path) -> Path:
     return new[-1]
 
 
-def export(run: Path, say) -> Path:
+def export(run: Path, say: Callable[[str], None]) -> Path:
     """Write ``RUN/export/``: the backbone, its ``backbone.json`` and ``load.py``, the two lines that load it."""
     from selfsup.eval.export import describe, export_backbone
 
