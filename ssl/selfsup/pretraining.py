@@ -209,7 +209,8 @@ def export(run: Path, say: Callable[[str], None]) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="selfsup pretrain", description=__doc__.split("\n\n")[0].replace("``", "`"),
+        prog="selfsup pretrain", description="A folder of images (or a shard set) to an exported backbone: shards, "
+        "the method's photo recipe sized to this machine, kNN before and after, RUN/export/.",
         epilog="Any other option goes to selfsup fit, e.g. --trainer.max_steps 10 or --model.init_args.lr 0.1")
     parser.add_argument("path", help="a folder of images (ROOT/CLASS/*.jpg gives kNN before/after; ROOT/*.jpg) "
                         "or a shard set (a folder with manifest.json)")
