@@ -29,7 +29,16 @@ def _stop_after_parsing() -> None:
     def stop(self, *args, **kwargs):
         raise Parsed
 
+    parse_known_args = argparse.ArgumentParser.parse_known_args
+
+    def known_then_stop(self, *args, **kwargs):  # `selfsup pretrain` keeps the options it does not know for fit
+        found = parse_known_args(self, *args, **kwargs)
+        if self.prog == "selfsup pretrain":
+            raise Parsed
+        return found
+
     argparse.ArgumentParser.parse_args = parse_then_stop
+    argparse.ArgumentParser.parse_known_args = known_then_stop
     SelfsupCLI.before_instantiate_classes = stop
 
 

@@ -219,19 +219,17 @@ def test_a_folder_of_photos_end_to_end_with_the_template_recipe(tmp_path):
     written = selfsup("shards", "write", "--from", str(tmp_path / "photos"), "--out", str(shards),
                       "--val-fraction", "0.2", "--quiet", cwd=tmp_path)
     small = ["--model.init_args.backbone_args", "{width: 4, cifar_stem: true}", "--data.init_args.batch_size", "16",
-             "--data.init_args.num_workers", "0", "--data.init_args.image_size", "32",
-             "--data.init_args.eval_resize", "36", "--data.init_args.views.init_args.size", "32",
-             "--trainer.max_epochs", "2"]
+             "--data.init_args.num_workers", "0", "--data.init_args.image_size", "32", "--trainer.max_epochs", "2"]
     fit = selfsup("fit", "-c", "experiments/simclr/photos.yaml", "--data.init_args.source", f"shards:{shards}",
                   *small, cwd=tmp_path)
-    run = tmp_path / "runs/simclr-photos-shards/version_0"
+    run = tmp_path / "runs/simclr-photos/version_0"
     assert f"run folder: {run.relative_to(tmp_path)}" in fit.stdout and "kNN on val" in fit.stderr + fit.stdout
     ckpt = run / "checkpoints/last.ckpt"
     knn = selfsup("knn", "--ckpt", str(ckpt), "-c", str(run / "config.yaml"), cwd=tmp_path)
     assert re.search(r"^ +10 +[01]\.\d{4}", knn.stdout, re.MULTILINE), knn.stdout
     selfsup("export", "--ckpt", str(ckpt), "--out", str(tmp_path / "backbone.pt"), cwd=tmp_path)
     described = json.loads((tmp_path / "backbone.json").read_text())
-    assert described["eval_transform"] == {"media": "image", "channels": 3, "size": 32, "resize": 36, "mean": None,
+    assert described["eval_transform"] == {"media": "image", "channels": 3, "size": 32, "resize": 37, "mean": None,
                                            "std": None}
     code = ("import selfsup, torch; from PIL import Image\n"
             "backbone, transform = selfsup.load_backbone('backbone.pt')\n"

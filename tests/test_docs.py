@@ -3,10 +3,11 @@ as needing a GPU, a cluster or a data set that is not in the repository); the do
 or docstring points outside the repository.
 
 The commands run at the smallest size that still exercises their code, by one rule for every page: each
-`selfsup fit` gets SHORT_FIT appended (one epoch of two batches of 32), and every command reads the built-in
-data sets cut to their first few hundred samples per split (the `small_builtins` fixture, SMALL_SPLITS in
-builtin_cache.py), so that `knn`, `plot`, feature caches and probes pass over hundreds of samples, not
-thousands. The full-length runs, and the numbers the pages quote, come from `make results`."""
+`selfsup fit` and `selfsup pretrain` (which passes it on to fit) get SHORT_FIT appended (one epoch of two batches
+of 32), and every command reads the built-in data sets cut to their first few hundred samples per split (the
+`small_builtins` fixture, SMALL_SPLITS in builtin_cache.py), so that `knn`, `plot`, feature caches and probes pass
+over hundreds of samples, not thousands. The full-length runs, and the numbers the pages quote, come from
+`make results`."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ MARKS = ("# [GPU]", "# [cluster]", "# [data]")  # a command that cannot run on a
 SHORT_FIT = ("--trainer.max_epochs 1 --trainer.limit_train_batches 2 --trainer.limit_val_batches 2 "
              "--data.init_args.batch_size 32")
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+VARIABLE = r"^[A-Z]+=(\$\(ls |[\w/.-]+(\s+#.*)?$)"  # a checkpoint or run folder a page names, for the next commands
 
 
 def blocks(page: Path) -> list[tuple[str, str]]:
@@ -71,7 +73,7 @@ def test_every_command_is_run_here_or_marked():
             if program == "make":  # CI runs `make docs` and `make test`; `make demo` is simclr.md's commands
                 assert command.split()[1] in targets, (rel(page), command)
             else:  # run by test_page_commands_run, or refused here: mark it or make it runnable
-                assert (program == "selfsup" or re.match(r"^[A-Z]+=\$\(ls ", command)
+                assert (program == "selfsup" or re.match(VARIABLE, command)
                         or command.startswith("export SELFSUP_TRUST=")), (rel(page), command)
             assert "torchrun" not in command and "sbatch" not in command, (rel(page), command)
 
@@ -217,11 +219,11 @@ def photos(root: Path) -> None:
 
 def script(page: Path) -> tuple[str, str]:
     """A page's commands and Python blocks as one bash script, in page order; marked commands and `make` left
-    out. `selfsup` runs this checkout's CLI; `fit` gets SHORT_FIT appended. Python blocks run with the page's
-    earlier Python blocks before them, as in one reader's session. Returned: the script, and the page's Python
-    blocks joined (importable as my_methods, which adding-a-method.md trains through the CLI)."""
+    out. `selfsup` runs this checkout's CLI; `fit` and `pretrain` get SHORT_FIT appended. Python blocks run with the
+    page's earlier Python blocks before them, as in one reader's session. Returned: the script, and the page's
+    Python blocks joined (importable as my_methods, which adding-a-method.md trains through the CLI)."""
     lines = ["set -euo pipefail",
-             f'selfsup() {{ if [ "$1" = fit ]; then "$PY" -m selfsup.cli "$@" {SHORT_FIT}; '
+             f'selfsup() {{ if [ "$1" = fit ] || [ "$1" = pretrain ]; then "$PY" -m selfsup.cli "$@" {SHORT_FIT}; '
              'else "$PY" -m selfsup.cli "$@"; fi; }']
     python: list[str] = []
     for lang, code in blocks(page):
@@ -240,13 +242,14 @@ def parse_list(pages: list[Path], root: Path) -> list[dict]:
     for page in pages:
         env: dict[str, str] = {}
         for command in page_commands(page):
-            if marked(command) or command.startswith("make ") or re.match(r"^[A-Z]+=\$\(ls ", command):
+            if marked(command) or command.startswith("make ") or re.match(VARIABLE, command):
                 continue
             if command.startswith("export "):
                 name, value = command.split()[1].split("=", 1)
                 env[name] = value
             else:
-                words = shlex.split(re.sub(r"\$[A-Z]+\b", str(root / "last.ckpt"), command), comments=True)
+                named = re.sub(r"\$[A-Z]+\b(/\S*\.ckpt)?", str(root / "last.ckpt"), command)  # $RUN/.../last.ckpt
+                words = shlex.split(named, comments=True)
                 out.append({"where": f"{rel(page)}: {command}", "args": words[1:], "env": env.copy()})
     return out
 
@@ -285,4 +288,5 @@ def test_page_commands_run(page, tmp_path, small_builtins):
     proc = subprocess.run(["bash", "-c", text], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=800)
     assert proc.returncode == 0, f"{rel(page)}:\n{text}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     if page.name == "README.md":
-        assert "pretrained backbone" in proc.stdout + proc.stderr and (tmp_path / "backbone.pt").is_file()
+        export = tmp_path / "runs/simclr-photos/version_0/export/backbone.pt"
+        assert "pretrained backbone" in proc.stdout + proc.stderr and export.is_file()

@@ -27,3 +27,16 @@ def load_backbone(path: str | PathLike) -> tuple[nn.Module, v2.Compose]:
     from selfsup.eval.export import load_exported
 
     return load_exported(path)
+
+
+def pretrain(path: str | PathLike, method: str = "simclr", **options) -> PathLike:
+    """Pretrain ``method`` on a folder of images (or a shard set) with its photo recipe, sized to this machine, as
+    ``selfsup pretrain PATH`` does; returns the exported backbone, which ``load_backbone`` reads. ``options``: see
+    ``selfsup.pretraining.pretrain`` (name, epochs, shards, device, fit_options)::
+
+        backbone_pt = selfsup.pretrain("photos", method="simclr")
+        backbone, transform = selfsup.load_backbone(backbone_pt)
+    """
+    from selfsup.pretraining import pretrain as run
+
+    return run(path, method, **options)

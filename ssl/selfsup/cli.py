@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 LINKED_FROM_DATA = (
     ("data.num_classes", "model.init_args.num_classes", "instantiate"),
     ("data.num_channels", "model.init_args.in_channels", "instantiate"),
+    ("data.view_size", "model.init_args.image_size", "instantiate"),
     ("data.init_args.batch_size", "model.init_args.batch_size", "parse"),
 )
 

@@ -17,7 +17,7 @@ from selfsup.errors import ConfigError
 
 # Model arguments the CLI links from the data, and where their value comes from.
 LINK_ORIGIN = {"num_classes": "the data's classes", "in_channels": "the data's image channels",
-               "batch_size": "data.batch_size"}
+               "batch_size": "data.batch_size", "image_size": "the side of the data's training views"}
 
 
 def check_config_files(args: list[str]) -> None:

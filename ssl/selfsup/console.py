@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 # Subcommands of our own (the rest go to LightningCLI): name -> (module with main(argv) -> status, one line).
 TOOLS = {
+    "pretrain": ("selfsup.pretraining:main", "a folder of photos -> shards, a photo recipe, an exported backbone"),
     "knn": ("selfsup.eval_commands:knn_main", "weighted kNN top-1/top-5 of a checkpoint's backbone (val vs train)"),
     "plot": ("selfsup.eval_commands:plot_main", "t-SNE of a checkpoint's val features, as a PNG"),
     "backbones": ("selfsup.backbones_cli:main", "the backbone names: built-in ones, timm:NAME, torchvision:NAME"),

@@ -61,6 +61,15 @@ def register_backbone(name: str) -> Callable[[Callable[..., Backbone]], Callable
     return add
 
 
+def sized_by_image(name: str) -> bool:
+    """Whether the registered backbone ``name`` is built for one image size (its ``image_size`` argument: a ViT's
+    position table, the raw-pixel baseline)."""
+    import inspect
+
+    factory = _REGISTRY.get(name)
+    return factory is not None and "image_size" in inspect.signature(factory).parameters
+
+
 def available_backbones() -> list[str]:
     """Names accepted by ``build_backbone`` (a family of a library's models is listed as ``LIBRARY:``)."""
     return sorted(_REGISTRY)

@@ -25,8 +25,11 @@ class SSLDataModule(L.LightningDataModule):
         batch_size: images per batch on each device (the global batch is this x devices x nodes).
         num_workers: loader processes per device; capped by the shards each rank has.
         views: the training view recipe; by default the method's own (``default_views``).
-        image_size: side of evaluation images (default: the data's own size).
-        eval_resize: short side before the evaluation centre crop (default: ``image_size``).
+        image_size: side of evaluation images (default: the data's own size, else the training views' largest side).
+        eval_resize: short side before the evaluation centre crop (default: ``image_size``, or as ``eval_crop``).
+        eval_crop: the share of the resized short side the evaluation centre crop keeps, so the resize follows the
+            image size: 0.875 is ImageNet's 224 of 256, and a 64 px run then evaluates a 64 px crop of a 73 px
+            resize. Set it or ``eval_resize``, not both (neither: no margin).
         shuffle_buffer: samples held for shuffling within each worker.
         seed: seed of shard and sample shuffling.
         augment_on: where training views are made: ``workers`` (each loader worker augments its batches) or
@@ -57,6 +60,7 @@ class SSLDataModule(L.LightningDataModule):
         views: ViewRecipe | None = None,
         image_size: int | None = None,
         eval_resize: int | None = None,
+        eval_crop: float | None = None,
         shuffle_buffer: int = 1000,
         seed: int = 0,
         augment_on: Literal["workers", "device"] = "workers",
@@ -75,6 +79,11 @@ class SSLDataModule(L.LightningDataModule):
             self._check_media(views)
         self.image_size = image_size or (self.source.builtin.image_size if self.source.builtin else None)
         self.eval_resize, self.shuffle_buffer, self.seed = eval_resize, shuffle_buffer, seed
+        self.eval_crop = check_eval_crop(eval_crop, eval_resize)
+        if eval_resize and self.image_size and eval_resize > 1.5 * self.image_size:
+            rank_zero_warn(f"data.eval_resize {eval_resize} with data.image_size {self.image_size}: evaluation sees "
+                           f"only the middle {(self.image_size / eval_resize) ** 2:.0%} of each image; set "
+                           "data.eval_crop: 0.875 instead (the resize then follows the image size)")
         if augment_on not in ("workers", "device"):
             raise ConfigError(f"data.augment_on must be 'workers' or 'device', got {augment_on!r}")
         self.augment_on = augment_on
@@ -91,6 +100,12 @@ class SSLDataModule(L.LightningDataModule):
     def num_channels(self) -> int:
         """Image channels as decoded (1: grayscale, 3: RGB)."""
         return self.source.channels
+
+    @property
+    def view_size(self) -> int | None:
+        """Side of the training views (the largest crops'; None: not known before the method's default views)."""
+        sides = view_sides(self.views)
+        return sides[0] if sides else self.image_size
 
     def prepare_data(self) -> None:
         self.source.resolve()
@@ -113,9 +128,9 @@ class SSLDataModule(L.LightningDataModule):
 
     def _eval_size(self) -> int:
         if self.image_size is None:
-            size = getattr(self.views, "size", None)
-            if isinstance(size, int):  # the training views' side, as evaluation images
-                return size
+            sides = view_sides(self.views)
+            if sides:  # the training views' (largest crops') side, as evaluation images
+                return sides[0]
             raise ConfigError(
                 f"data.image_size must be set for source {self.source.spec!r}: evaluation images (val, kNN, probes) "
                 "and the method's default views are resized to it, and only built-in data sets know their own; set "
@@ -202,7 +217,18 @@ class SSLDataModule(L.LightningDataModule):
         if self.media == "video":
             frames, stride = getattr(self.views, "frames", 16), getattr(self.views, "stride", 2)
             return EvalClips(self._eval_size(), frames, stride, self.eval_clips, norm)
-        return EvalView(self._eval_size(), self.eval_resize, norm)
+        size = self._eval_size()
+        return EvalView(size, self.eval_resize or (round(size / self.eval_crop) if self.eval_crop else None), norm)
+
+    def sizes(self) -> str:
+        """``views 96+40 px, eval 96 of 110 px``: the training views' sides and the evaluation crop of its resize."""
+        sides = "+".join(str(s) for s in dict.fromkeys(view_sides(self.views))) or "?"
+        try:
+            view = self.eval_transform()
+        except ConfigError:
+            return f"views {sides} px"
+        frame = getattr(view, "_frame", view)  # a video's clips: each frame as an image
+        return f"views {sides} px, eval {frame.size} of {frame.resize} px"
 
     def val_dataloader(self) -> DataLoader | list:
         return self.eval_dataloader("val") if self.source.has_split("val") else []  # []: Lightning skips it
@@ -212,6 +238,32 @@ class SSLDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val", all_ranks=True)
+
+
+def view_sides(views: ViewRecipe | None) -> list[int]:
+    """The sides of a view recipe's crops, the largest (global) first: ``[96, 40]`` for SwAV's multi-crop."""
+    if views is None:
+        return []
+    if getattr(views, "sizes", None):
+        sides = list(views.sizes)
+    elif getattr(views, "global_size", None):
+        sides = [views.global_size, views.local_size] if getattr(views, "num_local", 0) else [views.global_size]
+    else:
+        sides = [views.size] if isinstance(getattr(views, "size", None), int) else []
+    return sorted(sides, reverse=True)
+
+
+def check_eval_crop(crop: float | None, resize: int | None) -> float | None:
+    """``data.eval_crop`` as given, refused when it is not a share in (0, 1] or comes with ``eval_resize``."""
+    if crop is None:
+        return None
+    if resize is not None:
+        raise ConfigError(f"data.eval_crop {crop} and data.eval_resize {resize} both set the evaluation resize; "
+                          "keep eval_crop (it follows the image size) and drop eval_resize")
+    if not 0 < crop <= 1:
+        raise ConfigError(f"data.eval_crop must be in (0, 1] (the share of the resized side the centre crop keeps; "
+                          f"ImageNet's is 0.875), got {crop}")
+    return crop
 
 
 def warn_low_coverage(stream: ShardStream, workers: int, per_rank: int, threshold: float = 0.95) -> None:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
 from selfsup.backbones import build_backbone, pooled_features, to_channels_last
+from selfsup.backbones.base import sized_by_image
 from selfsup.data.views import ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.heads import LinearClassifier
@@ -99,6 +100,8 @@ class SSLMethod(L.LightningModule):
         backbone: a name from ``selfsup.backbones.available_backbones()``.
         backbone_args: keyword arguments of that backbone (e.g. ``{width: 16, cifar_stem: true}``).
         in_channels: image channels (linked from the data in the CLI).
+        image_size: side of the training views (linked from the data in the CLI): a backbone built for one image
+            size (a ViT) is built at it unless ``backbone_args`` gives its ``image_size``; recorded there.
         num_classes: label classes for the online probe; 0 turns it off (linked from the data).
         batch_size: per-device batch size (linked from the data), for the lr scaling rule.
         optimizer: ``lars`` (SimCLR's LARS), ``larc`` (SwAV's), ``lars_pixpro`` (PixPro's), ``sgd`` (momentum) or
@@ -136,6 +139,7 @@ class SSLMethod(L.LightningModule):
         backbone: str = "resnet50",
         backbone_args: dict[str, Any] | None = None,
         in_channels: int = 3,
+        image_size: int | None = None,
         num_classes: int = 0,
         batch_size: int = 256,
         optimizer: OptimizerName = "lars",
@@ -156,6 +160,9 @@ class SSLMethod(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        args = self.hparams.backbone_args or {}
+        if image_size and "image_size" not in args and sized_by_image(backbone):
+            self.hparams.backbone_args = {**args, "image_size": image_size}  # so exports rebuild it at this size
         self.backbone = self.new_backbone()
         check_layer_decay(self.backbone, layer_decay, backbone)
         self.probe = LinearClassifier(self.backbone.num_features, num_classes) if num_classes > 0 else None

@@ -71,7 +71,10 @@ class IJEPA(MomentumTeacher, SSLMethod):
         self.add_teacher(["backbone"], base_momentum, momentum_schedule)
 
     def default_views(self, size: int) -> ViewRecipe:
-        return MultiBlockViews(size, self.backbone.patch_size)
+        """The paper's views; on a grid smaller than its 14x14 the context keeps at least an eighth of the patches
+        (the paper's 10 would not leave a 15-20% target block on an 8x8 grid)."""
+        patch = self.backbone.patch_size
+        return MultiBlockViews(size, patch, min_keep=min(10, (size // patch) ** 2 // 8))
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

@@ -36,6 +36,8 @@ class SwAV(SSLMethod):
         queue_start_epoch: epoch at which the queue is created; it is used once it is full.
         freeze_prototypes_iters: optimizer steps during which the prototypes get no update (one epoch's worth
             in the paper).
+        freeze_prototypes_epochs: the same in epochs of the data being trained on (the paper: 1), so a recipe
+            need not know its data's size; set this or ``freeze_prototypes_iters``.
         **kwargs: the shared options of ``SSLMethod`` (backbone, optimizer, schedule, probe).
     """
 
@@ -53,9 +55,13 @@ class SwAV(SSLMethod):
         queue_length: int = 0,
         queue_start_epoch: int = 15,
         freeze_prototypes_iters: int = 0,
+        freeze_prototypes_epochs: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if freeze_prototypes_iters and freeze_prototypes_epochs:
+            raise ConfigError("SwAV: set model.freeze_prototypes_iters or model.freeze_prototypes_epochs, not both")
+        self.frozen_steps = freeze_prototypes_iters  # in steps once training starts (freeze_prototypes_epochs)
         self.projector = MLP([self.backbone.num_features, proj_hidden_dim, proj_dim])
         self.prototypes = Prototypes(proj_dim, num_prototypes)
         self.crops_for_assign = list(crops_for_assign)
@@ -118,7 +124,7 @@ class SwAV(SSLMethod):
         collapse monitor would take a healthy first epoch for a collapse."""
         k = scores.shape[1]
         used = torch.zeros(k, dtype=torch.bool, device=scores.device).index_fill_(0, scores.argmax(1), True)
-        if self.global_step < self.hparams.freeze_prototypes_iters:
+        if self.global_step < self.frozen_steps:
             return {"train/prototypes_used": used.sum().float()}
         return {"train/prototypes_used": used.sum().float(), "train/loss_minus_lnK": loss - math.log(k)}
 
@@ -126,6 +132,29 @@ class SwAV(SSLMethod):
         return self.queue is not None and self.queue_filled >= self.queue.shape[1]
 
     # ---- queue life cycle and prototype freezing ------------------------------------------------------
+    def on_train_start(self) -> None:
+        """Turn ``freeze_prototypes_epochs`` into steps of this data, and warn when the freeze or the queue spans the
+        whole run or the whole data set (values tied to another data set's size)."""
+        super().on_train_start()
+        hp, trainer = self.hparams, self.trainer
+        per_epoch = trainer.num_training_batches
+        if hp.freeze_prototypes_epochs and math.isfinite(per_epoch):
+            self.frozen_steps = round(hp.freeze_prototypes_epochs * per_epoch)
+        total = trainer.estimated_stepping_batches
+        if self.frozen_steps and math.isfinite(total) and self.frozen_steps >= total:
+            rank_zero_warn(f"SwAV: the prototypes stay frozen for the whole run ({self.frozen_steps} steps of "
+                           f"{int(total)}); lower model.freeze_prototypes_iters, or give it in epochs "
+                           "(model.freeze_prototypes_epochs: 1, the paper's)")
+        images = getattr(trainer.datamodule, "source", None)
+        images = images.split("train").num_samples if images is not None else 0
+        if hp.queue_length and images and hp.queue_length >= images:
+            rank_zero_warn(f"SwAV: model.queue_length {hp.queue_length} holds the whole training set ({images} "
+                           "images): the codes would be computed against stale copies of the same images; keep the "
+                           "queue well under the data set (the paper: 3,840 of 1.28M)")
+        if hp.queue_length and hp.queue_start_epoch >= (trainer.max_epochs or 0) > 0:
+            rank_zero_warn(f"SwAV: model.queue_start_epoch {hp.queue_start_epoch} is not before the run's end "
+                           f"({trainer.max_epochs} epochs): the queue is never used")
+
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         hp = self.hparams
@@ -142,7 +171,7 @@ class SwAV(SSLMethod):
             self.queue = self.queue.to(self.device)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.global_step < self.hparams.freeze_prototypes_iters:
+        if self.global_step < self.frozen_steps:
             self.prototypes.weight.grad = None  # the optimizer skips it: no momentum, no decay
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

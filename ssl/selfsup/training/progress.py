@@ -47,8 +47,8 @@ def total_steps(trainer: L.Trainer) -> int | None:
 
 
 def summary(trainer: L.Trainer, module: L.LightningModule) -> str:
-    """One line: method, backbone and parameters, data, steps and batch (and on a CPU, torch's threads), precision
-    (and on a CPU, whether it has native bf16)."""
+    """One line: method, backbone and parameters, data (with its view and evaluation sizes), steps and batch (and
+    on a CPU, torch's threads), precision (and on a CPU, whether it has native bf16)."""
     hp = getattr(module, "hparams", {})
     backbone = getattr(module, "backbone", None)
     params = sum(p.numel() for p in module.parameters())
@@ -57,6 +57,7 @@ def summary(trainer: L.Trainer, module: L.LightningModule) -> str:
     arch = f"{hp.get('backbone', type(backbone).__name__)}({args})" if backbone else "-"
     data = trainer.datamodule
     source = getattr(getattr(data, "source", None), "spec", type(data).__name__ if data else "-")
+    source += f" ({data.sizes()})" if hasattr(data, "sizes") and getattr(data, "views", None) is not None else ""
     batch = getattr(data, "batch_size", None)
     batch = f", batch {batch} x {trainer.world_size} device(s)" if batch else ""
     device = trainer.strategy.root_device.type
