@@ -18,17 +18,13 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 import selfsup.eval  # noqa: F401  (KNNMonitor, LinearProbe and friends resolve by short name in configs)
 import selfsup.methods  # noqa: F401  (SimCLR, RotNet, ... resolve by short name)
-from selfsup.cli_checks import (
-    check_accelerator,
-    check_ranges,
-    check_writable,
-    reject_unknown_method,
-)
+from selfsup.cli_checks import check_accelerator, check_ranges, check_writable
 from selfsup.data import SSLDataModule
 from selfsup.data.health import DataHealth
 from selfsup.eval import FeatureWriter
 from selfsup.eval.checkpoint import load_checkpoint
 from selfsup.eval.transform import RecordEvalTransform
+from selfsup.fresh_folders import FreshFolders
 from selfsup.gate import existing_checkpoint
 from selfsup.training.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_resumable, newest_intact
 from selfsup.training.collapse import CollapseMonitor
@@ -88,7 +84,12 @@ class PortableConfig(SaveConfigCallback):
 
 
 class SelfsupCLI(LightningCLI):
-    """LightningCLI with selfsup's links, checkpointing and logging defaults."""
+    """LightningCLI with selfsup's links, checkpointing and logging defaults. ``fresh``: where it notes the run
+    folders it makes (removed again if the start fails)."""
+
+    def __init__(self, *args: Any, fresh: FreshFolders, **kwargs: Any) -> None:
+        self.fresh = fresh
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target, when in LINKED_FROM_DATA:
@@ -171,6 +172,8 @@ class SelfsupCLI(LightningCLI):
         if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
             folders = output_folders(config)
             for folder in [Path(run_dir), *folders] if run_dir else folders:  # each locked before it is written
+                if is_first_process():
+                    self.fresh.note(folder)
                 check_writable([folder])
                 if is_first_process():
                     lock_run_folder(folder)
@@ -178,6 +181,7 @@ class SelfsupCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
+        self.fresh.trainer = self.trainer
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         path = config.get("ckpt_path")
         if path:  # through the gate again: `last` and --run_dir resolved to a file only now
@@ -321,21 +325,25 @@ def output_folders(config: Any) -> list[Path]:
 
 def run_lightning(args: list[str] | None) -> None:
     """Run LightningCLI on ``args`` (``fit -c CONFIG ...``; None: the command line), which ``selfsup.console``
-    checked for a missing config file and linked values set by hand."""
-    given = sys.argv[1:] if args is None else args
-    reject_unknown_method(given)
-    SelfsupCLI(
-        L.LightningModule,  # a method (SSLMethod) or a probe (FrozenProbe)
-        SSLDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=PortableConfig,
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-        args=args,
-        auto_configure_optimizers=False,
-        parser_kwargs={"exit_on_error": False},
-    )
+    checked first; a start that fails before its first step removes the run folders it made."""
+    fresh = FreshFolders()
+    try:
+        SelfsupCLI(
+            L.LightningModule,  # a method (SSLMethod) or a probe (FrozenProbe)
+            SSLDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=PortableConfig,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            args=args,
+            auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False, "allow_abbrev": False},  # no silent --trainer.max_epoch
+            fresh=fresh,
+        )
+    except BaseException:
+        fresh.remove_if_unused()
+        raise
     leave_process_group()
 
 

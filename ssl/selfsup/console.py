@@ -86,10 +86,9 @@ def run(args: list[str]) -> int | None:
     args = with_recipes(args)
     if args[0] in TOOLS:
         return tool(args[0])(args[1:])
-    from selfsup.cli_checks import check_config_files, reject_linked_overrides
+    from selfsup.cli_checks import check_command_line
 
-    check_config_files(args)  # refused before Lightning loads: at once
-    reject_linked_overrides(args)
+    check_command_line(args)  # mistakes refused before torch and Lightning load: at once
     from selfsup.cli import run_lightning
 
     return run_lightning(args)
