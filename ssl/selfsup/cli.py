@@ -26,6 +26,7 @@ from selfsup.eval.checkpoint import load_checkpoint
 from selfsup.eval.transform import RecordEvalTransform
 from selfsup.fresh_folders import FreshFolders
 from selfsup.gate import existing_checkpoint
+from selfsup.quiet import quiet_libraries
 from selfsup.training.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_resumable, newest_intact
 from selfsup.training.collapse import CollapseMonitor
 from selfsup.training.nonfinite import NonFiniteGuard
@@ -124,10 +125,21 @@ class SelfsupCLI(LightningCLI):
             "trainer.log_every_n_steps": 10,
         })
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "fit":  # validate, test and predict have Lightning's own --verbose (their results table)
+            parser.add_argument("--verbose", action="store_true",
+                                help="also show Lightning's info lines and tips, the libraries' warnings and the model "
+                                     "summary table (by default the console shows selfsup's own lines only)")
+        return parser
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse ``args``: the command line after selfsup rewrote it (recipe names to configs), so without
-        Lightning's warning that ``args`` and ``sys.argv`` were both given, which every run printed first."""
+        Lightning's warning that ``args`` and ``sys.argv`` were both given, which every run printed first. Then
+        quiet the libraries unless ``fit --verbose``."""
         self.config = parser.parse_args(args)
+        if not (self.config.get("subcommand") == "fit" and self.config.fit.get("verbose")):
+            quiet_libraries()
 
     def _parse_ckpt_path(self) -> None:
         """Refuse a ``ckpt_path`` or ``model.init_from`` that is not a local regular file (or ``last``) before anything
@@ -168,6 +180,8 @@ class SelfsupCLI(LightningCLI):
                            "run (or its checkpoints/ folder) somewhere writable")
         if not sys.stdout.isatty():  # a log file (CI, SLURM): plain lines only, no progress-bar fragments
             config.trainer.enable_progress_bar = False
+        if config.trainer.get("enable_model_summary") is None:  # the summary line gives the parameter count
+            config.trainer.enable_model_summary = bool(config.get("verbose")) and self.subcommand == "fit"
         self._resume: tuple[Path, dict] | None = None
         if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
             folders = output_folders(config)
