@@ -26,7 +26,7 @@ from selfsup.eval.checkpoint import load_checkpoint
 from selfsup.eval.transform import RecordEvalTransform
 from selfsup.fresh_folders import FreshFolders
 from selfsup.gate import existing_checkpoint
-from selfsup.quiet import quiet_libraries
+from selfsup.quiet import quiet_libraries, selfsup_warnings_as_lines
 from selfsup.training.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_resumable, newest_intact
 from selfsup.training.collapse import CollapseMonitor
 from selfsup.training.nonfinite import NonFiniteGuard
@@ -138,6 +138,7 @@ class SelfsupCLI(LightningCLI):
         Lightning's warning that ``args`` and ``sys.argv`` were both given, which every run printed first. Then
         quiet the libraries unless ``fit --verbose``."""
         self.config = parser.parse_args(args)
+        selfsup_warnings_as_lines()
         if not (self.config.get("subcommand") == "fit" and self.config.fit.get("verbose")):
             quiet_libraries()
 

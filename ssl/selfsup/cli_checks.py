@@ -37,8 +37,18 @@ def check_config_files(args: list[str]) -> None:
         if flag in ("-c", "--config"):
             value = after if joined else value
             if value.endswith((".yaml", ".yml")) and not Path(value).is_file():
-                raise ConfigError(f"config {value} does not exist; give a YAML file (the recipes that ship with "
-                                  "selfsup are found from any folder, e.g. experiments/simclr/mnist5k.yaml)")
+                raise ConfigError(f"config {value} does not exist{nearest_recipe(value)}; give a YAML file (the "
+                                  "recipes that ship with selfsup are found from any folder, e.g. "
+                                  "experiments/simclr/mnist5k.yaml)")
+
+
+def nearest_recipe(path: str) -> str:
+    """`` (did you mean experiments/...?)`` naming the shipped recipes nearest to ``path``, or ''."""
+    from selfsup.recipes import PACKAGED
+
+    recipes = [f"experiments/{p.relative_to(PACKAGED).as_posix()}" for p in PACKAGED.rglob("*.yaml")]
+    tail = "experiments/" + path.partition("experiments/")[2] if "experiments/" in path else path
+    return nearest(tail, recipes)
 
 
 def reject_linked_overrides(args: list[str]) -> None:

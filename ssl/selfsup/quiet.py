@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sys
 import warnings
 from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
 
 # Packages whose own messages (deprecations, hints about their internals, product tips) a selfsup user cannot act on.
 LIBRARIES = ("lightning", "lightning_fabric", "lightning_utilities", "pytorch_lightning", "torch", "torchvision",
@@ -36,8 +39,25 @@ class LibraryInfoFilter(logging.Filter):
 def quiet_libraries() -> None:
     """Hide Lightning's info lines (seed, devices, tips, why fit stopped) and the warnings raised in the libraries'
     own code; selfsup's lines and warnings about selfsup's or the user's code still show."""
-    only_ours = LibraryInfoFilter()
     for name in ("lightning.pytorch", "lightning.fabric"):
         for handler in logging.getLogger(name).handlers or logging.getLogger().handlers:
-            handler.addFilter(only_ours)
+            if not any(isinstance(f, LibraryInfoFilter) for f in handler.filters):
+                handler.addFilter(LibraryInfoFilter())
     warnings.filterwarnings("ignore", module=rf"({'|'.join(LIBRARIES)})(\.|$)")
+
+
+def selfsup_warnings_as_lines() -> None:
+    """Show a warning selfsup raises as ``selfsup: warning: MESSAGE``, one line without the file and source line
+    (others as Python shows them)."""
+    shown = warnings.showwarning
+    if getattr(shown, "selfsup", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if str(Path(filename).resolve()).startswith(str(PACKAGE)):
+            print(f"selfsup: warning: {message}", file=file or sys.stderr, flush=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.selfsup = True
+    warnings.showwarning = show

@@ -93,7 +93,7 @@ def parameters(name: str) -> frozenset[str] | None:
             return frozenset(names)
         if not _forwards_kwargs(init):
             return None
-    return None
+    return frozenset(names)  # to object, which takes none
 
 
 def subclasses(*roots: str) -> list[str]:
