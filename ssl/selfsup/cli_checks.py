@@ -176,7 +176,7 @@ def check_option_names(args: list[str]) -> None:
     for flag, path in options:
         group, name = path[:-1], path[-1]
         known = parameters(classes[group]) if classes.get(group) else None
-        if known is not None and name not in known:
+        if known is not None and name not in known and name != "help":  # --model.help SimCLR: jsonargparse's
             raise ConfigError(f"{flag}: {classes[group]} has no option {name!r}{nearest(name, known)}; "
                               f"selfsup fit -c CONFIG --print_config lists every option")
 
