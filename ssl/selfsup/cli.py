@@ -187,11 +187,11 @@ class SelfsupCLI(LightningCLI):
         if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
             folders = output_folders(config)
             for folder in [Path(run_dir), *folders] if run_dir else folders:  # each locked before it is written
-                if is_first_process():
-                    self.fresh.note(folder)
+                missing = self.fresh.missing(folder)
                 check_writable([folder])
                 if is_first_process():
                     lock_run_folder(folder)
+                    self.fresh.own(missing)
             self._resume = resume_checkpoint(config, last)
 
     def after_instantiate_classes(self) -> None:

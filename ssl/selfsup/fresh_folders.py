@@ -15,9 +15,14 @@ class FreshFolders:
         self.made: list[list[Path]] = []  # per folder: itself, then each parent it made, innermost first
         self.trainer: Any = None
 
-    def note(self, folder: Path) -> None:
-        """Before ``folder`` is made: remember it and those of its parents that do not exist yet."""
-        missing = [p for p in [folder, *folder.parents] if not p.exists()]
+    @staticmethod
+    def missing(folder: Path) -> list[Path]:
+        """Before ``folder`` is made: it and those of its parents that do not exist yet, innermost first."""
+        return [p for p in [folder, *folder.parents] if not p.exists()]
+
+    def own(self, missing: list[Path]) -> None:
+        """Count ``missing`` (from ``missing``) as made by this start, once it holds the folder's run lock (so a
+        start that lost the lock to another never removes that one's folder)."""
         if missing:
             self.made.append(missing)
 
