@@ -86,10 +86,10 @@ class PortableConfig(SaveConfigCallback):
 
 class SelfsupCLI(LightningCLI):
     """LightningCLI with selfsup's links, checkpointing and logging defaults. ``fresh``: where it notes the run
-    folders it makes (removed again if the start fails)."""
+    folders it makes (that `run_lightning` removes again if the start fails)."""
 
-    def __init__(self, *args: Any, fresh: FreshFolders, **kwargs: Any) -> None:
-        self.fresh = fresh
+    def __init__(self, *args: Any, fresh: FreshFolders | None = None, **kwargs: Any) -> None:
+        self.fresh = fresh or FreshFolders()
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
