@@ -35,7 +35,7 @@ def shard_set(root: Path, channels: int = 1, splits: dict[str, int] | None = Non
     return root
 
 
-MISTAKES = [  # (id, command line, what the one line says); {noval}, {rgb}, {ckpt}: filled in by the test
+MISTAKES = [  # (id, command line, what the one line says); {noval}, {rgb}, {ckpt}, {typo}: filled in by the test
     ("option typo", ["fit", "-c", SIMCLR, "--model.init_args.temprature", "0.1"],
      "SimCLR has no option 'temprature' (did you mean temperature?)"),
     ("data option typo", ["fit", "-c", SIMCLR, "--data.init_args.batchsize", "64"],
@@ -51,6 +51,8 @@ MISTAKES = [  # (id, command line, what the one line says); {noval}, {rgb}, {ckp
      "Trainer has no option 'max_epoch' (did you mean max_epochs"),
     ("recipe typo", ["fit", "-c", "experiments/simclr/mnsit5k.yaml"],
      "does not exist (did you mean experiments/simclr/mnist5k.yaml"),
+    ("option typo in a config file", ["fit", "-c", SIMCLR, "-c", "{typo}"],
+     "Option 'temprature' is not accepted (did you mean temperature?)"),
     ("command typo", ["fitt", "-c", SIMCLR], "unknown command 'fitt' (did you mean fit?)"),
     ("knn option typo", ["knn", "--ckpt", "{ckpt}", "--temp", "0.1"], "(did you mean --temperature?)"),
     ("knn data option typo", ["knn", "--ckpt", "{ckpt}", "--data.source", "shards:{noval}", "--data.imagesize", "10"],
@@ -67,8 +69,9 @@ MISTAKES = [  # (id, command line, what the one line says); {noval}, {rgb}, {ckp
 @pytest.mark.parametrize("args, says", [m[1:] for m in MISTAKES], ids=[m[0] for m in MISTAKES])
 def test_a_mistake_is_one_line_with_the_fix_or_the_nearest_name(args, says, tmp_path):
     values = {"noval": shard_set(tmp_path / "noval"), "rgb": shard_set(tmp_path / "rgb", channels=3),
-              "ckpt": tmp_path / "any.ckpt"}  # knn refuses these before it reads the checkpoint
-    values["ckpt"].write_bytes(b"")
+              "ckpt": tmp_path / "any.ckpt", "typo": tmp_path / "typo.yaml"}
+    values["ckpt"].write_bytes(b"")  # knn refuses the mistakes before it reads the checkpoint
+    values["typo"].write_text("model:\n  class_path: selfsup.methods.SimCLR\n  init_args:\n    temprature: 0.1\n")
     proc = selfsup(*(a.format(**values) for a in args), cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("selfsup: error: "), proc.stderr[-3000:]

@@ -108,13 +108,13 @@ def check_ranges(config: Any) -> None:
                           "cores the loader workers leave free")
 
 
+ABSTRACT_MODELS = ("SSLMethod", "FrozenProbe")  # bases of the models, not models
+
+
 def method_names() -> list[str]:
     """Short names of every model `selfsup fit` takes: the methods (subclasses of SSLMethod), the probes and
     FineTune (read from the source: nothing is imported)."""
     return [name for name in subclasses("SSLMethod", "FrozenProbe", "FineTune") if name not in ABSTRACT_MODELS]
-
-
-ABSTRACT_MODELS = ("SSLMethod", "FrozenProbe")
 
 
 def reject_unknown_method(args: list[str]) -> None:
