@@ -40,3 +40,12 @@ def test_folders_that_existed_before_the_start_are_kept(tmp_path):
     made(fresh, tmp_path / "run/version_0")
     fresh.remove_if_unused()
     assert (tmp_path / "run").is_dir() and not (tmp_path / "run/version_0").exists()
+
+
+def test_a_folder_holding_a_checkpoint_is_kept(tmp_path):
+    fresh = FreshFolders()
+    folder = made(fresh, tmp_path / "runs/a/version_0")
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints/last.ckpt").write_bytes(b"x")  # e.g. saved by SIGTERM before the first step ended
+    fresh.remove_if_unused()
+    assert (folder / "checkpoints/last.ckpt").is_file()

@@ -28,11 +28,14 @@ class FreshFolders:
 
     def remove_if_unused(self) -> None:
         """After a failed start: remove the folders it made unless training took a step (then they hold what the
-        run wrote before it failed). Only the folder itself is removed with its contents; a parent only while
-        empty, since another run may have started in it meanwhile."""
+        run wrote before it failed) or a checkpoint was saved (a SIGTERM at step 0 names it). Only the folder
+        itself is removed with its contents; a parent only while empty, since another run may have started in it
+        meanwhile."""
         if self.trainer is not None and self.trainer.global_step > 0:
             return
         for folder, *parents in self.made:
+            if next(folder.rglob("*.ckpt"), None) is not None:
+                continue
             shutil.rmtree(folder, ignore_errors=True)
             for parent in parents:
                 try:
