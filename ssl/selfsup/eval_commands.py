@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,7 +40,7 @@ DATA_HELP = ("the data: -c YAML with a data: section (any fit config), and/or --
 
 
 def load_data(config: Path | None, need_labels: bool, what: str, label: str | None = None,
-              overrides: list[str] = ()) -> SSLDataModule:
+              overrides: Sequence[str] = ()) -> SSLDataModule:
     """The SSLDataModule of the ``data:`` section of ``config`` (a fit config or just a data block; None: none),
     with the dotted ``overrides`` (``--data.source shards:DIR``) applied; ``label`` replaces its ``label`` (which
     label kNN and the probes read)."""
