@@ -7,7 +7,7 @@ BENCH_ARGS ?=  # e.g. BENCH_ARGS="--device cuda --precision bf16-mixed --channel
 JOBS ?= 2  # test processes (pytest-xdist; 1: none); SLURM, multi-process and timing tests share one (tests/markers.py)
 PYTEST := $(BIN)/python -m pytest $(if $(filter-out 1,$(JOBS)),-n $(JOBS) --dist loadgroup)
 
-.PHONY: install demo test test-fast test-one bench results lint docs clean
+.PHONY: install demo test test-fast test-one bench results lint docs docs-generate clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,11 +44,14 @@ gpu-check: $(STAMP)  ## on one GPU, at most 8 min: every GPU path (bf16 steps, d
 gpu-wheels:  ## for a GPU machine without network: the wheels its image lacks -> .whl/, and the command to run the check there
 	$(PYTHON) bench/gpu_wheels.py
 
-results: $(STAMP)  ## every method's CPU recipe + its evaluations vs random init and raw pixels -> docs/results.md (about 90 minutes)
+results: $(STAMP)  ## every method's CPU recipe + its evaluations vs random init and raw pixels -> docs/results.md (a few hours on a 2-core CPU)
 	$(BIN)/selfsup results
 
 docs: $(STAMP)  ## the docs site in site/ (MkDocs + Material + mkdocstrings); broken links or missing pages fail
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-generate: $(STAMP)  ## rewrite the generated docs: docs/cli.md's reference (from the parsers), docs/index.md's sections shared with README.md
+	$(BIN)/python -m selfsup.docgen
 
 lint: $(STAMP)  ## static checks
 	$(BIN)/ruff check ssl tests bench

@@ -3,8 +3,11 @@
 import json
 
 import pytest
+import torch
 
 from clirun import REPO, selfsup
+from selfsup.bench.data import best_rate
+from selfsup.bench.photos import photo_methods, photo_rows
 
 
 def test_bench_measures_each_method_against_its_backbone_floor(tmp_path, small_data):
@@ -64,7 +67,8 @@ def test_bench_data_compares_shards_with_pil_files(tmp_path, mnist5k):
         (name, stage) for name in ("MNIST-", "RGB-64") for stage in ("read", "decode", "decode + views")]
     assert all(r["shards"] > 0 and r["files"] > 0 for r in rows) and "PIL files" in proc.stdout
     photos = json.loads(out.read_text())["photos"]
-    assert [r["method"] for r in photos] == ["decode", "SimCLR", "SwAV", "PixPro", "BYOL", "SimMIM", "RotNet"]
+    assert [r["method"] for r in photos] == ["decode", "SimCLR", "SwAV", "PixPro", "BYOL", "SimMIM", "RotNet", "DINO",
+                                             "iBOT", "I-JEPA"]
     assert all(r[k] > 0 for r in photos[1:] for k in ("pil_baseline", "workers", "device_split_workers"))
     videos = {r.get("path", r.get("memory")): r for r in json.loads(out.read_text())["kinetics"]}
     assert videos["seek to 2 clips"]["ratio"] > 1.5 and videos["CVRL loader (seek, views at 224)"]["ratio"] > 1
@@ -115,3 +119,21 @@ def test_the_largest_batch_is_found_by_doubling_then_bisecting():
     assert needs_checkpointing(32, 32, 128) is None  # the search stopped below the recipe's batch
     batch = tiled({"views": [torch.arange(3)], "label": torch.arange(3)}, 7)
     assert batch["views"][0].tolist() == [0, 1, 2, 0, 1, 2, 0] and batch["label"].shape == (7,)
+
+
+@pytest.mark.parametrize("name", ["DINO", "iBOT", "I-JEPA"])
+def test_the_pil_baseline_of_a_view_recipe_makes_the_same_crops_and_masks(name):
+    recipe, pil = photo_methods()[name]
+    crops = [(v.transforms[0].size, v.transforms[0].scale) for v in pil.views]
+    assert crops == [((s.size, s.size), s.scale) for s in recipe.crop_specs]
+    if name == "iBOT":  # two masks per image, as iBOT's dataset draws them
+        assert [tuple(m.shape) for m in pil.per_image()] == [recipe.masks.grid] * 2
+    if name == "I-JEPA":  # the collator's masks per batch, as I-JEPA's
+        assert pil.per_batch(3).keys() == recipe.masks.batch(3).keys()
+
+
+@pytest.mark.slow
+def test_photo_methods_picks_the_real_photo_rows(selfsup_cache):
+    rows = photo_rows(4, 1, best_rate, torch.device("cpu"), ["DINO", "I-JEPA"])
+    assert [r["method"] for r in rows] == ["decode", "DINO", "I-JEPA"]
+    assert all(r[k] > 0 for r in rows[1:] for k in ("pil_baseline", "workers", "device_split_workers"))

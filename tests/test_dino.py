@@ -346,3 +346,17 @@ def test_the_imagenet_recipe_parses_with_the_official_values(tmp_path):
                  "weight_decay_end: 0.4", "clip_grad: 3.0", "base_momentum: 0.996", "num_local: 8", "max_epochs: 100",
                  "precision: 16-mixed", "lr: 0.0005"):
         assert line in proc.stdout, line
+
+
+@pytest.mark.parametrize("method", ["DINO", "iBOT"])
+def test_the_cli_sees_dinos_optimizer_defaults(method):
+    """``selfsup fit --model DINO`` without a recipe gets DINO's AdamW, lr and weight decay, not the base's LARS:
+    the CLI reads defaults from the signatures, so they must be there, not set inside ``__init__``."""
+    from jsonargparse import ArgumentParser
+
+    import selfsup.methods
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(getattr(selfsup.methods, method), "model")
+    model = parser.get_defaults().model
+    assert (model.optimizer, model.lr, model.weight_decay, model.weight_decay_end) == ("adamw", 5e-4, 0.04, 0.4)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from clirun import REPO
@@ -87,7 +88,7 @@ def test_the_site_quickstart_is_the_readme_quickstart():
 def test_every_config_named_in_the_docs_exists():
     for page in PAGES:
         for name in re.findall(r"experiments/[\w/.-]+\.yaml", page.read_text()):
-            assert (REPO / name).is_file(), (rel(page), name)
+            assert "..." in name or (REPO / name).is_file(), (rel(page), name)  # experiments/...yaml: any recipe
 
 
 def test_nothing_points_outside_the_repository():
@@ -97,6 +98,97 @@ def test_nothing_points_outside_the_repository():
                 assert "METHODS.md" not in path.read_text(), path
     for page in PAGES:
         assert "METHODS.md" not in page.read_text() and "/work/" not in page.read_text(), page
+
+
+# Modules of selfsup/methods that are not a method: the base class, and the shared parts of a family of methods
+# (a page of their own, but no recipe to put in the results table).
+NOT_METHODS = {"__init__": None, "base": None, "twoview": "family"}  # any other module: a method
+
+
+def test_every_method_module_has_a_page_in_the_site_and_a_results_row():
+    nav = (REPO / "mkdocs.yml").read_text()
+    recipes = yaml.safe_load((REPO / "experiments/results.yaml").read_text())["recipes"]
+    pretrained = {Path(r["pretrain"]).parts[1] for r in recipes.values()}  # experiments/METHOD/...
+    for module in sorted((REPO / "ssl/selfsup/methods").glob("*.py")):
+        kind = NOT_METHODS.get(module.stem, "method")
+        if kind is None:
+            continue
+        page = f"methods/{module.stem}.md"
+        assert (REPO / "docs" / page).is_file() and f" {page}\n" in nav, f"{module.name} needs docs/{page} in the nav"
+        if kind == "method":
+            assert module.stem in pretrained, f"{module.name} needs a row in experiments/results.yaml"
+        else:  # a family's shared code: its page says it is no method and has no results row
+            assert module.stem not in pretrained and "no recipe" in (REPO / "docs" / page).read_text()
+
+
+NUMBERS = {12: "twelve", 13: "thirteen", 14: "fourteen", 15: "fifteen", 16: "sixteen", 17: "seventeen"}
+
+
+def test_the_readme_names_every_method_and_counts_them():
+    """The intro (and so docs/index.md's) lists each method page's title in bold, and says how many there are."""
+    readme = (REPO / "README.md").read_text()
+    intro = " ".join(readme[:readme.index("<!-- /shared:intro -->")].split())
+    methods = [m.stem for m in (REPO / "ssl/selfsup/methods").glob("*.py") if m.stem not in NOT_METHODS]
+    titles = [(REPO / f"docs/methods/{m}.md").read_text().splitlines()[0].removeprefix("# ") for m in methods]
+    assert [t for t in titles if f"**{t}**" not in intro] == []
+    assert f"implements {NUMBERS.get(len(titles), len(titles))} self-supervised methods" in intro
+
+
+def test_no_page_states_a_test_count():
+    """How many tests there are changes with every commit; the pages say what the suite checks instead."""
+    for page in PAGES:
+        assert not re.search(r"\b\d[\d,]* (quick |slow |fast )?tests\b", page.read_text()), rel(page)
+
+
+def test_generated_docs_are_current():
+    """docs/cli.md's reference (from the parsers) and docs/index.md's sections copied from the README."""
+    from selfsup.docgen import COMMAND, pages
+
+    stale = [rel(path) for path, text in pages(REPO).items() if path.read_text() != text]
+    assert not stale, f"{', '.join(stale)} stale: regenerate with {COMMAND}"
+
+
+def test_docgen_catches_every_subcommand():
+    from selfsup.console import LIGHTNING, TOOLS
+    from selfsup.docgen.cli_page import reference
+
+    page = reference()
+    for name in [*LIGHTNING, *TOOLS, "shards write", "shards inspect", "bench data", "bench knn", "bench max-batch",
+                 "bench gpu-check"]:
+        assert f"`selfsup {name}`" in page or f"### selfsup {name}\n" in page, name
+    for option in ("`--val-fraction`", "`--checkpoint.every_minutes`", "`--threads`", "`--k`", "`--budget-s`"):
+        assert option in page, option
+
+
+def results_figures(name: str) -> dict[str, str]:
+    """A kNN-judged row of docs/results.md's table (``| SimCLR |``): its minutes, kNN and linear cells (seed 0;
+    pretrained, random init, raw pixels) and the median and range of its 3 seeds."""
+    row = next(line for line in (REPO / "docs/results.md").read_text().splitlines() if line.startswith(f"| {name} |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    knn, linear = cells[4].split(" / "), cells[5].split(" / ")
+    median, low, high = re.fullmatch(r"([\d.]+) \(([\d.]+)-([\d.]+), 3 seeds\)", cells[10]).groups()
+    return {"minutes": cells[3], "knn": knn[0], "knn_random": knn[1], "knn_pixels": knn[2], "linear": linear[0],
+            "median": median, "low": low, "high": high}
+
+
+def test_the_readme_quotes_the_demo_as_the_results_table_has_it():
+    """The demo's figures in the README (and so docs/index.md) are the SimCLR row of docs/results.md."""
+    f = results_figures("SimCLR")
+    readme = (REPO / "README.md").read_text()
+    demo = " ".join(readme[readme.index("`make demo` prints"):readme.index("<!-- /shared:install -->")].split())
+    assert f"random-init backbone {f['knn_random']}0 " in demo and f"pretrained backbone {f['knn']}0 " in demo
+    assert f"LinearProbe on val: top1 {f['linear']}0" in demo and f"({f['minutes']} of pretraining)" in demo
+    assert (f"the kNN was {f['low']}-{f['high']} (median {f['median']}), against {f['knn_pixels']} for the raw "
+            f"pixels and {f['knn_random']} for the random-init backbone") in demo
+
+
+@pytest.mark.parametrize("name", ["SimCLR", "SwAV"])
+def test_the_method_table_quotes_the_results_table(name):
+    """README's (and so docs/index.md's) "Which method?" row of a kNN-judged method: docs/results.md's figures."""
+    f = results_figures(name)
+    row = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith(f"| **{name}** |"))
+    assert (f"kNN median {f['median']} over 3 seeds ({f['low']}-{f['high']}; random init {f['knn_random']}, raw "
+            f"pixels {f['knn_pixels']}), linear {f['linear']}, {f['minutes']}") in row, row
 
 
 def test_the_docs_site_builds_strictly(tmp_path):

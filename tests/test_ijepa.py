@@ -16,6 +16,7 @@ from selfsup.errors import ConfigError
 from selfsup.eval.checkpoint import backbone_state
 from selfsup.heads import BlockPredictor
 from selfsup.methods import IJEPA
+from test_dino import tiny_dino
 
 VIT = {"image_size": 16, "patch_size": 4, "num_layers": 1, "num_heads": 2, "hidden_dim": 8, "mlp_dim": 16,
        "pos_embed": "sincos", "class_token": False}
@@ -191,17 +192,27 @@ def test_the_target_encoder_momentum_rises_linearly(step, expected):
     assert with_trainer(IJEPA(**SMALL), step).current_momentum() == pytest.approx(expected)
 
 
-def test_weight_decay_follows_a_cosine_on_the_decayed_groups_only():
-    model = with_trainer(IJEPA(**SMALL, final_weight_decay=0.4), 0)
+@pytest.mark.parametrize("make", [lambda: IJEPA(**SMALL), lambda: tiny_dino(weight_decay=0.04)], ids=["ijepa", "dino"])
+def test_weight_decay_follows_its_cosine_per_step_on_the_decayed_groups_only(make):
+    model = with_trainer(make(), 0)  # both default to weight_decay_end 0.4, SSLMethod's one schedule
     opt = model.configure_optimizers()["optimizer"]
     model._trainer.optimizers = [opt]
-    model.log = lambda *args, **kwargs: None
-    decays = []
+    logged = {}
+    model.log = lambda name, value, **kwargs: logged.update({name: float(value)})
     for step in (0, 50, 100):
         model._trainer.global_step = step
         model.on_train_batch_start({}, 0)
-        decays.append(sorted({g["weight_decay"] for g in opt.param_groups}))
-    assert decays == [[0.0, pytest.approx(0.04)], [0.0, pytest.approx(0.22)], [0.0, pytest.approx(0.4)]]
+        want = 0.4 + (0.04 - 0.4) * (1 + math.cos(math.pi * step / 100)) / 2  # 0.04, 0.22, 0.4
+        assert sorted({g["weight_decay"] for g in opt.param_groups}) == [0.0, pytest.approx(want)], step
+        assert logged["schedule/weight_decay"] == pytest.approx(want)
+
+
+def test_the_old_name_of_weight_decay_end_is_refused_in_one_line_naming_the_new(tmp_path):
+    proc = selfsup("fit", "--model", "IJEPA", "--model.final_weight_decay", "0.4", "--print_config", cwd=tmp_path,
+                   check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "selfsup: error: model option final_weight_decay is now called weight_decay_end; rename it in the config "
+        "(or on the command line)"]
 
 
 @pytest.mark.parametrize("evaluate_target, module", [(True, "momentum_backbone"), (False, "backbone")])
@@ -235,7 +246,7 @@ def test_paper_recipe_parses_with_the_paper_values(tmp_path):
     proc = selfsup("fit", "-c", str(REPO / "experiments/ijepa/imagenet-vit-huge.yaml"), "--print_config",
                    cwd=tmp_path)
     for line in ["backbone: vit", "patch_size: 14", "hidden_dim: 1280", "num_layers: 32", "pred_dim: 384",
-                 "pred_depth: 12", "max_epochs: 300", "base_momentum: 0.996", "final_weight_decay: 0.4",
+                 "pred_depth: 12", "max_epochs: 300", "base_momentum: 0.996", "weight_decay_end: 0.4",
                  "num_targets: 4", "class_token: false"]:
         assert line in proc.stdout, line
 

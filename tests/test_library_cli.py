@@ -1,5 +1,6 @@
-"""timm backbones through the real CLI on built-in MNIST-5k: a few steps of SimCLR, SwAV, PixPro and SimMIM, the
-dense probe and the export of a timm ConvNet's checkpoint, `selfsup backbones`, and bad names as one line."""
+"""timm backbones through the real CLI on built-in MNIST-5k: a few steps of SimCLR, SwAV, PixPro and SimMIM, of
+DINO, iBOT, MAE and I-JEPA on a timm ViT, the dense probe and the export of a timm ConvNet's checkpoint,
+`selfsup backbones`, and bad names as one line."""
 
 from __future__ import annotations
 
@@ -59,6 +60,30 @@ def test_simmim_masks_a_timm_vit(mnist5k, tmp_path):
     ckpt = fit("experiments/simmim/mnist5k-vit-tiny.yaml", VIT, tmp_path)
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     assert "backbone.mask_token" in state and "backbone.model.cls_token" in state
+
+
+def tiny_vit(**args) -> list[str]:
+    """A one-block timm ViT of width 32 (4x4 patches unless ``args`` say otherwise) at the recipe's image size."""
+    spec = ", ".join(f"{k}: {v}" for k, v in {"patch_size": 4, "depth": 1, "embed_dim": 32, "num_heads": 2,
+                                               **args}.items())
+    return ["--model.init_args.backbone", "timm:vit_tiny_patch16_224", "--model.init_args.backbone_args",
+            f"{{{spec}}}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("recipe", "backbone", "extra"), [
+    ("dino/mnist5k-vit-tiny", tiny_vit(img_size=28), ["--model.init_args.out_dim", "64"]),  # 28 and 12 px crops
+    ("ibot/mnist5k-vit-tiny", tiny_vit(img_size=28), ["--model.init_args.out_dim", "64",
+                                                      "--model.init_args.patch_out_dim", "64"]),
+    ("mae/mnist5k-vit-tiny", tiny_vit(img_size=32), []),
+    ("ijepa/mnist5k-vit-tiny", tiny_vit(img_size=28, patch_size=2, class_token="false", global_pool="avg"), []),
+])
+def test_token_methods_train_a_timm_vit(recipe, backbone, extra, mnist5k, tmp_path):
+    ckpt = fit(f"experiments/{recipe}.yaml", backbone, tmp_path, *extra)
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["hyper_parameters"]["backbone"] == "timm:vit_tiny_patch16_224"
+    weights = saved["state_dict"]["backbone.model.blocks.0.attn.qkv.weight"]
+    assert weights.shape == (96, 32) and torch.isfinite(weights).all()
 
 
 @pytest.mark.slow

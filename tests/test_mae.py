@@ -131,7 +131,7 @@ def test_bad_mask_ratio_is_refused(ratio):
 def test_bad_geometry_and_backbones_are_refused():
     with pytest.raises(ConfigError, match="not a multiple of patch_size"):
         MAE(backbone="vit_tiny", backbone_args={**TINY, "image_size": 18}, in_channels=1)
-    with pytest.raises(ConfigError, match="needs selfsup's ViT"):
+    with pytest.raises(ConfigError, match="needs a ViT with a class token"):
         MAE(backbone="resnet18", backbone_args={"width": 4}, in_channels=1)
     with pytest.raises(ConfigError, match="multiple of decoder_heads"):
         tiny_mae(decoder_heads=3)

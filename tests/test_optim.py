@@ -2,13 +2,16 @@
 schedule and lr scaling values."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 from selfsup.errors import ConfigError
-from selfsup.optim import LARS, scaled_lr, split_decay, warmup_cosine
+from selfsup.methods import SimCLR
+from selfsup.momentum import cosine_momentum
+from selfsup.optim import LARS, cosine_ramp, scaled_lr, split_decay, warmup_cosine
 
 
 def reference_lars_step(w, g, v, lr, wd, eta=1e-3, momentum=0.9, adapt=True):
@@ -92,3 +95,55 @@ def test_lr_scaling_rules():
 def test_unknown_lars_variant_is_refused():
     with pytest.raises(ConfigError, match="LARS variant"):
         LARS([nn.Parameter(torch.zeros(2))], lr=0.1, variant="lamb")
+
+
+def test_cosine_ramp_is_the_one_cosine_of_the_lr_the_weight_decay_and_the_momentum():
+    for step in (0, 25, 50, 100, 130):
+        curve = 0.4 + (0.04 - 0.4) * (1 + math.cos(math.pi * min(step, 100) / 100)) / 2
+        assert cosine_ramp(step, 100, 0.04, 0.4) == pytest.approx(curve)
+        assert cosine_momentum(step, 100, 0.99) == pytest.approx(cosine_ramp(step, 100, 0.99, 1.0))
+        assert warmup_cosine(10 + step, 110, 10, final_factor=0.1) == pytest.approx(cosine_ramp(step, 100, 1.0, 0.1))
+
+
+TINY_VIT = {"image_size": 16, "patch_size": 4, "num_layers": 2, "num_heads": 2, "hidden_dim": 8, "mlp_dim": 16}
+
+
+def started(model, step: int = 0, total: int = 100):
+    """``model`` with a stand-in trainer at ``step`` of ``total`` and its optimizer built; logs collected."""
+    model._trainer = SimpleNamespace(global_step=step, estimated_stepping_batches=total, world_size=1,
+                                     accumulate_grad_batches=1, max_epochs=1)
+    model._trainer.optimizers = [model.configure_optimizers()["optimizer"]]
+    model.logged = {}
+    model.log = lambda name, value, **kwargs: model.logged.update({name: float(value)})
+    return model
+
+
+def test_without_weight_decay_end_the_weight_decay_stays_and_is_not_logged():
+    model = started(SimCLR(backbone="resnet18", backbone_args={"width": 4}, in_channels=1, weight_decay=1e-4), 50)
+    model.on_train_batch_start({}, 0)
+    assert sorted(g["weight_decay"] for g in model.trainer.optimizers[0].param_groups) == [0.0, 1e-4]
+    assert "schedule/weight_decay" not in model.logged
+
+
+def test_any_method_takes_the_weight_decay_schedule_and_layer_decay():
+    model = started(SimCLR(backbone="vit_tiny", backbone_args=TINY_VIT, in_channels=1, weight_decay=0.1,
+                           weight_decay_end=0.3, layer_decay=0.5, optimizer="adamw"), 100)
+    model.on_train_batch_start({}, 0)
+    opt, named = model.trainer.optimizers[0], dict(model.named_parameters())
+    lr_scale = {id(p): g["initial_lr"] / opt.defaults["lr"] for g in opt.param_groups for p in g["params"]}
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    expected = {  # 2 blocks: embedding depth 0, block i depth i + 1, the rest of the model depth 3
+        "backbone.conv_proj.weight": (0.5**3, 0.3), "backbone.encoder.pos_embedding": (0.5**3, 0.0),
+        "backbone.encoder.layers.encoder_layer_1.mlp.0.weight": (0.5, 0.3),
+        "backbone.encoder.layers.encoder_layer_1.ln_1.bias": (0.5, 0.0),
+        "projector.0.weight": (1.0, 0.3),
+    }
+    for name, (scale, wd) in expected.items():
+        assert (lr_scale[id(named[name])], decay[id(named[name])]) == pytest.approx((scale, wd)), name
+    assert model.logged["schedule/weight_decay"] == pytest.approx(0.3)
+
+
+def test_layer_decay_on_a_backbone_without_blocks_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="model.layer_decay 0.9 needs a backbone with transformer blocks .* resnet18 "
+                                          "has none; set model.layer_decay: 1.0"):
+        SimCLR(backbone="resnet18", backbone_args={"width": 4}, layer_decay=0.9)

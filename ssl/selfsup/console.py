@@ -36,7 +36,7 @@ def usage() -> str:
     rows = [("training (LightningCLI: -c CONFIG, --print_config, --help)", LIGHTNING),
             ("evaluation, data and speed", {name: line for name, (_, line) in TOOLS.items()})]
     lines = ["usage: selfsup COMMAND [options]   (selfsup COMMAND --help: the options of one command)", "",
-             "Self-supervised pretraining for vision: SimCLR, SwAV, PixPro, SimMIM, RotNet, CVRL.", ""]
+             "Self-supervised pretraining for vision; each method's recipes are experiments/METHOD/*.yaml.", ""]
     for title, commands in rows:
         lines.append(f"{title}:")
         lines += [f"  {name:<12} {line}" for name, line in commands.items()]
@@ -108,9 +108,11 @@ def main(argv: list[str] | None = None) -> None:
         status = run(args)
     except ArgumentError as err:
         from selfsup.cli_checks import summarize_parse_error
+        from selfsup.moved import renamed_option
         from selfsup.trust import import_refusal
 
-        problem = import_refusal(str(err)) or f"{summarize_parse_error(str(err))} (see selfsup fit --help)"
+        problem = (import_refusal(str(err)) or renamed_option(str(err))
+                   or f"{summarize_parse_error(str(err))} (see selfsup fit --help)")
         print(f"selfsup: error: {problem}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:

@@ -11,7 +11,6 @@ its own running averages, which are never mixed with the online ones.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from selfsup.errors import ConfigError
+from selfsup.optim import cosine_ramp
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:
@@ -31,8 +31,7 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 def cosine_momentum(step: int, total_steps: int, base: float = 0.99, final: float = 1.0) -> float:
     """``final - (final - base) * (cos(pi * step / total_steps) + 1) / 2``: ``base`` at step 0, ``final`` at
     ``total_steps`` (BYOL's and PixPro's schedule; steps past the end stay at ``final``)."""
-    progress = min(1.0, step / max(1, total_steps))
-    return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
+    return cosine_ramp(step, total_steps, base, final)
 
 
 @torch.no_grad()

@@ -1,8 +1,8 @@
-"""Old import paths of modules that moved into rooms of their own, kept resolving.
+"""Old names in configs saved by earlier runs: module paths kept resolving, renamed options pointed to.
 
 Configs saved by earlier runs name classes by their old paths (``selfsup.loggers.ResumableCSVLogger``); importing
 ``selfsup.loggers`` gives the module now at ``selfsup.training.loggers`` (the same module object, so classes
-compare equal).
+compare equal). A renamed model option is refused in one line that names its new name (``renamed_option``).
 """
 
 from __future__ import annotations
@@ -10,11 +10,23 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.util
+import re
 import sys
 from types import ModuleType
 
 MOVED = {f"selfsup.{name}": f"selfsup.training.{name}" for name in (
     "atomic", "checkpointing", "collapse", "loggers", "nonfinite", "progress", "resume", "runlock", "runs", "slurm")}
+
+RENAMED_OPTIONS = {"final_weight_decay": "weight_decay_end"}  # I-JEPA's, now every method's (SSLMethod)
+
+
+def renamed_option(message: str) -> str | None:
+    """The one line for a parse error (``message``) about an option that was renamed; None for any other."""
+    for old in re.findall(r"Option '(\w+)' is not accepted", message):
+        if old in RENAMED_OPTIONS:
+            return (f"model option {old} is now called {RENAMED_OPTIONS[old]}; rename it in the config (or on the "
+                    "command line)")
+    return None
 
 
 class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -98,13 +98,15 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-# Learned tokens and position tables of transformers (torchvision's names, and selfsup's mask token).
-NO_DECAY_NAMES = ("mask_token", "class_token", "pos_embedding", "relative_position_bias_table")
+# Learned tokens and position tables of transformers (torchvision's names, selfsup's mask token, and timm's ViTs'
+# own no_weight_decay() set).
+NO_DECAY_NAMES = ("mask_token", "class_token", "pos_embedding", "relative_position_bias_table",
+                  "cls_token", "reg_token", "dist_token", "pos_embed")
 
 
 def is_no_decay(name: str, param: nn.Parameter) -> bool:
     """No weight decay for norm weights and biases (every parameter with fewer than 2 dimensions), the mask and
-    class tokens and the position tables (SimMIM's exclusions)."""
+    class tokens and the position tables (SimMIM's exclusions; timm's names for them too)."""
     return param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
 
 
@@ -142,6 +144,29 @@ def layer_decay_groups(
             "lr_scale": decay ** (num_layers + 1 - depth), "layer": depth})
         group["params"].append(p)
     return [groups[k] for k in sorted(groups)]
+
+
+def check_layer_decay(backbone: nn.Module, decay: float, name: str) -> None:
+    """A ConfigError unless layer-wise lr decay is off (1) or ``backbone`` (called ``name``) has blocks to decay
+    over (a ``layer_id``)."""
+    if decay != 1.0 and not hasattr(backbone, "layer_id"):
+        raise ConfigError(f"model.layer_decay {decay} needs a backbone with transformer blocks (vit_*, swin_*), but "
+                          f"{name} has none; set model.layer_decay: 1.0")
+
+
+def backbone_layer_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]], backbone: nn.Module, decay: float, weight_decay: float,
+    no_decay: Callable[[str, nn.Parameter], bool] = is_no_decay, prefix: str = "backbone.",
+) -> list[dict]:
+    """``layer_decay_groups`` of a model's parameters: those named ``prefix`` + a backbone parameter at the
+    backbone's ``layer_id`` depth, every other one (heads, norms after the backbone; all of them for a backbone
+    without blocks) at the top depth, L + 1."""
+    blocks, layer_id = getattr(backbone, "num_blocks", 0), getattr(backbone, "layer_id", None)
+
+    def depth(name: str) -> int:
+        return layer_id(name.removeprefix(prefix)) if layer_id and name.startswith(prefix) else blocks + 1
+
+    return layer_decay_groups(named_params, depth, blocks, decay, weight_decay, no_decay)
 
 
 def apply_lr_scale(optimizer: torch.optim.Optimizer) -> None:
@@ -188,14 +213,13 @@ def warmup_cosine(
     from 1 down to ``final_factor`` at ``total_steps``."""
     if step < warmup_steps:
         return start_factor + (1.0 - start_factor) * step / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cosine_ramp(step - warmup_steps, total_steps - warmup_steps, 1.0, final_factor)
 
 
 def cosine_ramp(step: int, total_steps: int, start: float, end: float) -> float:
     """``end + (start - end) * (1 + cos(pi * step / total_steps)) / 2``: ``start`` at step 0, ``end`` at
-    ``total_steps`` and after (I-JEPA's weight decay, 0.04 -> 0.4)."""
+    ``total_steps`` and after. The one cosine of every schedule: the lr after its warmup, the weight decay
+    (``weight_decay`` -> ``weight_decay_end``), the momentum of a cosine EMA (``base_momentum`` -> 1)."""
     progress = min(1.0, step / max(1, total_steps))
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

@@ -3,11 +3,14 @@
 The dense map is ``forward_features`` as (B, C, h, w): a ConvNet's last stage as it is, a Swin's NHWC map
 permuted, a ViT's patch tokens (class and register tokens dropped) reshaped to the patch grid. Models that take
 ``dynamic_img_size`` (ViTs, Swins) get it, so they run at the data's image size; ``in_chans`` follows the data.
-ViTs and Swins can be masked (SimMIM): a hook on their patch embedding replaces masked patches by the mask token.
+ViTs and Swins can be masked (SimMIM): a hook on their patch embedding replaces masked patches by the mask token;
+ViTs also give their tokens, all or a kept subset, as the built-in ViT does (DINO, iBOT, MAE, I-JEPA).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -86,20 +89,27 @@ class MaskedTimmBackbone(TimmBackbone, MaskedImageBackbone):
         self.stages = [len(layer.blocks) for layer in getattr(self.model, "layers", [])]  # Swin's
         self.num_blocks = sum(self.stages) or len(self.model.blocks)
         self.stride = self.patch_size * 2 ** max(len(self.stages) - 1, 0)
+        self.image_size = self.model.patch_embed.img_size[0]  # what the position table was made for
         self._mask: torch.Tensor | None = None
         self.model.patch_embed.register_forward_hook(self._mask_patches)
 
     def _mask_patches(self, module: torch.nn.Module, inputs: Any, tokens: torch.Tensor) -> torch.Tensor:
         return self.apply_mask(tokens, self._mask)
 
-    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    @contextmanager
+    def masking(self, x: torch.Tensor, mask: torch.Tensor | None) -> Iterator[None]:
+        """Within it, the model's passes over ``x`` see ``mask`` (B, h, w), 1 = masked (None: nothing masked)."""
         if mask is not None:
             self.check_mask(x, mask, (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size))
         self._mask = mask
         try:
-            return super().forward_features(x)
+            yield
         finally:
             self._mask = None
+
+    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        with self.masking(x, mask):
+            return super().forward_features(x)
 
     def layer_id(self, name: str) -> int:
         parts = name.removeprefix("model.").split(".")
@@ -114,12 +124,52 @@ class MaskedTimmBackbone(TimmBackbone, MaskedImageBackbone):
         return 0  # patch embedding, class/register tokens, position table, mask token
 
 
-def maskable(model: torch.nn.Module) -> bool:
-    """Whether SimMIM can mask ``model``: timm's VisionTransformer (ViT, DeiT, DINOv2...) or SwinTransformer."""
+class TimmViTBackbone(MaskedTimmBackbone):
+    """A timm ViT (``VisionTransformer``: ViT, DeiT, DINOv2, with registers...) with the built-in ViT's token
+    interface, what DINO, iBOT, MAE and I-JEPA call: ``tokens(x, mask, keep)``, ``num_prefix`` (class and register
+    tokens), ``num_heads``, ``pool`` (``mean``: the pooled feature is the patch tokens' mean). A pre-hook on
+    ``patch_drop`` (right after the position table is added) keeps only the ``keep`` patches; timm resamples the
+    position table for other image sizes (``dynamic_img_size``)."""
+
+    pool = "mean"
+
+    def __init__(self, name: str, model: torch.nn.Module, arguments: dict[str, Any]) -> None:
+        super().__init__(name, model, arguments)
+        self.num_prefix = self.model.num_prefix_tokens
+        self.num_heads = self.model.blocks[0].attn.num_heads
+        self._keep: torch.Tensor | None = None
+        self.model.patch_drop.register_forward_pre_hook(self._keep_patches)
+
+    def _keep_patches(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
+        if self._keep is None:
+            return None
+        tokens = inputs[0]
+        patches = tokens[:, self.num_prefix:].gather(1, self._keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        return (torch.cat([tokens[:, :self.num_prefix], patches], dim=1), *inputs[1:])
+
+    def tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+               keep: torch.Tensor | None = None) -> torch.Tensor:
+        """All tokens of the last layer after its norm, (B, num_prefix + N, C), as the built-in ViT's ``tokens``:
+        ``mask`` (B, h, w), 1 = masked, replaces those patch embeddings by the mask token before the position
+        table; ``keep`` (B, K), indices into the row-major patch grid, runs the blocks over those patches only."""
+        self.check_size(x)
+        self._keep = keep
+        try:
+            with self.masking(x, mask):
+                return self.model.forward_features(x)
+        finally:
+            self._keep = None
+
+
+def backbone_class(model: torch.nn.Module) -> type[TimmBackbone]:
+    """What ``model`` can do as a backbone: a ViT gives tokens, a ViT or Swin can be masked (SimMIM), the rest
+    give a feature map."""
     from timm.models.swin_transformer import SwinTransformer
     from timm.models.vision_transformer import VisionTransformer
 
-    return isinstance(model, (VisionTransformer, SwinTransformer))
+    if isinstance(model, VisionTransformer):
+        return TimmViTBackbone
+    return MaskedTimmBackbone if isinstance(model, SwinTransformer) else TimmBackbone
 
 
 @register_backbone("timm:")
@@ -127,4 +177,4 @@ def timm_backbone(name: str, in_channels: int = 3, **args: Any) -> TimmBackbone:
     """timm:NAME[,key=value...]: any timm image model (``selfsup backbones --search`` lists them)."""
     model, args = requested(name, args)
     module, arguments = create(model, in_channels, args)
-    return (MaskedTimmBackbone if maskable(module) else TimmBackbone)(model, module, arguments)
+    return backbone_class(module)(model, module, arguments)

@@ -137,6 +137,7 @@ class ViT(MaskedImageBackbone):
         self._init_mask_token(hidden_dim)
         self.image_size, self.patch_size, self.stride = image_size, patch_size, patch_size
         self.num_blocks, self.num_features, self.embed_dim = num_layers, hidden_dim, hidden_dim
+        self.num_heads = num_heads
         self.pool, self.num_prefix = pool, int(class_token) + num_registers
 
     def set_drop_path(self, rate: float, uniform: bool = False) -> None:

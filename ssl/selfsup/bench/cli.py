@@ -4,6 +4,7 @@ only once they are parsed (the modules beside it do the work)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 from pathlib import Path
 
 from selfsup.errors import ConfigError
@@ -17,12 +18,17 @@ CONFIGS = {"SimCLR": "experiments/simclr/mnist5k.yaml", "RotNet": "experiments/r
            "BYOL": "experiments/byol/mnist5k.yaml", "MoCoV3": "experiments/mocov3/mnist5k.yaml",
            "BarlowTwins": "experiments/barlowtwins/mnist5k.yaml", "VICReg": "experiments/vicreg/mnist5k.yaml",
            "DINO": "experiments/dino/mnist5k-vit-tiny.yaml", "iBOT": "experiments/ibot/mnist5k-vit-tiny.yaml"}
-SUBCOMMANDS = """subcommands:
-  selfsup bench data   images/s of the data pipeline: shards against PIL files, views in workers or on the device
-  selfsup bench knn    FAISS kNN search against brute-force torch on the same features
-  selfsup bench max-batch  the largest per-device batch of a recipe's step that fits in memory
-  selfsup bench gpu-check  every GPU path in one run, each step with its own time limit (runs/gpu-check/)
-(each with --help)"""
+# ``selfsup bench NAME ...``: name -> (its main(argv), one line).
+NESTED = {
+    "data": ("selfsup.bench.data:main", "images/s of the data pipeline: shards against PIL files, views in workers "
+             "or on the device"),
+    "knn": ("selfsup.bench.cli:knn_main", "FAISS kNN search against brute-force torch on the same features"),
+    "max-batch": ("selfsup.bench.maxbatch:main", "the largest per-device batch of a recipe's step that fits in memory"),
+    "gpu-check": ("selfsup.bench.gpucheck:main", "every GPU path in one run, each step with its own time limit "
+                  "(runs/gpu-check/)"),
+}
+SUBCOMMANDS = "\n".join(["subcommands:", *(f"  selfsup bench {name:<10} {line}" for name, (_, line) in NESTED.items()),
+                         "(each with --help)"])
 
 
 def at_least(args: argparse.Namespace, least: dict[str, float]) -> argparse.Namespace:
@@ -41,7 +47,7 @@ def methods_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfsup bench", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SUBCOMMANDS,
         description="Each method's training step against its floor (the backbone passes it cannot avoid).")
-    parser.add_argument("--methods", nargs="+", default=list(CONFIGS), help=f"of: {', '.join(CONFIGS)}")
+    parser.add_argument("--methods", nargs="+", default=list(CONFIGS), help=f"of: {', '.join(CONFIGS)} (default: all)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--repeats", type=int, default=20,
@@ -75,25 +81,19 @@ def knn_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def knn_main(argv: list[str]) -> int | None:
+    """``selfsup bench knn ...``."""
+    args = at_least(knn_parser().parse_args(argv), {"train": 1, "dims": 1, "queries": 1, "k": 1})
+    from selfsup.bench.knn import run_knn
+
+    return run_knn(args)
+
+
 def main(argv: list[str]) -> int | None:
     """``selfsup bench [data|knn|max-batch|gpu-check] ...``."""
-    if argv[:1] == ["data"]:
-        from selfsup.bench.data import main as bench_data
-
-        return bench_data(argv[1:])
-    if argv[:1] == ["max-batch"]:
-        from selfsup.bench.maxbatch import main as max_batch
-
-        return max_batch(argv[1:])
-    if argv[:1] == ["gpu-check"]:
-        from selfsup.bench.gpucheck import main as gpu_check
-
-        return gpu_check(argv[1:])
-    if argv[:1] == ["knn"]:
-        args = at_least(knn_parser().parse_args(argv[1:]), {"train": 1, "dims": 1, "queries": 1, "k": 1})
-        from selfsup.bench.knn import run_knn
-
-        return run_knn(args)
+    if argv[:1] and argv[0] in NESTED:
+        module, function = NESTED[argv[0]][0].split(":")
+        return getattr(importlib.import_module(module), function)(argv[1:])
     args = at_least(methods_parser().parse_args(argv), {"batch_size": 1, "repeats": 1, "warmup": 0})
     from selfsup.bench.methods import run_methods
 

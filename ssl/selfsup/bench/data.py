@@ -12,8 +12,8 @@ decode + CVRL's two clips per video as experiments/cvrl/moving-mnist.yaml makes 
 Kinetics-like videos (``--kinetics N``, `selfsup.bench.video`): CVRL's clips decoded by seeking against a decode
 of every frame, the CVRL training loader against a plain decode, and peak memory.
 
-Real photos (``--photos N``, `selfsup.bench.photos`): each image method's ImageNet views from photos of ImageNet's
-sizes, against a per-image PIL pipeline and the decode-only floor.
+Real photos (``--photos N``, `selfsup.bench.photos`; ``--photo-methods`` picks rows): each image method's ImageNet
+views from photos of ImageNet's sizes, against a per-image PIL pipeline and the decode-only floor.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from selfsup.bench.cli import at_least
-from selfsup.bench.photos import device_views, photo_rows
+from selfsup.bench.photos import device_views, photo_methods, photo_rows
 from selfsup.bench.video import video_rows
 from selfsup.data.builtin import cache_dir
 from selfsup.data.folders import list_folder
@@ -171,19 +171,21 @@ def clip_rows(repeats: int) -> list[dict]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="selfsup bench data", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where `augment_on: device` makes the views")
+    parser.add_argument("--device", default=None,
+                        help="where `augment_on: device` makes the views (default: cuda when available)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-data.json"))
     parser.add_argument("--clips", action=argparse.BooleanOptionalAction, default=True,
                         help="also the moving-MNIST video rows (videos/s and clips/s)")
     parser.add_argument("--photos", type=int, default=256,
                         help="images in the real-photo set (ImageNet sizes; 0: skip those rows)")
+    parser.add_argument("--photo-methods", nargs="+", metavar="METHOD", choices=list(photo_methods()),
+                        help=f"only these methods' real-photo rows (of {', '.join(photo_methods())})")
     parser.add_argument("--kinetics", type=int, default=12,
                         help="videos in the Kinetics-like set (10 s, 25 fps, H.264; 0: skip those rows)")
     parser.add_argument("--small", action=argparse.BooleanOptionalAction, default=True,
                         help="also the MNIST-5k and RGB-64 rows")
     args = at_least(parser.parse_args(argv), {"repeats": 1, "photos": 0, "kinetics": 0})
-    device = torch.device(args.device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one loader worker = one core
     sets = bench_sets() if args.small else {}
@@ -204,7 +206,7 @@ def main(argv: list[str]) -> int:
         rate = best_rate(device_views(source, views, device, 10), args.repeats)
         on_device.append({"data": name, "device": str(device), "views": rate, "worker_decode_views": row["shards"]})
         print(f"{name:<20} {rate:>9.0f} vs {row['shards']:>7.0f} in a worker")
-    photos = photo_rows(args.photos, args.repeats, best_rate, device) if args.photos else []
+    photos = photo_rows(args.photos, args.repeats, best_rate, device, args.photo_methods) if args.photos else []
     clips = clip_rows(args.repeats) if args.clips else []
     videos = video_rows(args.kinetics, args.repeats, best_rate) if args.kinetics else []
     args.out.parent.mkdir(parents=True, exist_ok=True)

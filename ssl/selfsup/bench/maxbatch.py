@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="selfsup bench max-batch", description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", type=Path, required=True, help="the recipe (experiments/...yaml)")
     parser.add_argument("--source", required=True, help="shards to read one batch of views from")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--start", type=int, default=32)
     parser.add_argument("--limit", type=int, default=2048, help="largest batch tried")
     parser.add_argument("--memory-mib", type=float, default=None,
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-max-batch.json"))
     args, overrides = parser.parse_known_args(argv)
     at_least(args, {"start": 1, "limit": args.start, "memory_mib": 1})
-    device = torch.device(args.device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     accelerator = ["--trainer.accelerator", "gpu" if device.type == "cuda" else "cpu"]
     model, data, trainer = build(args.config, 8, Switches(), [*ONE_DEVICE, *accelerator, "--data.init_args.source",
                                                               args.source, *overrides])

@@ -4,9 +4,10 @@ ImageNet views from photos of ImageNet's sizes.
 The set is written once to the cache from the photos installed packages ship (scikit-learn's china.jpg and
 flower.jpg, matplotlib's grace_hopper.jpg): random crops rescaled to ImageNet's size distribution (mostly
 500 x 375 or 375 x 500, otherwise 300 to 640 px a side, aspect 3:4 to 16:9), JPEG quality 90, every 16th a PNG,
-as shards. Rows per method: a per-image PIL pipeline as lightly and solo-learn users run it (torchvision's PIL
-transforms, PIL's GaussianBlur), selfsup's views made in a loader worker, and the worker's part of the device
-split (decode + uint8 crops); against the decode-only floor (full and at half scale with JPEG DCT scaling).
+as shards. Rows per method: a per-image PIL pipeline as lightly and solo-learn users run it, or as the method's
+official code does (torchvision's PIL transforms, PIL's GaussianBlur, masks drawn per image or per batch as there),
+selfsup's views made in a loader worker, and the worker's part of the device split (decode + uint8 crops); against
+the decode-only floor (full and at half scale with JPEG DCT scaling).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import io
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,8 +25,10 @@ from torchvision import transforms as T
 
 from selfsup.data.builtin import cache_dir
 from selfsup.data.coord_views import AsymmetricViews, CoordViews
-from selfsup.data.masking import MaskedViews
+from selfsup.data.dino_views import DINOViews
+from selfsup.data.masking import BlockMaskGenerator, MaskedViews, iBOTViews
 from selfsup.data.members import media_member
+from selfsup.data.multiblock import MultiBlockViews
 from selfsup.data.sources import Source
 from selfsup.data.stream import ShardStream
 from selfsup.data.views import (
@@ -96,10 +100,13 @@ class PILBlur:
 
 
 def pil_view(size: int, scale: tuple[float, float], jitter: tuple[float, ...] | None = None, blur_p: float = 0.0,
-             solarize_p: float = 0.0, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
-             ) -> T.Compose:
-    """One view as a per-image PIL pipeline (lightly's SimCLRTransform / SwaVTransform style)."""
-    steps: list[Any] = [T.RandomResizedCrop(size, scale=scale), T.RandomHorizontalFlip()]
+             solarize_p: float = 0.0, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+             flip: bool = True, bicubic: bool = False) -> T.Compose:
+    """One view as a per-image PIL pipeline (lightly's SimCLRTransform / SwaVTransform style; DINO's and iBOT's
+    official crops are ``bicubic``)."""
+    interpolation = T.InterpolationMode.BICUBIC if bicubic else T.InterpolationMode.BILINEAR
+    steps: list[Any] = [T.RandomResizedCrop(size, scale=scale, interpolation=interpolation)]
+    steps += [T.RandomHorizontalFlip()] if flip else []
     if jitter:
         steps += [T.RandomApply([T.ColorJitter(*jitter)], p=0.8), T.RandomGrayscale(0.2)]
     if blur_p:
@@ -109,19 +116,53 @@ def pil_view(size: int, scale: tuple[float, float], jitter: tuple[float, ...] | 
     return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
 
 
-def photo_methods() -> dict[str, tuple[ViewRecipe, list[T.Compose]]]:
+@dataclass
+class PILRecipe:
+    """A method's views as its users make them per image: each image through every one of ``views``; then
+    ``per_image()`` (masks a dataset draws with each image: iBOT's) and ``per_batch(B)`` (masks a collator draws
+    per batch: I-JEPA's)."""
+
+    views: list[T.Compose]
+    per_image: Callable[[], Any] | None = None
+    per_batch: Callable[[int], Any] | None = None
+
+
+def multicrop_pil(recipe: DINOViews) -> list[T.Compose]:
+    """DINO's and iBOT's official per-image multi-crop for ``recipe``'s sizes and scales (bicubic crops, flip,
+    jitter 0.4/0.4/0.2/0.1 at 0.8, grayscale 0.2; blur 1.0 / 0.1 / 0.5, solarize 0 / 0.2 / 0)."""
+    jitter = (0.4, 0.4, 0.2, 0.1)
+    first, second = [pil_view(recipe.global_size, recipe.global_scale, jitter, recipe.blur_p[k], recipe.solarize_p[k],
+                              bicubic=True) for k in (0, 1)]
+    local = pil_view(recipe.local_size, recipe.local_scale, jitter, recipe.blur_p[2], recipe.solarize_p[2],
+                     bicubic=True)
+    return [first, second] + [local] * recipe.num_local
+
+
+def ibot_masks(masks: BlockMaskGenerator, seed: int = 0) -> Callable[[], list[torch.Tensor]]:
+    """iBOT's dataset: a blockwise mask of each global crop, drawn with the image (its own ratio each)."""
+    rng = random.Random(seed)
+    return lambda: [masks.block_mask(masks.draw_ratio(rng), rng) for _ in range(2)]
+
+
+def photo_methods() -> dict[str, tuple[ViewRecipe, PILRecipe]]:
     """Each method's ImageNet view recipe, and the same views as per-image PIL pipelines."""
     simclr, pixpro = (0.8, 0.8, 0.8, 0.2), (0.4, 0.4, 0.2, 0.1)
+    dino = DINOViews()  # the paper's: 2 x 224 + 8 x 96
+    ibot = iBOTViews(num_local=10, global_scale=(0.25, 1.0), local_scale=(0.05, 0.25))  # its ViT-S/16 recipe
+    ijepa = MultiBlockViews(224, 16)
     return {
-        "SimCLR": (SimCLRViews(224), [pil_view(224, (0.08, 1.0), simclr, 0.5)] * 2),
-        "SwAV": (MultiCropViews(), [pil_view(224, (0.14, 1.0), simclr, 0.5, 0, SWAV_MEAN, SWAV_STD)] * 2
-                 + [pil_view(96, (0.05, 0.14), simclr, 0.5, 0, SWAV_MEAN, SWAV_STD)] * 6),
-        "PixPro": (CoordViews(224), [pil_view(224, (0.08, 1.0), pixpro, 1.0), pil_view(224, (0.08, 1.0), pixpro,
-                                                                                         0.1, 0.2)]),
+        "SimCLR": (SimCLRViews(224), PILRecipe([pil_view(224, (0.08, 1.0), simclr, 0.5)] * 2)),
+        "SwAV": (MultiCropViews(), PILRecipe([pil_view(224, (0.14, 1.0), simclr, 0.5, 0, SWAV_MEAN, SWAV_STD)] * 2
+                 + [pil_view(96, (0.05, 0.14), simclr, 0.5, 0, SWAV_MEAN, SWAV_STD)] * 6)),
+        "PixPro": (CoordViews(224), PILRecipe([pil_view(224, (0.08, 1.0), pixpro, 1.0),
+                                               pil_view(224, (0.08, 1.0), pixpro, 0.1, 0.2)])),
         "BYOL": (AsymmetricViews(224, additive_brightness=True),  # MoCo v3, Barlow Twins, VICReg: the same views
-                 [pil_view(224, (0.08, 1.0), pixpro, 1.0), pil_view(224, (0.08, 1.0), pixpro, 0.1, 0.2)]),
-        "SimMIM": (MaskedViews(192), [pil_view(192, (0.67, 1.0))]),
-        "RotNet": (RotationViews(224), [pil_view(224, (0.6, 1.0))]),
+                 PILRecipe([pil_view(224, (0.08, 1.0), pixpro, 1.0), pil_view(224, (0.08, 1.0), pixpro, 0.1, 0.2)])),
+        "SimMIM": (MaskedViews(192), PILRecipe([pil_view(192, (0.67, 1.0))])),
+        "RotNet": (RotationViews(224), PILRecipe([pil_view(224, (0.6, 1.0))])),
+        "DINO": (dino, PILRecipe(multicrop_pil(dino))),
+        "iBOT": (ibot, PILRecipe(multicrop_pil(ibot), per_image=ibot_masks(ibot.masks))),
+        "I-JEPA": (ijepa, PILRecipe([pil_view(224, ijepa.scale, flip=False)], per_batch=ijepa.masks.batch)),
     }
 
 
@@ -160,8 +201,8 @@ def torchvision_decode(images: list[bytes], device: torch.device) -> Callable[[]
     return run
 
 
-def pil_baseline(images: list[bytes], views: list[T.Compose]) -> Callable[[], int]:
-    """Per image: PIL decode, each view's PIL pipeline; views stacked per batch."""
+def pil_baseline(images: list[bytes], recipe: PILRecipe) -> Callable[[], int]:
+    """Per image: PIL decode, each view's PIL pipeline (and the recipe's masks); views stacked per batch."""
 
     def run() -> int:
         for start in range(0, len(images), BATCH):
@@ -169,8 +210,10 @@ def pil_baseline(images: list[bytes], views: list[T.Compose]) -> Callable[[], in
             for data in images[start:start + BATCH]:
                 with Image.open(io.BytesIO(data)) as image:
                     rgb = image.convert("RGB")
-                out.append([view(rgb) for view in views])
+                out.append([view(rgb) for view in recipe.views] + (recipe.per_image() if recipe.per_image else []))
             [torch.stack(v) for v in zip(*out)]
+            if recipe.per_batch:
+                recipe.per_batch(len(out))
         return len(images)
 
     return run
@@ -208,9 +251,9 @@ def device_views(source: Source, views: ViewRecipe, device: torch.device, num_cl
 
 
 def photo_rows(count: int, repeats: int, best_rate: Callable[[Callable[[], int], int], float],
-               device: torch.device) -> list[dict]:
-    """The real-photo table: printed, and returned as JSON rows. The device's part of the split is measured on
-    a GPU only (on a CPU it is the batched torch ops, ~13 ms a 224 px view)."""
+               device: torch.device, methods: list[str] | None = None) -> list[dict]:
+    """The real-photo table (of ``methods``; None: all): printed, and returned as JSON rows. The device's part of
+    the split is measured on a GPU only (on a CPU it is the batched torch ops, ~13 ms a 224 px view)."""
     source = photo_source(count)
     images = _encoded(source)
     threads = torch.get_num_threads()
@@ -229,6 +272,8 @@ def photo_rows(count: int, repeats: int, best_rate: Callable[[Callable[[], int],
     rows = [{"data": "photos", "method": "decode", "full": full, "dct_half": half, "decode_jpeg_device": on_device,
              "device": str(device)}]
     for name, (recipe, pil) in photo_methods().items():
+        if methods is not None and name not in methods:
+            continue
         baseline = best_rate(pil_baseline(images, pil), repeats)
         workers = best_rate(selfsup_stream(source, recipe), repeats)
         split = best_rate(selfsup_stream(source, WorkerCrops(recipe)), repeats)

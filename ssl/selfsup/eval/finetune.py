@@ -21,9 +21,10 @@ from selfsup.optim import (
     LRScaling,
     OptimizerName,
     apply_lr_scale,
+    backbone_layer_groups,
     build_optimizer,
+    check_layer_decay,
     global_batch_size,
-    layer_decay_groups,
     scaled_lr,
     warmup_cosine_scheduler,
 )
@@ -87,9 +88,7 @@ class FineTune(L.LightningModule):
         self.backbone, spec = backbone_from(backbone, backbone_args, in_channels, init_from, "FineTune")
         self.hparams.update(backbone=spec.name, backbone_args=spec.args)  # what a checkpoint of this records
         self.input_normalization = spec.normalization  # the pretraining's mean/std, for the default views
-        if layer_decay != 1.0 and not hasattr(self.backbone, "layer_id"):
-            raise ConfigError(f"model.layer_decay {layer_decay} needs a backbone with transformer blocks (vit_*, "
-                              f"swin_*), but {spec.name} has none; set model.layer_decay: 1.0")
+        check_layer_decay(self.backbone, layer_decay, spec.name)
         if drop_path is not None:
             if not hasattr(self.backbone, "set_drop_path"):
                 raise ConfigError(f"model.drop_path needs one of selfsup's ViTs (vit, vit_tiny, vit_s_16, vit_b_16), "
@@ -141,17 +140,8 @@ class FineTune(L.LightningModule):
     def parameter_groups(self) -> list[dict]:
         """Layer-wise decayed groups over the backbone, the pooled feature's norm and the head (both at the top
         depth)."""
-        hp, blocks = self.hparams, getattr(self.backbone, "num_blocks", 0)
-        top = blocks + 1
-        layer_id = getattr(self.backbone, "layer_id", lambda name: top)
-        named = [*(("backbone." + n, p) for n, p in self.backbone.named_parameters()),
-                 *(("pool_norm." + n, p) for n, p in self.pool_norm.named_parameters()),
-                 *(("head." + n, p) for n, p in self.head.named_parameters())]
-
-        def depth(name: str) -> int:
-            return layer_id(name.removeprefix("backbone.")) if name.startswith("backbone.") else top
-
-        return layer_decay_groups(named, depth, blocks, hp.layer_decay, hp.weight_decay)
+        return backbone_layer_groups(self.named_parameters(), self.backbone, self.hparams.layer_decay,
+                                     self.hparams.weight_decay)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

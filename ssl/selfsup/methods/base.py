@@ -21,7 +21,10 @@ from selfsup.optim import (
     LRScaling,
     OptimizerName,
     apply_lr_scale,
+    backbone_layer_groups,
     build_optimizer,
+    check_layer_decay,
+    cosine_ramp,
     global_batch_size,
     is_no_decay,
     scaled_lr,
@@ -80,6 +83,15 @@ def size_runs(crops: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
     return runs
 
 
+def features_by_size(backbone: torch.nn.Module, crops: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``backbone``'s pooled features of each image batch in ``crops``: one forward per run of consecutive
+    same-sized batches (multi-crop: one per resolution), not one per crop."""
+    features = []
+    for start, end in size_runs(crops):
+        features += backbone(torch.cat(list(crops[start:end]))).chunk(end - start)
+    return features
+
+
 class SSLMethod(L.LightningModule):
     """Base of every method. A subclass adds its heads and implements ``ssl_step`` and ``default_views``.
 
@@ -95,6 +107,8 @@ class SSLMethod(L.LightningModule):
         lr_scaling: ``linear`` (lr x global batch / 256), ``linear512`` (x global batch / 512, SimMIM), ``sqrt``
             (lr x sqrt(global batch)) or ``none``.
         weight_decay: applied to weights (and to norms and biases unless they are excluded).
+        weight_decay_end: the weight decay at the last step, reached on a cosine from ``weight_decay`` and set every
+            optimizer step on the decayed groups (logged as ``schedule/weight_decay``); None keeps ``weight_decay``.
         exclude_norms_and_biases: no weight decay and no LARS/LARC adaptation for norms and biases (SimCLR);
             False applies both to every parameter (SwAV's official code).
         momentum: SGD/LARS momentum.
@@ -102,6 +116,9 @@ class SSLMethod(L.LightningModule):
         warmup_epochs: linear warmup length (fractions allowed), counted in optimizer steps.
         warmup_start_factor: lr at step 0 as a fraction of the peak lr.
         final_lr_factor: lr at the last step as a fraction of the peak lr (cosine decay).
+        layer_decay: layer-wise lr decay: a parameter in block i of L of the backbone gets ``layer_decay ** (L + 1 -
+            i)`` of the lr (patch embedding, tokens and position tables: depth 0; the rest of the model: L + 1;
+            1: off). Needs a backbone with blocks (a ViT).
         probe_lr: lr of the online linear probe on detached features (not scaled, same schedule).
         channels_last: keep the backbone's convolution weights in channels-last memory format (NHWC; NDHWC for a
             video backbone), which tensor-core convolutions (CUDA, bf16/fp16) run fastest in, and oneDNN's 3-D
@@ -125,12 +142,14 @@ class SSLMethod(L.LightningModule):
         lr: float = 0.3,
         lr_scaling: LRScaling = "linear",
         weight_decay: float = 1e-6,
+        weight_decay_end: float | None = None,
         exclude_norms_and_biases: bool = True,
         momentum: float = 0.9,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_epochs: float = 10.0,
         warmup_start_factor: float = 0.0,
         final_lr_factor: float = 0.0,
+        layer_decay: float = 1.0,
         probe_lr: float = 0.1,
         channels_last: bool = False,
         compile_backbone: bool = False,
@@ -138,6 +157,7 @@ class SSLMethod(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.backbone = self.new_backbone()
+        check_layer_decay(self.backbone, layer_decay, backbone)
         self.probe = LinearClassifier(self.backbone.num_features, num_classes) if num_classes > 0 else None
         self._last_batch_end: float | None = None
         self._batch_start: float | None = None
@@ -165,9 +185,8 @@ class SSLMethod(L.LightningModule):
         return pooled_features(self.backbone, images)
 
     def backbone_by_size(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Pooled features of a list of image batches, concatenated in order: one backbone forward per run of
-        consecutive same-sized batches (multi-crop: one per resolution), not one per crop."""
-        return torch.cat([self.backbone(torch.cat(list(crops[start:end]))) for start, end in size_runs(crops)])
+        """Pooled features of a list of image batches, concatenated in order (``features_by_size``)."""
+        return torch.cat(features_by_size(self.backbone, crops))
 
     def compile_backbones(self) -> None:
         """``torch.compile`` ``forward`` (through ``module.compile()``, which keeps the state-dict keys) and
@@ -190,6 +209,12 @@ class SSLMethod(L.LightningModule):
                 f"{type(views).__name__}, which makes {views.kind!r} views; use "
                 f"{type(self.default_views(8)).__name__} (or drop data.views to get {name}'s default)"
             )
+        patch = getattr(self.backbone, "patch_size", None)
+        for size in sorted(set(getattr(views, "sizes", None) or [])):  # multi-crop views
+            if patch and (size < patch or size % patch):
+                raise ConfigError(f"{type(self).__name__}: crops of {size} px do not split into whole {patch} px "
+                                  f"patches of {self.hparams.backbone}; make every crop size in data.views a multiple "
+                                  f"of {patch} (at least {patch})")
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """The loss, with the step's detached features and embeddings for callbacks (``CollapseMonitor``)."""
@@ -220,6 +245,21 @@ class SSLMethod(L.LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._batch_start = time.perf_counter()
+        hp = self.hparams
+        if hp.weight_decay_end is not None and hp.weight_decay:
+            decay = self.weight_decay_now()
+            for group in self.trainer.optimizers[0].param_groups:  # before 'weight_decay_scale': decayed or not
+                group["weight_decay"] = decay * group.get("weight_decay_scale", float(group["weight_decay"] > 0))
+            self.log("schedule/weight_decay", host_scalar(decay), on_step=True, on_epoch=False)
+
+    def weight_decay_now(self) -> float:
+        """The weight decay at this optimizer step: cosine from ``weight_decay`` to ``weight_decay_end`` over the
+        fit; ``weight_decay`` where there is no schedule or no trainer."""
+        hp = self.hparams
+        if hp.weight_decay_end is None or not hp.weight_decay or self._trainer is None:
+            return hp.weight_decay
+        return cosine_ramp(self.global_step, int(self.trainer.estimated_stepping_batches), hp.weight_decay,
+                           hp.weight_decay_end)
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
         now = time.perf_counter()
@@ -262,11 +302,15 @@ class SSLMethod(L.LightningModule):
         return self.hparams.exclude_norms_and_biases and is_no_decay(name, param)
 
     def parameter_groups(self, named: list[tuple[str, torch.nn.Parameter]]) -> list[dict]:
-        """The optimizer's groups of the method's parameters (the probe's is added to them): decayed and not,
-        the latter at ``no_decay_lr_scale`` of the lr."""
-        groups = split_decay(named, self.hparams.weight_decay, self.no_decay)
+        """The optimizer's groups of the method's parameters (the probe's is added to them): decayed and not
+        (per depth with ``layer_decay``), the latter at ``no_decay_lr_scale`` of the lr."""
+        hp = self.hparams
+        if hp.layer_decay == 1.0:
+            groups = split_decay(named, hp.weight_decay, self.no_decay)
+        else:
+            groups = backbone_layer_groups(named, self.backbone, hp.layer_decay, hp.weight_decay, self.no_decay)
         for group in groups:
-            group["lr_scale"] = 1.0 if group["adapt"] else self.no_decay_lr_scale
+            group["lr_scale"] = group.get("lr_scale", 1.0) * (1.0 if group["adapt"] else self.no_decay_lr_scale)
         return groups
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -276,6 +320,8 @@ class SSLMethod(L.LightningModule):
         groups = self.parameter_groups([(n, p) for n, p in self.named_parameters() if p not in probe])
         if probe:
             groups.append({"params": list(probe), "weight_decay": 0.0, "adapt": False, "lr": hp.probe_lr})
+        for group in groups:  # what the weight-decay schedule multiplies (saved with the optimizer state)
+            group["weight_decay_scale"] = group["weight_decay"] / hp.weight_decay if hp.weight_decay else 0.0
         opt = build_optimizer(hp.optimizer, groups, lr, hp.momentum, hp.weight_decay, tuple(hp.betas))
         apply_lr_scale(opt)
         schedule = warmup_cosine_scheduler(opt, self.trainer, hp.warmup_epochs, hp.warmup_start_factor,

@@ -21,10 +21,10 @@ from selfsup.losses import (
     teacher_temperature,
     updated_center,
 )
-from selfsup.methods.base import SSLMethod, StepOutput, host_scalar, size_runs
+from selfsup.methods.base import SSLMethod, StepOutput, features_by_size, host_scalar
 from selfsup.methods.twoview import require_positive
 from selfsup.momentum import MomentumTeacher, check_momentum
-from selfsup.optim import clip_grad_per_tensor_, layer_decay_groups, warmup_cosine
+from selfsup.optim import OptimizerName, clip_grad_per_tensor_
 from selfsup.training.collapse import target_health
 
 Targets = Literal["centering", "sinkhorn_knopp"]
@@ -60,13 +60,12 @@ class DINO(MomentumTeacher, SSLMethod):
         base_momentum: the teacher's momentum at step 0 (0.996), rising to 1 (cosine).
         clip_grad: each gradient tensor's norm is capped at this value (3.0; 0: off).
         freeze_last_layer_epochs: epochs during which the head's last layer gets no update (1).
-        weight_decay_end: the weight decay at the last step, reached on a cosine from ``weight_decay`` (0.4).
+        weight_decay_end: ``SSLMethod``'s cosine weight-decay schedule, DINO's default end: 0.4.
         koleo_weight: weight of DINOv2's KoLeo term on the student's backbone features of each global crop (0: off;
             DINOv2: 0.1).
-        layer_decay: DINOv2's layer-wise lr decay: block i of L gets ``layer_decay ** (L + 1 - id)`` of the lr
-            (1: off; DINOv2: 0.9).
-        **kwargs: the shared options of ``SSLMethod`` (backbone, optimizer, schedule, probe); DINO's defaults:
-            AdamW, lr 5e-4 x N / 256, weight decay 0.04, no decay only for biases and 1-D parameters.
+        **kwargs: the shared options of ``SSLMethod`` (backbone, optimizer, schedule, probe, ``layer_decay``:
+            DINOv2's 0.9); no decay only for biases and 1-D parameters.
+        optimizer, lr, weight_decay: DINO's: AdamW, 5e-4 x N / 256, 0.04.
     """
 
     view_kinds = ("multicrop",)
@@ -88,14 +87,15 @@ class DINO(MomentumTeacher, SSLMethod):
         base_momentum: float = 0.996,
         clip_grad: float = 3.0,
         freeze_last_layer_epochs: int = 1,
-        weight_decay_end: float = 0.4,
+        weight_decay_end: float | None = 0.4,
         koleo_weight: float = 0.0,
-        layer_decay: float = 1.0,
+        optimizer: OptimizerName = "adamw",
+        lr: float = 5e-4,
+        weight_decay: float = 0.04,
         **kwargs: Any,
     ) -> None:
-        for key, value in {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.04}.items():
-            kwargs.setdefault(key, value)
-        super().__init__(**kwargs)
+        super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, weight_decay_end=weight_decay_end,
+                         **kwargs)
         require_positive(out_dim=out_dim, head_hidden_dim=head_hidden_dim, bottleneck_dim=bottleneck_dim,
                          head_layers=head_layers, student_temp=student_temp, teacher_temp=teacher_temp,
                          warmup_teacher_temp=warmup_teacher_temp)
@@ -111,8 +111,9 @@ class DINO(MomentumTeacher, SSLMethod):
                              norm_last_layer, head_bn)
         self.add_teacher(["backbone", "head"], base_momentum)
         for module in self.momentum_backbone.modules():  # the teacher runs without stochastic depth
-            if isinstance(getattr(module, "drop_path", None), float):
-                module.drop_path = 0.0
+            for rate in ("drop_path", "drop_prob"):  # the built-in ViT's blocks, timm's DropPath
+                if isinstance(getattr(module, rate, None), float):
+                    setattr(module, rate, 0.0)
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def default_views(self, size: int) -> ViewRecipe:
@@ -139,16 +140,9 @@ class DINO(MomentumTeacher, SSLMethod):
         return StepOutput(loss=sum(terms.values()), features=student.features[0], embeddings=student.embeddings[0],
                           logs=logs)
 
-    def encode(self, backbone: nn.Module, crops: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """``backbone``'s pooled features of each crop, one forward per run of same-sized crops."""
-        features = []
-        for start, end in size_runs(crops):
-            features += backbone(torch.cat(list(crops[start:end]))).chunk(end - start)
-        return features
-
     def distill(self, backbone: nn.Module, head: DINOHead, crops: Sequence[torch.Tensor]) -> Distilled:
         """Backbone and head over ``crops`` (the head once over all of them)."""
-        features = self.encode(backbone, crops)
+        features = features_by_size(backbone, crops)
         embeddings = head.embed(torch.cat(features))
         logits = head.last_layer(embeddings)
         return Distilled(features, list(embeddings.chunk(len(crops))), list(logits.chunk(len(crops))))
@@ -196,37 +190,6 @@ class DINO(MomentumTeacher, SSLMethod):
         """DINO's rule: no weight decay for biases and 1-D parameters only (tokens and position tables decay)."""
         return name.endswith(".bias") or param.ndim == 1
 
-    def parameter_groups(self, named: list[tuple[str, nn.Parameter]]) -> list[dict]:
-        hp = self.hparams
-        if hp.layer_decay == 1.0:
-            return super().parameter_groups(named)
-        blocks = getattr(self.backbone, "num_blocks", 0)
-        layer_id = getattr(self.backbone, "layer_id", None)
-        if layer_id is None:
-            raise ConfigError(f"model.layer_decay needs a backbone with blocks (a ViT); {hp.backbone} has none; "
-                              "set layer_decay: 1.0")
-
-        def depth(name: str) -> int:
-            return layer_id(name.removeprefix("backbone.")) if name.startswith("backbone.") else blocks + 1
-
-        return layer_decay_groups(named, depth, blocks, hp.layer_decay, hp.weight_decay, self.no_decay)
-
-    def weight_decay_now(self) -> float:
-        """The weight decay at this optimizer step: cosine from ``weight_decay`` to ``weight_decay_end``."""
-        hp = self.hparams
-        if self._trainer is None or hp.weight_decay == 0:
-            return hp.weight_decay
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        return hp.weight_decay * warmup_cosine(self.global_step, total, 0, 1.0, hp.weight_decay_end / hp.weight_decay)
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)
-        wd = self.weight_decay_now()
-        for group in self.trainer.optimizers[0].param_groups:
-            if group["weight_decay"] > 0:
-                group["weight_decay"] = wd
-        self.log("schedule/weight_decay", host_scalar(wd), on_step=True, on_epoch=False)
-
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         hp = self.hparams
         probe = set(self.probe.parameters()) if self.probe is not None else set()
@@ -237,16 +200,6 @@ class DINO(MomentumTeacher, SSLMethod):
                 p.grad = None  # the optimizer skips it: no moments, no decay
 
     # ---- checks ------------------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        views = getattr(self.trainer.datamodule, "views", None) if self._trainer else None
-        patch = getattr(self.backbone, "patch_size", None)
-        for size in sorted(set(getattr(views, "sizes", []) or [])):
-            if patch and (size < patch or size % patch):
-                raise ConfigError(f"DINO: crops of {size} px do not split into whole {patch} px patches of "
-                                  f"{self.hparams.backbone}; make every crop size in data.views a multiple of "
-                                  f"{patch} (at least {patch})")
-
     def check_checkpoint(self, saved: dict[str, Any], path: str) -> None:
         """Refuse to resume from a checkpoint whose head was trained with the other ``norm_last_layer``."""
         mine, theirs = self.hparams.norm_last_layer, saved.get("norm_last_layer", True)

@@ -14,7 +14,7 @@ from selfsup.data.views import ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.heads import DINOHead, WeightNormLinear
 from selfsup.losses import centered_targets, masked_patch_loss, teacher_temperature, updated_center
-from selfsup.methods.base import StepOutput, host_scalar
+from selfsup.methods.base import StepOutput, features_by_size, host_scalar
 from selfsup.methods.dino import DINO, Distilled
 from selfsup.momentum import check_momentum, momentum_copy
 
@@ -66,7 +66,7 @@ class iBOT(DINO):
         hp = self.hparams
         if not hasattr(self.backbone, "tokens"):
             raise ConfigError(f"iBOT masks patch tokens, which {hp.backbone!r} has none of; use a ViT: vit_tiny, "
-                              "vit_s_16, vit_b_16, vit")
+                              "vit_s_16, vit_b_16, vit or a timm ViT (timm:vit_small_patch16_224)")
         if hp.targets != "centering":
             raise ConfigError(f"iBOT centres its patch targets; model.targets {hp.targets!r} is DINO's option only; "
                               "set targets: centering")
@@ -96,7 +96,7 @@ class iBOT(DINO):
         forward, the local ones pooled (one forward per size). With masks, the head sees the masked patches only
         (the loss reads no other)."""
         tokens = backbone.tokens(torch.cat(list(crops[:2])), None if masks is None else torch.cat(list(masks)))
-        features = [*pooled(backbone, tokens).chunk(2), *self.encode(backbone, crops[2:])]
+        features = [*pooled(backbone, tokens).chunk(2), *features_by_size(backbone, crops[2:])]
         embeddings = head.embed(torch.cat(features))
         logits = head.last_layer(embeddings)
         patch_layer, patches = getattr(head, "patch_layer", head.last_layer), tokens[:, backbone.num_prefix:]

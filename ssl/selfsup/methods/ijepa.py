@@ -12,9 +12,8 @@ from selfsup.data.views import ViewRecipe
 from selfsup.errors import ConfigError
 from selfsup.eval.checkpoint import EVALUATED
 from selfsup.heads import BlockPredictor
-from selfsup.methods.base import SSLMethod, StepOutput, host_scalar
+from selfsup.methods.base import SSLMethod, StepOutput
 from selfsup.momentum import MomentumSchedule, MomentumTeacher
-from selfsup.optim import cosine_ramp
 
 
 def gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -36,7 +35,7 @@ class IJEPA(MomentumTeacher, SSLMethod):
 
     Optimizer as the official code with ``optimizer: adamw``, ``lr_scaling: none``, warmup from
     ``warmup_start_factor`` of the lr, cosine to ``final_lr_factor``; the weight decay (not on norms, biases,
-    tokens, position tables) follows a cosine from ``weight_decay`` to ``final_weight_decay`` over the run, per
+    tokens, position tables) follows a cosine from ``weight_decay`` to ``weight_decay_end`` over the run, per
     step (logged as ``schedule/weight_decay``). The online probe sees the mean of the context tokens.
 
     Evaluations of a checkpoint (probes, kNN, fine-tuning, export) read the target encoder, as the paper
@@ -49,7 +48,7 @@ class IJEPA(MomentumTeacher, SSLMethod):
         pred_heads: its attention heads; None: the backbone's.
         base_momentum: the target encoder's momentum at step 0 (0.996), rising to 1 at the last step.
         momentum_schedule: ``linear`` (I-JEPA) or ``cosine``.
-        final_weight_decay: weight decay at the last step (0.4); None keeps ``weight_decay`` throughout.
+        weight_decay_end: ``SSLMethod``'s cosine weight-decay schedule, I-JEPA's default end: 0.4.
         evaluate_target: evaluations read the target encoder (True) or the context encoder.
         **kwargs: the shared options of ``SSLMethod`` (backbone, optimizer, schedule, probe).
     """
@@ -58,12 +57,12 @@ class IJEPA(MomentumTeacher, SSLMethod):
 
     def __init__(self, pred_dim: int = 384, pred_depth: int = 12, pred_heads: int | None = None,
                  base_momentum: float = 0.996, momentum_schedule: MomentumSchedule = "linear",
-                 final_weight_decay: float | None = 0.4, evaluate_target: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+                 weight_decay_end: float | None = 0.4, evaluate_target: bool = True, **kwargs: Any) -> None:
+        super().__init__(weight_decay_end=weight_decay_end, **kwargs)
         if not callable(getattr(self.backbone, "tokens", None)):
             raise ConfigError(f"I-JEPA runs its encoder over kept patches, which {self.hparams.backbone!r} cannot; "
-                              "use a built-in ViT: vit, vit_tiny, vit_s_16, vit_b_16")
-        heads = pred_heads or self.backbone.encoder.layers[0].num_heads
+                              "use a ViT: vit, vit_tiny, vit_s_16, vit_b_16 or a timm one (timm:vit_small_patch16_224)")
+        heads = pred_heads or self.backbone.num_heads
         if pred_dim % heads or pred_dim % 4:
             raise ConfigError(f"model.pred_dim {pred_dim} must be a multiple of 4 and of the predictor's {heads} "
                               "heads; choose another pred_dim (or pred_heads)")
@@ -100,21 +99,3 @@ class IJEPA(MomentumTeacher, SSLMethod):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[EVALUATED] = "momentum_backbone" if self.hparams.evaluate_target else "backbone"
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        config = super().configure_optimizers()
-        for group in config["optimizer"].param_groups:
-            group["decay_schedule"] = group["weight_decay"] > 0  # saved with the optimizer state
-        return config
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(batch, batch_idx)
-        final = self.hparams.final_weight_decay
-        if final is None:
-            return
-        decay = cosine_ramp(self.global_step, int(self.trainer.estimated_stepping_batches),
-                            self.hparams.weight_decay, final)
-        for group in self.trainer.optimizers[0].param_groups:
-            if group.get("decay_schedule"):
-                group["weight_decay"] = decay
-        self.log("schedule/weight_decay", host_scalar(decay), on_step=True, on_epoch=False)

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from selfsup.backbones.vit import ViT
 from selfsup.data.masking import random_keep, removed_mask
 from selfsup.data.views import IMAGENET_MEAN, IMAGENET_STD, CropViews, ViewRecipe
 from selfsup.errors import ConfigError
@@ -68,9 +67,10 @@ class MAE(SSLMethod):
                               "and of 4 (its sine-cosine positions); e.g. 512 with 16 heads")
         super().__init__(optimizer=optimizer, lr=lr, lr_scaling=lr_scaling, weight_decay=weight_decay, betas=betas,
                          warmup_epochs=warmup_epochs, **kwargs)
-        if not isinstance(self.backbone, ViT):
-            raise ConfigError(f"MAE encodes only the visible patches, which needs selfsup's ViT; "
-                              f"{self.hparams.backbone!r} is not one: use vit, vit_tiny, vit_s_16 or vit_b_16")
+        if not callable(getattr(self.backbone, "tokens", None)) or self.backbone.num_prefix != 1:
+            raise ConfigError(f"MAE encodes only the visible patches after one class token, which needs a ViT with a "
+                              f"class token and no registers; {self.hparams.backbone!r} is not one: use vit, "
+                              "vit_tiny, vit_s_16, vit_b_16 or a timm ViT (timm:vit_small_patch16_224)")
         grid = self.backbone.image_size // self.backbone.patch_size
         self.check_decoder_fits(grid * grid + 1)
         out_dim = self.backbone.patch_size**2 * self.hparams.in_channels
@@ -98,7 +98,8 @@ class MAE(SSLMethod):
         if stage == "fit" and views is not None and views.size != self.backbone.image_size:
             raise ConfigError(f"data.views.size {views.size} is not the backbone's image_size "
                               f"{self.backbone.image_size}; set model.backbone_args.image_size: {views.size} (a "
-                              f"multiple of the patch size {self.backbone.patch_size}) or the views' size to it")
+                              f"multiple of the patch size {self.backbone.patch_size}; a timm ViT's img_size) or the "
+                              "views' size to it")
 
     def forward_masked(self, images: torch.Tensor, generator: torch.Generator | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
