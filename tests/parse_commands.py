@@ -1,7 +1,8 @@
 """Parse `selfsup` command lines without running them: ``python parse_commands.py OUT`` reads a JSON list of
 {"where", "args", "env"} on stdin and writes to OUT one line per command whose options the command refuses
 (nothing when all parse). A command counts as parsed once its parser accepted the line: argparse's ``parse_args``
-returned, or LightningCLI reached instantiating the classes (``--print_config`` and ``--help`` exit 0 first)."""
+returned, LightningCLI reached instantiating the classes (``--print_config`` and ``--help`` exit 0 first), or
+an evaluation command (with its ``--data.*`` options) reached its checkpoint."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class Parsed(Exception):
 
 
 def _stop_after_parsing() -> None:
+    import selfsup.eval_commands
     from selfsup.cli import SelfsupCLI
 
     parse_args = argparse.ArgumentParser.parse_args
@@ -40,6 +42,7 @@ def _stop_after_parsing() -> None:
     argparse.ArgumentParser.parse_args = parse_then_stop
     argparse.ArgumentParser.parse_known_args = known_then_stop
     SelfsupCLI.before_instantiate_classes = stop
+    selfsup.eval_commands._checked_device_and_checkpoint = stop  # knn, plot, reconstruct: options and data checked
 
 
 def problem(args: list[str], env: dict[str, str]) -> str | None:

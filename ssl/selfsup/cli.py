@@ -18,18 +18,15 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 import selfsup.eval  # noqa: F401  (KNNMonitor, LinearProbe and friends resolve by short name in configs)
 import selfsup.methods  # noqa: F401  (SimCLR, RotNet, ... resolve by short name)
-from selfsup.cli_checks import (
-    check_accelerator,
-    check_ranges,
-    check_writable,
-    reject_unknown_method,
-)
+from selfsup.cli_checks import check_accelerator, check_ranges, check_writable
 from selfsup.data import SSLDataModule
 from selfsup.data.health import DataHealth
 from selfsup.eval import FeatureWriter
 from selfsup.eval.checkpoint import load_checkpoint
 from selfsup.eval.transform import RecordEvalTransform
+from selfsup.fresh_folders import FreshFolders
 from selfsup.gate import existing_checkpoint
+from selfsup.quiet import quiet_libraries, selfsup_warnings_as_lines
 from selfsup.training.checkpointing import AtomicCheckpointIO, RunCheckpoint, check_resumable, newest_intact
 from selfsup.training.collapse import CollapseMonitor
 from selfsup.training.nonfinite import NonFiniteGuard
@@ -89,7 +86,12 @@ class PortableConfig(SaveConfigCallback):
 
 
 class SelfsupCLI(LightningCLI):
-    """LightningCLI with selfsup's links, checkpointing and logging defaults."""
+    """LightningCLI with selfsup's links, checkpointing and logging defaults. ``fresh``: where it notes the run
+    folders it makes (that `run_lightning` removes again if the start fails)."""
+
+    def __init__(self, *args: Any, fresh: FreshFolders | None = None, **kwargs: Any) -> None:
+        self.fresh = fresh or FreshFolders()
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target, when in LINKED_FROM_DATA:
@@ -124,10 +126,22 @@ class SelfsupCLI(LightningCLI):
             "trainer.log_every_n_steps": 10,
         })
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "fit":  # validate, test and predict have Lightning's own --verbose (their results table)
+            parser.add_argument("--verbose", action="store_true",
+                                help="also show Lightning's info lines and tips, the libraries' warnings and the model "
+                                     "summary table (by default the console shows selfsup's own lines only)")
+        return parser
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse ``args``: the command line after selfsup rewrote it (recipe names to configs), so without
-        Lightning's warning that ``args`` and ``sys.argv`` were both given, which every run printed first."""
+        Lightning's warning that ``args`` and ``sys.argv`` were both given, which every run printed first. Then
+        quiet the libraries unless ``fit --verbose``."""
         self.config = parser.parse_args(args)
+        selfsup_warnings_as_lines()
+        if not (self.config.get("subcommand") == "fit" and self.config.fit.get("verbose")):
+            quiet_libraries()
 
     def _parse_ckpt_path(self) -> None:
         """Refuse a ``ckpt_path`` or ``model.init_from`` that is not a local regular file (or ``last``) before anything
@@ -168,17 +182,22 @@ class SelfsupCLI(LightningCLI):
                            "run (or its checkpoints/ folder) somewhere writable")
         if not sys.stdout.isatty():  # a log file (CI, SLURM): plain lines only, no progress-bar fragments
             config.trainer.enable_progress_bar = False
+        if config.trainer.get("enable_model_summary") is None:  # the summary line gives the parameter count
+            config.trainer.enable_model_summary = bool(config.get("verbose")) and self.subcommand == "fit"
         self._resume: tuple[Path, dict] | None = None
         if self.subcommand == "fit" and not config.trainer.get("fast_dev_run"):
             folders = output_folders(config)
             for folder in [Path(run_dir), *folders] if run_dir else folders:  # each locked before it is written
+                missing = self.fresh.missing(folder)
                 check_writable([folder])
                 if is_first_process():
                     lock_run_folder(folder)
+                    self.fresh.own(missing)
             self._resume = resume_checkpoint(config, last)
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
+        self.fresh.trainer = self.trainer
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         path = config.get("ckpt_path")
         if path:  # through the gate again: `last` and --run_dir resolved to a file only now
@@ -322,21 +341,25 @@ def output_folders(config: Any) -> list[Path]:
 
 def run_lightning(args: list[str] | None) -> None:
     """Run LightningCLI on ``args`` (``fit -c CONFIG ...``; None: the command line), which ``selfsup.console``
-    checked for a missing config file and linked values set by hand."""
-    given = sys.argv[1:] if args is None else args
-    reject_unknown_method(given)
-    SelfsupCLI(
-        L.LightningModule,  # a method (SSLMethod) or a probe (FrozenProbe)
-        SSLDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=PortableConfig,
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-        args=args,
-        auto_configure_optimizers=False,
-        parser_kwargs={"exit_on_error": False},
-    )
+    checked first; a start that fails before its first step removes the run folders it made."""
+    fresh = FreshFolders()
+    try:
+        SelfsupCLI(
+            L.LightningModule,  # a method (SSLMethod) or a probe (FrozenProbe)
+            SSLDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=PortableConfig,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            args=args,
+            auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False, "allow_abbrev": False},  # no silent --trainer.max_epoch
+            fresh=fresh,
+        )
+    except BaseException:
+        fresh.remove_if_unused()
+        raise
     leave_process_group()
 
 

@@ -14,10 +14,20 @@ from typing import Any
 import yaml
 
 from selfsup.errors import ConfigError
+from selfsup.signatures import nearest, parameters, subclasses
 
 # Model arguments the CLI links from the data, and where their value comes from.
 LINK_ORIGIN = {"num_classes": "the data's classes", "in_channels": "the data's image channels",
                "batch_size": "data.batch_size", "image_size": "the side of the data's training views"}
+
+
+def check_command_line(args: list[str]) -> None:
+    """What can be checked of a LightningCLI command line without importing torch: the config files exist, no
+    linked value is set by hand, the method and the options of the model, data, views and trainer exist."""
+    check_config_files(args)
+    reject_linked_overrides(args)
+    reject_unknown_method(args)
+    check_option_names(args)
 
 
 def check_config_files(args: list[str]) -> None:
@@ -27,8 +37,18 @@ def check_config_files(args: list[str]) -> None:
         if flag in ("-c", "--config"):
             value = after if joined else value
             if value.endswith((".yaml", ".yml")) and not Path(value).is_file():
-                raise ConfigError(f"config {value} does not exist; give a YAML file (the recipes that ship with "
-                                  "selfsup are found from any folder, e.g. experiments/simclr/mnist5k.yaml)")
+                raise ConfigError(f"config {value} does not exist{nearest_recipe(value)}; give a YAML file (the "
+                                  "recipes that ship with selfsup are found from any folder, e.g. "
+                                  "experiments/simclr/mnist5k.yaml)")
+
+
+def nearest_recipe(path: str) -> str:
+    """`` (did you mean experiments/...?)`` naming the shipped recipes nearest to ``path``, or ''."""
+    from selfsup.recipes import PACKAGED
+
+    recipes = [f"experiments/{p.relative_to(PACKAGED).as_posix()}" for p in PACKAGED.rglob("*.yaml")]
+    tail = "experiments/" + path.partition("experiments/")[2] if "experiments/" in path else path
+    return nearest(tail, recipes)
 
 
 def reject_linked_overrides(args: list[str]) -> None:
@@ -88,26 +108,77 @@ def check_ranges(config: Any) -> None:
                           "cores the loader workers leave free")
 
 
+ABSTRACT_MODELS = ("SSLMethod", "FrozenProbe")  # bases of the models, not models
+
+
 def method_names() -> list[str]:
     """Short names of every model `selfsup fit` takes: the methods (subclasses of SSLMethod), the probes and
-    FineTune."""
-    from selfsup.eval.finetune import FineTune
-    from selfsup.eval.probe import FrozenProbe
-    from selfsup.methods import SSLMethod
-
-    found, todo = [], [*SSLMethod.__subclasses__(), *FrozenProbe.__subclasses__(), FineTune]
-    while todo:
-        cls = todo.pop()
-        found.append(cls.__name__)
-        todo.extend(cls.__subclasses__())
-    return sorted(found)
+    FineTune (read from the source: nothing is imported)."""
+    return [name for name in subclasses("SSLMethod", "FrozenProbe", "FineTune") if name not in ABSTRACT_MODELS]
 
 
 def reject_unknown_method(args: list[str]) -> None:
     """``--model NAME`` must name a method (or a dotted class path or a config file)."""
     for flag, value in zip(args, args[1:]):
         if flag == "--model" and "." not in value and not Path(value).exists() and value not in method_names():
-            raise ConfigError(f"unknown method {value!r}; choose one of: {', '.join(method_names())}")
+            raise ConfigError(f"unknown method {value!r}{nearest(value, method_names())}; choose one of: "
+                              f"{', '.join(method_names())}")
+
+
+# The groups of options whose class selfsup can read without importing it, and the class each has by default.
+CLASS_GROUPS = {("model",): None, ("data",): "SSLDataModule", ("data", "views"): None, ("trainer",): "Trainer"}
+
+
+def _key_path(key: str) -> tuple[str, ...]:
+    """``--data.init_args.views.init_args.size`` -> (data, views, size)."""
+    return tuple(part for part in key.lstrip("-").rstrip("+").split(".") if part != "init_args")
+
+
+def _class_name(value: object) -> str | None:
+    """The selfsup class a ``class_path`` value names (None: another's, or not a class name)."""
+    text = str(value)
+    if not re.fullmatch(r"[\w.]+", text) or (text.count(".") and not text.startswith(("selfsup.", "lightning."))):
+        return None
+    return text.rsplit(".", 1)[-1]
+
+
+def _classes_from_yaml(config: object) -> dict[tuple[str, ...], str | None]:
+    """The class of each group a config file sets."""
+    found: dict[tuple[str, ...], str | None] = {}
+    for group in CLASS_GROUPS:
+        node = config
+        for i, part in enumerate(group):
+            node = node.get(part) if isinstance(node, dict) else None
+            if i < len(group) - 1 and isinstance(node, dict) and isinstance(node.get("init_args"), dict):
+                node = {**node, **node["init_args"]}
+        if isinstance(node, dict) and "class_path" in node:
+            found[group] = _class_name(node["class_path"])
+    return found
+
+
+def check_option_names(args: list[str]) -> None:
+    """Refuse an option of the model, the data, its views or the trainer that their class does not take, naming
+    the nearest, before Lightning loads (it would say the same only after the imports). Options of a class the
+    source does not settle are left to LightningCLI."""
+    classes = dict(CLASS_GROUPS)
+    options: list[tuple[str, tuple[str, ...]]] = []
+    for token, value in zip(args, [*args[1:], ""]):
+        flag, joined, after = token.partition("=")
+        value = after if joined else value
+        if flag in ("-c", "--config") and Path(value).is_file():
+            classes.update(_classes_from_yaml(read_yaml(Path(value))))
+        elif flag.startswith("--"):
+            path = _key_path(flag)
+            if path in CLASS_GROUPS or path[-1:] == ("class_path",):
+                classes[path if path in CLASS_GROUPS else path[:-1]] = _class_name(value)
+            else:
+                options.append((flag, path))
+    for flag, path in options:
+        group, name = path[:-1], path[-1]
+        known = parameters(classes[group]) if classes.get(group) else None
+        if known is not None and name not in known and name != "help":  # --model.help SimCLR: jsonargparse's
+            raise ConfigError(f"{flag}: {classes[group]} has no option {name!r}{nearest(name, known)}; "
+                              f"selfsup fit -c CONFIG --print_config lists every option")
 
 
 # Lines of jsonargparse's union-type reports that say nothing to a user.
@@ -117,7 +188,14 @@ _NOISE = re.compile(r"Expected a <class 'NoneType'>|^Subtypes:|^Given value|^Err
 def summarize_parse_error(message: str) -> str:
     """jsonargparse's multi-line report reduced to the lines that name the problem."""
     lines = [line.strip(" -") for line in message.splitlines()]
-    return " ".join(line for line in lines if line and not _NOISE.search(line))
+    summary = " ".join(line for line in lines if line and not _NOISE.search(line))
+    refused = _REFUSED_OPTION.search(summary)
+    known = parameters(_class_name(refused.group(1)) or "") if refused else None
+    return summary + nearest(refused.group(2), known) if known else summary
+
+
+# jsonargparse's report of an option a class does not take (in a config file): the class and the option.
+_REFUSED_OPTION = re.compile(r"class_path '([\w.]+)': Option '(\w+)' is not accepted(?!.*class_path)")
 
 
 def user_error(err: BaseException) -> ConfigError | None:

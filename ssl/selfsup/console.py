@@ -87,10 +87,15 @@ def run(args: list[str]) -> int | None:
     args = with_recipes(args)
     if args[0] in TOOLS:
         return tool(args[0])(args[1:])
-    from selfsup.cli_checks import check_config_files, reject_linked_overrides
+    if args[0] not in LIGHTNING:
+        from selfsup.errors import ConfigError
+        from selfsup.signatures import nearest
 
-    check_config_files(args)  # refused before Lightning loads: at once
-    reject_linked_overrides(args)
+        raise ConfigError(f"unknown command {args[0]!r}{nearest(args[0], [*LIGHTNING, *TOOLS])}; selfsup --help "
+                          "lists the commands")
+    from selfsup.cli_checks import check_command_line
+
+    check_command_line(args)  # mistakes refused before torch and Lightning load: at once
     from selfsup.cli import run_lightning
 
     return run_lightning(args)

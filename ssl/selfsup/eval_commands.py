@@ -15,15 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
+from selfsup.cli_checks import check_option_names
 from selfsup.errors import ConfigError
 from selfsup.gate import existing_checkpoint
+from selfsup.signatures import nearest
 from selfsup.training.runs import eval_folder
 
 if TYPE_CHECKING:
@@ -33,9 +35,37 @@ if TYPE_CHECKING:
     from selfsup.eval.checkpoint import BackboneSpec
 
 
-def load_data(config: Path, need_labels: bool, what: str, label: str | None = None) -> SSLDataModule:
-    """The SSLDataModule of the ``data:`` section of ``config`` (a fit config or just a data block); ``label``
-    replaces its ``label`` (which label kNN and the probes read)."""
+DATA_HELP = ("the data: -c YAML with a data: section (any fit config), and/or --data.* options as `selfsup fit` "
+             "takes them (e.g. --data.source shards:DIR --data.image_size 64)")
+
+
+def load_data(config: Path | None, need_labels: bool, what: str, label: str | None = None,
+              overrides: Sequence[str] = ()) -> SSLDataModule:
+    """The SSLDataModule of the ``data:`` section of ``config`` (a fit config or just a data block; None: none),
+    with the dotted ``overrides`` (``--data.source shards:DIR``) applied; ``label`` replaces its ``label`` (which
+    label kNN and the probes read)."""
+    section = {"class_path": "selfsup.data.SSLDataModule", "init_args": {}}
+    if config is not None:
+        raw = _data_section(config)
+        section = raw if "class_path" in raw else {**section, "init_args": raw}
+    elif not any(o.split("=")[0] in ("--data.source", "--data.init_args.source") for o in overrides):
+        raise ConfigError(f"{what} needs {DATA_HELP}")
+    from jsonargparse import ArgumentParser
+
+    from selfsup.data import SSLDataModule
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(SSLDataModule, "data")
+    given = ["--data", json.dumps(section), *overrides, *(["--data.label", label] if label is not None else [])]
+    data = parser.instantiate_classes(parser.parse_args(given))["data"]
+    if need_labels and data.num_classes == 0:
+        raise ConfigError(f"{what} needs labels, but data source {data.source.spec!r} has no classes; "
+                          "give a labelled source (e.g. builtin:mnist5k)")
+    return data
+
+
+def _data_section(config: Path) -> dict:
+    """The ``data:`` section of the YAML file ``config``."""
     if not config.is_file():
         raise ConfigError(f"data config {config} does not exist; give a YAML file with a data: section "
                           "(e.g. experiments/eval/mnist5k.yaml)")
@@ -45,21 +75,21 @@ def load_data(config: Path, need_labels: bool, what: str, label: str | None = No
         raise ConfigError(f"{config} is not valid YAML ({str(err).splitlines()[0]})") from err
     if not isinstance(raw, dict) or "data" not in raw:
         raise ConfigError(f"{config} has no data: section; write one as in experiments/eval/mnist5k.yaml")
-    from jsonargparse import ArgumentParser
+    return raw["data"] or {}
 
-    from selfsup.data import SSLDataModule
 
-    section = raw["data"] if "class_path" in (raw["data"] or {}) else {
-        "class_path": "selfsup.data.SSLDataModule", "init_args": raw["data"] or {}}
-    if label is not None:
-        section = {**section, "init_args": {**(section.get("init_args") or {}), "label": label}}
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(SSLDataModule, "data")
-    data = parser.instantiate_classes(parser.parse_object({"data": section}))["data"]
-    if need_labels and data.num_classes == 0:
-        raise ConfigError(f"{what} needs labels, but data source {data.source.spec!r} has no classes; "
-                          "give a labelled source (e.g. builtin:mnist5k)")
-    return data
+def parse_with_data(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """``argv`` parsed, its ``--data.*`` options (and their values) set aside as overrides of the data section and
+    checked against the data's options before torch loads; any other unknown option is refused with the nearest."""
+    args, rest = parser.parse_known_args(argv)
+    stray = next((t for i, t in enumerate(rest) if (i == 0 or t.startswith("-")) and not t.startswith("--data.")),
+                 None)
+    if stray is not None:
+        known = [o for action in parser._actions for o in action.option_strings if o not in ("-h", "--help")]
+        raise ConfigError(f"{parser.prog}: unrecognized argument {stray}{nearest(stray, known)}; see "
+                          f"{parser.prog} --help")
+    check_option_names([*(["-c", str(args.config)] if getattr(args, "config", None) else []), *rest])
+    return args, rest
 
 
 @contextmanager
@@ -113,12 +143,19 @@ def _backbone_for(ckpt: Path, data: SSLDataModule, frames: bool = False) -> tupl
     return backbone, spec
 
 
-def _common(parser: argparse.ArgumentParser, data: bool = True) -> None:
+def command_parser(name: str, description: str, data: bool = True, config_required: bool = False
+                   ) -> argparse.ArgumentParser:
+    """The parser of ``selfsup NAME`` with ``--ckpt`` and, with ``data``, the data options and ``--device``; no
+    abbreviated options (``--temp`` for ``--temperature`` is refused, not guessed)."""
+    parser = argparse.ArgumentParser(prog=f"selfsup {name}", description=description, allow_abbrev=False,
+                                     epilog=f"data: {DATA_HELP}" if data else None)
     parser.add_argument("--ckpt", type=Path, required=True, help="a checkpoint written by `selfsup fit` "
                         "(RUN/checkpoints/last.ckpt)")
     if data:
-        parser.add_argument("-c", "--config", type=Path, required=True, help="YAML with a data: section")
+        parser.add_argument("-c", "--config", type=Path, required=config_required,
+                            help="YAML with a data: section" + ("" if config_required else " (or --data.* options)"))
         parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    return parser
 
 
 def _frames_flag(parser: argparse.ArgumentParser) -> None:
@@ -132,8 +169,7 @@ DEFAULT_K = (10, 20, 100, 200)
 def knn_main(argv: list[str]) -> None:
     """Weighted kNN top-1/top-5 of val queries against the un-augmented train bank, for each k; a table on
     stdout and ``knn.json`` in the run's ``eval/knn-TIME/`` (``<checkpoint>.knn.json`` outside a run folder)."""
-    parser = argparse.ArgumentParser(prog="selfsup knn", description=knn_main.__doc__.split(";")[0])
-    _common(parser)
+    parser = command_parser("knn", knn_main.__doc__.split(";")[0])
     _frames_flag(parser)
     parser.add_argument("--k", type=int, nargs="+", default=None,
                         help=f"neighbours (default: {' '.join(map(str, DEFAULT_K))}, those up to the bank's size)")
@@ -143,7 +179,7 @@ def knn_main(argv: list[str]) -> None:
                              "(builtin:moving-mnist: direction)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON file (default: RUN/eval/knn-TIME/knn.json, or beside a checkpoint outside a run)")
-    args = parser.parse_args(argv)
+    args, overrides = parse_with_data(parser, argv)
     if args.k and min(args.k) < 1:
         raise ConfigError(f"--k must be at least 1, got {min(args.k)}")
     if not (math.isfinite(args.temperature) and args.temperature > 0):
@@ -156,7 +192,8 @@ def knn_main(argv: list[str]) -> None:
     folder = eval_folder(args.ckpt, "knn")
     out = args.out or (folder / "knn.json" if folder else args.ckpt.with_suffix(".knn.json"))
     check_target(out, [args.ckpt])  # before the evaluation, not after
-    data = load_data(args.config, need_labels=True, what="kNN", label=args.label)
+    data = load_data(args.config, need_labels=True, what="kNN", label=args.label, overrides=overrides)
+    data.source.split("val")  # no val split: refused before the bank is embedded
     backbone, spec = _backbone_for(args.ckpt, data, args.frames)
     bank, bank_labels = split_features(backbone.to(device), data, "train", device, progress=True)
     queries, query_labels = split_features(backbone, data, "val", device, progress=True)
@@ -177,8 +214,7 @@ def knn_main(argv: list[str]) -> None:
 
 def export_main(argv: list[str]) -> None:
     """Write the checkpoint's backbone as a plain state dict under its library's keys (timm, torchvision)."""
-    parser = argparse.ArgumentParser(prog="selfsup export", description=export_main.__doc__)
-    _common(parser, data=False)
+    parser = command_parser("export", export_main.__doc__, data=False)
     parser.add_argument("--out", type=Path, required=True, help="where to write the state dict (.pt)")
     parser.add_argument("--force", action="store_true", help="replace --out (and its .json) if they exist")
     args = parser.parse_args(argv)
@@ -191,17 +227,16 @@ def export_main(argv: list[str]) -> None:
 
 def plot_main(argv: list[str]) -> None:
     """t-SNE of the val features of a checkpoint's backbone, coloured by label, as a PNG."""
-    parser = argparse.ArgumentParser(prog="selfsup plot", description=plot_main.__doc__)
-    _common(parser)
+    parser = command_parser("plot", plot_main.__doc__)
     _frames_flag(parser)
     parser.add_argument("--out", type=Path, default=Path("embedding.png"))
-    args = parser.parse_args(argv)
+    args, overrides = parse_with_data(parser, argv)
     device = _checked_device_and_checkpoint(args)
     from selfsup.eval.features import split_features
     from selfsup.eval.plot import figure_format, save_embedding_plot
 
     figure_format(args.out)  # before the evaluation, not after
-    data = load_data(args.config, need_labels=False, what="plot")
+    data = load_data(args.config, need_labels=False, what="plot", overrides=overrides)
     backbone, spec = _backbone_for(args.ckpt, data, args.frames)
     features, labels = split_features(backbone.to(device), data, "val", device, progress=True)
     with writing(args.out):
@@ -234,18 +269,17 @@ def masked_image_model(ckpt: Path, config: Path) -> torch.nn.Module:
 
 def reconstruct_main(argv: list[str]) -> None:
     """Original / masked / reconstruction of a few val images of a SimMIM or MAE checkpoint, as a PNG grid."""
-    parser = argparse.ArgumentParser(prog="selfsup reconstruct", description=reconstruct_main.__doc__)
-    _common(parser)
+    parser = command_parser("reconstruct", reconstruct_main.__doc__, config_required=True)
     parser.add_argument("--out", type=Path, default=Path("reconstruction.png"))
     parser.add_argument("--num-images", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0, help="seed of the masks")
-    args = parser.parse_args(argv)
+    args, overrides = parse_with_data(parser, argv)
     device = _checked_device_and_checkpoint(args)
     from selfsup.eval.plot import figure_format
     from selfsup.eval.reconstruction import reconstruction_rows, save_reconstruction_grid
 
     figure_format(args.out)
-    data = load_data(args.config, need_labels=False, what="reconstruct")
+    data = load_data(args.config, need_labels=False, what="reconstruct", overrides=overrides)
     model = masked_image_model(args.ckpt, args.config).to(device)
     rows = reconstruction_rows(model.reconstructor(data.views), data, args.num_images, args.seed, device)
     title = f"{type(model).__name__} reconstructions ({args.ckpt.name})"

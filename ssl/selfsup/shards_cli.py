@@ -9,10 +9,11 @@ import argparse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selfsup shards", description=__doc__.split("\n\n")[0])
+    exact = {"allow_abbrev": False}  # --val 0.1 is refused, not read as --val-fraction
+    parser = argparse.ArgumentParser(prog="selfsup shards", description=__doc__.split("\n\n")[0], **exact)
     commands = parser.add_subparsers(dest="command", required=True)
-    w = commands.add_parser("write", help="turn a folder or built-in data set into shards + manifest.json; every "
-                            "image is decoded first, and files passed over (not images, unreadable) are listed")
+    w = commands.add_parser("write", **exact, help="turn a folder or built-in data set into shards + manifest.json; "
+                            "every image is decoded first, and files passed over (not images, unreadable) are listed")
     w.add_argument("--from", dest="source", required=True,
                    help="builtin:NAME, or an image/video folder (ROOT/train/CLASS/*, ROOT/CLASS/* or ROOT/*)")
     w.add_argument("--out", required=True, help="new folder for the shards, e.g. data/shards/NAME")
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--name", help="data set name in the manifest (default: the --out folder's name)")
     w.add_argument("--seed", type=int, default=0, help="seed of the file order shuffle")
     w.add_argument("--quiet", action="store_true", help="no progress bar")
-    i = commands.add_parser("inspect", help="read every member; print counts, classes, sizes and problems")
+    i = commands.add_parser("inspect", **exact, help="read every member; print counts, classes, sizes and problems")
     i.add_argument("path", help="a shard folder, a tar file, or FOLDER/train-{000000..000009}.tar")
     i.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser

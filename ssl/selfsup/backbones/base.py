@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -96,4 +97,17 @@ def build_backbone(name: str, **kwargs) -> Backbone:
     try:
         return _REGISTRY[name](**kwargs)
     except TypeError as err:
-        raise ConfigError(f"backbone {name!r} does not accept these arguments {sorted(kwargs)}: {err}") from err
+        raise ConfigError(_refused_argument(name, kwargs, err)) from err
+
+
+def _refused_argument(name: str, kwargs: dict, err: TypeError) -> str:
+    """One line naming the argument backbone ``name`` refused, the nearest it takes and all it takes."""
+    from selfsup.signatures import nearest, parameters
+
+    found = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(err))
+    known = parameters(found.group(1)) if found else None
+    if not known:
+        return f"backbone {name!r} does not accept these arguments {sorted(kwargs)}: {err}"
+    arg = found.group(2)
+    return (f"backbone {name!r} takes no {arg!r}{nearest(arg, known)}; it takes {', '.join(sorted(known))}: fix "
+            "model.backbone_args")

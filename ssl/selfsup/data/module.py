@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from selfsup.data.clips import EvalClips
 from selfsup.data.sources import Source
 from selfsup.data.stream import EpochLoader, ShardStream
-from selfsup.data.views import DecodedImages, EvalView, ViewRecipe, WorkerCrops
+from selfsup.data.views import IMAGENET_MEAN, IMAGENET_STD, DecodedImages, EvalView, ViewRecipe, WorkerCrops
 from selfsup.errors import ConfigError
 
 
@@ -119,12 +119,20 @@ class SSLDataModule(L.LightningDataModule):
             self._check_media(self.views)
 
     def _check_media(self, views: ViewRecipe) -> None:
-        """Video data needs a video recipe (ClipViews, CVRL's), image data an image recipe."""
+        """Video data needs a video recipe (ClipViews, CVRL's), image data an image recipe, and a normalisation of
+        one value per channel (3 values also fit 1-channel images: their average is used)."""
         if views.media != self.media:
             fix = ("use ClipViews with a video method (CVRL)" if self.media == "video"
                    else "give a video source (e.g. builtin:moving-mnist)")
             raise ConfigError(f"data source {self.source.spec!r} holds {self.media}s, but the views "
                               f"{type(views).__name__} are made from {views.media}s; {fix}")
+        mean = (views.normalization or ((),))[0]
+        if mean and len(mean) != self.num_channels and self.num_channels != 1:
+            raise ConfigError(
+                f"data.views {type(views).__name__} normalise with {len(mean)} mean(s) {list(mean)}, but data source "
+                f"{self.source.spec!r} holds {self.num_channels}-channel images; give data.views mean and std "
+                f"{self.num_channels} values each (ImageNet's: mean {list(IMAGENET_MEAN)}, std {list(IMAGENET_STD)}), "
+                "or use a recipe made for such images")
 
     def _eval_size(self) -> int:
         if self.image_size is None:
@@ -161,7 +169,8 @@ class SSLDataModule(L.LightningDataModule):
         split = self.source.split("train")
         if len(split.parts) < world:
             raise ConfigError(
-                f"{len(split.parts)} training shard(s) cannot feed {world} ranks: write more, smaller shards"
+                f"{len(split.parts)} training shard(s) cannot feed {world} ranks: write more, smaller shards "
+                f"(selfsup shards write ... --maxcount {max(1, split.num_samples // world)}: samples per shard)"
             )
         num_batches = split.num_samples // (self.batch_size * world)
         if num_batches == 0:

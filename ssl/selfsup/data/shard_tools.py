@@ -191,7 +191,7 @@ def inspect(args: argparse.Namespace) -> int:
     bad = 0
     for name, parts in splits.items():
         reports = [inspect_shard(p, manifest) for p in tqdm(parts, desc=f"reading {name}", leave=False,
-                                                           disable=args.quiet)]
+                                                           disable=True if args.quiet else None)]  # None: tty
         samples, size = sum(r.samples for r in reports), sum(r.size for r in reports)
         print(f"{name}: {len(reports)} shards, {samples} samples, {size / 1e6:.1f} MB "
               f"({size / max(samples, 1) / 1e3:.1f} kB per sample)")

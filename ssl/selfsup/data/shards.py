@@ -75,7 +75,7 @@ def _progress(items: Iterable, desc: str, enabled: bool, total: int | None) -> I
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit=" samples", total=total, leave=False)
+    return tqdm(items, desc=desc, unit=" samples", total=total, leave=False, disable=None)  # None: a terminal only
 
 
 def write_shard_set(

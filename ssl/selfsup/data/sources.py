@@ -148,8 +148,10 @@ class Source:
     def split(self, name: str) -> SplitParts:
         """The parts of split ``name`` (for a pattern source: the shards the pattern names, whatever the split)."""
         if not self.has_split(name) and not (self.pattern and name == "train"):
+            hint = ("; hold one out of train when writing the shards: selfsup shards write --from IMAGES --out OUT "
+                    "--val-fraction 0.1" if name == "val" else "")
             raise ConfigError(
-                f"data source {self.spec!r} has no {name!r} split (it has: {', '.join(self.split_names())})"
+                f"data source {self.spec!r} has no {name!r} split (it has: {', '.join(self.split_names())}){hint}"
             )
         if self.scheme == "folder":
             return SplitParts(file_parts(self.listing.root, self.listing.splits[name]))

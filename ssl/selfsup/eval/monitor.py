@@ -74,9 +74,15 @@ class KNNMonitor(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or "trained" not in self.results:
             return
-        lines = [f"kNN on val (k={self.k}, T={self.temperature}, bank: train)   top-1    top-5"]
-        for name, label in (("init", "random-init backbone"), ("trained", "pretrained backbone")):
-            if name in self.results:
-                r = self.results[name]
-                lines.append(f"  {label:<52} {r['top1']:.4f}   {r['top5']:.4f}")
-        rank_zero_info("\n".join(lines))
+        rank_zero_info(knn_table(f"kNN on val (k={self.k}, T={self.temperature}, bank: train)",
+                                 {label: self.results[name] for name, label in
+                                  (("init", "random-init backbone"), ("trained", "pretrained backbone"))
+                                  if name in self.results}))
+
+
+def knn_table(title: str, rows: dict[str, dict]) -> str:
+    """``title`` over one row per backbone, the top-1 and top-5 columns under their headers."""
+    width = max(len(title), *(2 + len(label) for label in rows))
+    lines = [f"{title:<{width}}  {'top-1':>6}  {'top-5':>6}"]
+    lines += [f"{'  ' + label:<{width}}  {r['top1']:>6.4f}  {r['top5']:>6.4f}" for label, r in rows.items()]
+    return "\n".join(lines)
