@@ -50,10 +50,10 @@ def moco_v3_loss(query1: torch.Tensor, query2: torch.Tensor, key1: torch.Tensor,
     return moco_v3_contrast(query1, key2, temperature) + moco_v3_contrast(query2, key1, temperature)
 
 
-def off_diagonal(m: torch.Tensor) -> torch.Tensor:
-    """The off-diagonal entries of a square matrix, flattened."""
-    n = m.shape[0]
-    return m.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+def off_diagonal_squares(m: torch.Tensor) -> torch.Tensor:
+    """``sum_{i != j} m_ij^2`` of a square matrix: all squares less the diagonal's, without copying the D^2 - D
+    off-diagonal entries out (and scattering their gradient back) as indexing them would."""
+    return m.pow(2).sum() - m.diagonal().pow(2).sum()
 
 
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051, eps: float = 1e-5
@@ -72,7 +72,7 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051,
     with torch.autocast(z1.device.type, enabled=False):
         a, b = (F.batch_norm(gather(z.float()), None, None, training=True, eps=eps) for z in (z1, z2))
         c = a.T @ b / len(a)
-        return (1 - c.diagonal()).pow(2).sum() + lambd * off_diagonal(c).pow(2).sum()
+        return (1 - c.diagonal()).pow(2).sum() + lambd * off_diagonal_squares(c)
 
 
 def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -92,8 +92,8 @@ def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torc
         variance = covariance = z1.new_zeros(())
         for z in (gather(z1), gather(z2)):
             z = z - z.mean(0)
-            variance = variance + F.relu(1 - torch.sqrt(z.var(0) + 1e-4)).mean() / 2
             cov = z.T @ z / (len(z) - 1)
-            covariance = covariance + off_diagonal(cov).pow(2).sum() / z.shape[1]
+            variance = variance + F.relu(1 - torch.sqrt(cov.diagonal() + 1e-4)).mean() / 2  # Var: Cov's diagonal
+            covariance = covariance + off_diagonal_squares(cov) / z.shape[1]
         return invariance, variance, covariance
 
