@@ -45,7 +45,7 @@ def at_least(args: argparse.Namespace, least: dict[str, float]) -> argparse.Name
 
 def with_values(args: argparse.Namespace) -> argparse.Namespace:
     """``args``, each ``--set`` checked to be ``KEY=VALUE``: ConfigError naming the first without a value."""
-    for setting in args.set:
+    for setting in args.set or []:
         if "=" not in setting:
             raise ConfigError(f"--set {setting!r} gives no value; write it KEY=VALUE, e.g. "
                               "--set model.init_args.proj_dim=2048")
@@ -70,7 +70,7 @@ def methods_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", default=None, help="model.backbone of every method, e.g. timm:convnext_atto "
                         "(default: each recipe's; `selfsup backbones` lists the names)")
     parser.add_argument("--backbone-args", default="{}", help="model.backbone_args with --backbone (YAML)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="any other option of every recipe, as `selfsup fit` takes it after -c, e.g. "
                         "model.init_args.proj_dim=2048 or data.init_args.views.init_args.size=32 (repeatable; after "
                         "--backbone)")

@@ -132,7 +132,7 @@ def run_methods(args: argparse.Namespace) -> None:
     configs = {m: args.repo / CONFIGS[m] if args.repo else recipe_path(CONFIGS[m]) for m in args.methods}
     overrides = ["--model.init_args.backbone", args.backbone, "--model.init_args.backbone_args",
                  args.backbone_args] if args.backbone else []
-    overrides += [f"--{setting}" for setting in args.set]
+    overrides += [f"--{setting}" for setting in args.set or []]
     rows = [bench_method(m, configs[m], args.batch_size, device, args.warmup, args.repeats, switches, overrides)
             for m in args.methods]
     memory = "CUDA max_memory_allocated" if device.type == "cuda" else "torch CPU allocations (profiler)"
