@@ -52,6 +52,24 @@ def test_bench_measures_the_fast_paths_as_a_training_run_sets_them(tmp_path, mni
     assert row["overhead_low"] <= row["overhead"] <= row["overhead_high"] and "95% interval" in proc.stdout
 
 
+@pytest.mark.slow  # 3-10 s
+def test_bench_sets_any_recipe_option_for_every_method(tmp_path, mnist5k):
+    out = tmp_path / "bench.json"
+    selfsup("bench", "--methods", "BYOL", "--batch-size", "4", "--repeats", "1", "--warmup", "0", "--set",
+            "data.init_args.views.init_args.size=16", "--set", "model.init_args.proj_dim=8", "--repo", str(REPO),
+            "--out", str(out), cwd=tmp_path)
+    result = json.loads(out.read_text())
+    assert result["overrides"] == ["--data.init_args.views.init_args.size=16", "--model.init_args.proj_dim=8"]
+    (row,) = result["rows"]
+    assert row["backbone_input"] == [4, 1, 16, 16] and row["momentum_images"] == 8  # the recipe's 28 px, resized
+
+
+def test_bench_set_without_a_value_is_named(tmp_path):
+    proc = selfsup("bench", "--methods", "BYOL", "--set", "model.init_args.proj_dim", cwd=tmp_path, check=False,
+                   fresh=True)
+    assert proc.returncode == 2 and "--set 'model.init_args.proj_dim' gives no value" in proc.stderr
+
+
 def test_bench_names_unknown_methods(tmp_path):
     proc = selfsup("bench", "--methods", "Dino2", cwd=tmp_path, check=False, fresh=True)
     assert proc.returncode == 2 and "no bench config for Dino2" in proc.stderr

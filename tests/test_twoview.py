@@ -15,6 +15,7 @@ from clirun import REPO, TINY, selfsup
 from selfsup.errors import ConfigError
 from selfsup.heads import MLP
 from selfsup.losses import barlow_twins_loss, byol_loss, moco_v3_loss, vicreg_terms
+from selfsup.losses.twoview import cross_squares
 from selfsup.methods import BYOL, BarlowTwins, MoCoV3, VICReg
 from selfsup.momentum import linear_momentum
 
@@ -65,10 +66,10 @@ def test_moco_v3_is_two_t_times_the_infonce_of_each_query_against_all_keys():
     assert moco_v3_loss(q1, q2, k1, k2, tau).item() == pytest.approx(want, rel=1e-6)
 
 
-def test_barlow_twins_drives_the_cross_correlation_of_standardised_projections_to_the_identity():
-    z1, z2 = rand(10, 3, seed=0) * 2 + 1, rand(10, 3, seed=1) - 3
+@pytest.mark.parametrize("n, d", [(10, 3), (4, 9)])  # the D x D product; the N x N Grams (2N < D)
+def test_barlow_twins_drives_the_cross_correlation_of_standardised_projections_to_the_identity(n, d):
+    z1, z2 = rand(n, d, seed=0) * 2 + 1, rand(n, d, seed=1) - 3
     lambd = 0.3
-    n, d = z1.shape
     s1 = [(z1[:, j] - z1[:, j].mean()) / math.sqrt(float(((z1[:, j] - z1[:, j].mean()) ** 2).mean()) + 1e-5)
           for j in range(d)]
     s2 = [(z2[:, j] - z2[:, j].mean()) / math.sqrt(float(((z2[:, j] - z2[:, j].mean()) ** 2).mean()) + 1e-5)
@@ -80,9 +81,9 @@ def test_barlow_twins_drives_the_cross_correlation_of_standardised_projections_t
     assert barlow_twins_loss(z1, z1, 0.0).item() == pytest.approx(0.0, abs=1e-4)  # C_ii = 1 - eps/var
 
 
-def test_vicreg_terms_follow_their_formulas():
-    z1, z2 = rand(9, 4, seed=0) * 0.5, rand(9, 4, seed=1) * 3
-    n, d = z1.shape
+@pytest.mark.parametrize("n, d", [(9, 4), (4, 9)])  # Z^T Z; the N x N Gram Z Z^T (N < D)
+def test_vicreg_terms_follow_their_formulas(n, d):
+    z1, z2 = rand(n, d, seed=0) * 0.5, rand(n, d, seed=1) * 3
     invariance = float(((z1 - z2) ** 2).sum()) / (n * d)
 
     def variance(z):
@@ -97,6 +98,20 @@ def test_vicreg_terms_follow_their_formulas():
     for g, w in zip(got, want):
         assert g.item() == pytest.approx(w, rel=1e-6)
     assert 0 < want[1] and 0 < want[2]  # z1's std (0.5) is under the hinge; z2's is not
+
+
+@pytest.mark.parametrize("n, d", [(6, 5), (3, 7), (2, 9)])
+@pytest.mark.parametrize("same", [True, False])
+def test_cross_squares_is_the_sum_of_squares_of_the_feature_product_with_its_gradient(n, d, same):
+    a = rand(n, d, seed=0).requires_grad_()
+    b = a if same else rand(n, d, seed=1).requires_grad_()
+    leaves = (a,) if same else (a, b)
+    got = cross_squares(a, b)
+    want = sum(float(a[:, i] @ b[:, j]) ** 2 for i in range(d) for j in range(d))
+    assert got.item() == pytest.approx(want, rel=1e-12)
+    direct = torch.autograd.grad((a.T @ b).pow(2).sum(), leaves)
+    for g, w in zip(torch.autograd.grad(got, leaves), direct):
+        torch.testing.assert_close(g, w)
 
 
 def test_losses_stay_float32_under_bf16_autocast():

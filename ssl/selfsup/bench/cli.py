@@ -43,6 +43,15 @@ def at_least(args: argparse.Namespace, least: dict[str, float]) -> argparse.Name
     return args
 
 
+def with_values(args: argparse.Namespace) -> argparse.Namespace:
+    """``args``, each ``--set`` checked to be ``KEY=VALUE``: ConfigError naming the first without a value."""
+    for setting in args.set or []:
+        if "=" not in setting:
+            raise ConfigError(f"--set {setting!r} gives no value; write it KEY=VALUE, e.g. "
+                              "--set model.init_args.proj_dim=2048")
+    return args
+
+
 def methods_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfsup bench", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=SUBCOMMANDS,
@@ -61,6 +70,10 @@ def methods_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", default=None, help="model.backbone of every method, e.g. timm:convnext_atto "
                         "(default: each recipe's; `selfsup backbones` lists the names)")
     parser.add_argument("--backbone-args", default="{}", help="model.backbone_args with --backbone (YAML)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="any other option of every recipe, as `selfsup fit` takes it after -c, e.g. "
+                        "model.init_args.proj_dim=2048 or data.init_args.views.init_args.size=32 (repeatable; after "
+                        "--backbone)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench.json"))
     parser.add_argument("--repo", type=Path, default=None,
                         help="a folder with your own experiments/ (default: the recipes that ship with selfsup)")
@@ -94,7 +107,7 @@ def main(argv: list[str]) -> int | None:
     if argv[:1] and argv[0] in NESTED:
         module, function = NESTED[argv[0]][0].split(":")
         return getattr(importlib.import_module(module), function)(argv[1:])
-    args = at_least(methods_parser().parse_args(argv), {"batch_size": 1, "repeats": 1, "warmup": 0})
+    args = with_values(at_least(methods_parser().parse_args(argv), {"batch_size": 1, "repeats": 1, "warmup": 0}))
     from selfsup.bench.methods import run_methods
 
     return run_methods(args)

@@ -3,7 +3,9 @@
 The floor is measured, not assumed: one step runs with its backbone's ``forward`` and ``forward_features`` (and
 a ViT's ``tokens``) recorded, arguments such as SimMIM's mask and I-JEPA's kept patches included, and the floor
 times forward + backward of the backbone alone on exactly those inputs, plus a forward without gradient of
-``model.momentum_backbone`` on its recorded inputs where a method has one (PixPro; I-JEPA's target encoder). Step
+``model.momentum_backbone`` on its recorded inputs where a method has one (the backbone of the target or key
+encoder of PixPro, BYOL, MoCo v3, DINO, iBOT, I-JEPA). Heads are never in the floor: the online projector and
+predictor, and the momentum copies' projector or head after the momentum backbone, are the method's overhead. Step
 and floor are timed in pairs, back to back in alternating order, after warm-up (CUDA synchronised); the overhead is
 the median of the pairs' step / floor ratios, printed with its 95% confidence interval, so a run states how far its
 own figure can be trusted. Methods are built from their experiment configs through the CLI, with the fast paths
@@ -106,6 +108,7 @@ def bench_method(method: str, config: Path, batch_size: int, device: torch.devic
     images = len(batch["label"])
     return {"method": method, "batch": images, "backbone_images": sum(c.images for c in calls.calls),
             "backbone_calls": [c.entry for c in calls.calls],
+            "backbone_input": calls.calls[0].shape if calls.calls else [],
             "momentum_images": sum(c.images for c in momentum_calls.calls),
             "step_ms": 1e3 * step_s, "floor_ms": 1e3 * floor_s, "overhead": statistics.median(ratios) - 1,
             "overhead_low": low - 1, "overhead_high": high - 1, "pairs": len(ratios),
@@ -127,9 +130,10 @@ def run_methods(args: argparse.Namespace) -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     switches = Switches(resolve_precision(args.precision, device.type), args.channels_last, args.compile)
     configs = {m: args.repo / CONFIGS[m] if args.repo else recipe_path(CONFIGS[m]) for m in args.methods}
-    backbone = ["--model.init_args.backbone", args.backbone, "--model.init_args.backbone_args",
-                args.backbone_args] if args.backbone else []
-    rows = [bench_method(m, configs[m], args.batch_size, device, args.warmup, args.repeats, switches, backbone)
+    overrides = ["--model.init_args.backbone", args.backbone, "--model.init_args.backbone_args",
+                 args.backbone_args] if args.backbone else []
+    overrides += [f"--{setting}" for setting in args.set or []]
+    rows = [bench_method(m, configs[m], args.batch_size, device, args.warmup, args.repeats, switches, overrides)
             for m in args.methods]
     memory = "CUDA max_memory_allocated" if device.type == "cuda" else "torch CPU allocations (profiler)"
     print(f"device: {device}, torch threads: {torch.get_num_threads()}, batch: {args.batch_size} images, "
@@ -137,13 +141,16 @@ def run_methods(args: argparse.Namespace) -> None:
           f"{args.warmup} warm-up, overhead: median of the pairs' ratios - 1 [its 95% interval"
           f"{'; under 6 pairs their full range, short of 95%' if args.repeats < 6 else ''}]; peak: MiB above the "
           f"step's start ({memory})")
-    print(f"{'method':<8} {'backbone imgs':>13} {'step ms':>9} {'floor ms':>9} {'overhead':>9} {'95% interval':>16} "
-          f"{'images/s':>9} {'peak MiB':>9} {'floor MiB':>9}")
+    name = max(8, *(len(m) for m in args.methods))
+    print(f"{'method':<{name}} {'backbone imgs':>13} {'momentum imgs':>13} {'step ms':>9} {'floor ms':>9} "
+          f"{'overhead':>9} {'95% interval':>16} {'images/s':>9} {'peak MiB':>9} {'floor MiB':>9}")
     for r in rows:
-        print(f"{r['method']:<8} {r['backbone_images']:>13} {r['step_ms']:>9.1f} {r['floor_ms']:>9.1f} "
+        print(f"{r['method']:<{name}} {r['backbone_images']:>13} {r['momentum_images']:>13} {r['step_ms']:>9.1f} "
+              f"{r['floor_ms']:>9.1f} "
               f"{r['overhead']:>8.1%} {spread(r):>16} {r['images_per_s']:>9.0f} {r['peak_mib']:>9.1f} "
               f"{r['floor_peak_mib']:>9.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"device": str(device), "threads": torch.get_num_threads(),
-                                    "switches": asdict(switches), "rows": rows}, indent=1) + "\n")
+                                    "switches": asdict(switches), "overrides": overrides, "rows": rows},
+                                   indent=1) + "\n")
     print(f"written: {args.out}")

@@ -38,6 +38,11 @@ class BackboneCall:
     def images(self) -> int:
         return len(self.args[0]) if self.args and isinstance(self.args[0], torch.Tensor) else 0
 
+    @property
+    def shape(self) -> list[int]:
+        """The shape of the call's input batch (empty where its first argument is not a tensor)."""
+        return list(self.args[0].shape) if self.images else []
+
 
 def _detached(value: Any) -> Any:
     if isinstance(value, torch.Tensor):

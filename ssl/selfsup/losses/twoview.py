@@ -50,10 +50,16 @@ def moco_v3_loss(query1: torch.Tensor, query2: torch.Tensor, key1: torch.Tensor,
     return moco_v3_contrast(query1, key2, temperature) + moco_v3_contrast(query2, key1, temperature)
 
 
-def off_diagonal(m: torch.Tensor) -> torch.Tensor:
-    """The off-diagonal entries of a square matrix, flattened."""
-    n = m.shape[0]
-    return m.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+def cross_squares(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``||a^T b||_F^2``, the sum of all squares of the D x D product of two (N, D) matrices, through the cheaper of
+    that product (N D^2 multiply-adds) and the N x N Gram matrices, ``<a a^T, b b^T>`` (traces commute; 2 N^2 D,
+    N^2 D where ``b is a``): with a batch narrower than the projection, the D x D matrix is never formed."""
+    n, d = a.shape
+    if b is a and n < d:
+        return (a @ a.T).pow(2).sum()
+    if b is not a and 2 * n < d:
+        return ((a @ a.T) * (b @ b.T)).sum()
+    return (a.T @ b).pow(2).sum()
 
 
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051, eps: float = 1e-5
@@ -67,12 +73,15 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.0051,
     Both views are gathered with gradient, so the normalisation statistics and C are the global batch's and
     every rank computes the same L; the gather's backward sums over ranks, so after DDP's averaging each
     parameter gets exactly the single-process gradient (the official code all-reduces C without gradient,
-    which leaves each GPU 1/world of it). The price: every rank multiplies the full N x D matrices.
+    which leaves each GPU 1/world of it). The price: every rank multiplies the full N x D matrices, through the
+    cheaper of C and the N x N Gram matrices (``cross_squares``).
     """
     with torch.autocast(z1.device.type, enabled=False):
         a, b = (F.batch_norm(gather(z.float()), None, None, training=True, eps=eps) for z in (z1, z2))
-        c = a.T @ b / len(a)
-        return (1 - c.diagonal()).pow(2).sum() + lambd * off_diagonal(c).pow(2).sum()
+        n = len(a)
+        on = (a * b).sum(0) / n  # C_ii
+        off = cross_squares(a, b) / n**2 - on.pow(2).sum()  # sum_{i != j} C_ij^2
+        return (1 - on).pow(2).sum() + lambd * off
 
 
 def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -92,8 +101,9 @@ def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torc
         variance = covariance = z1.new_zeros(())
         for z in (gather(z1), gather(z2)):
             z = z - z.mean(0)
-            variance = variance + F.relu(1 - torch.sqrt(z.var(0) + 1e-4)).mean() / 2
-            cov = z.T @ z / (len(z) - 1)
-            covariance = covariance + off_diagonal(cov).pow(2).sum() / z.shape[1]
+            n, d = z.shape
+            var = z.pow(2).sum(0) / (n - 1)  # Cov's diagonal
+            variance = variance + F.relu(1 - torch.sqrt(var + 1e-4)).mean() / 2
+            covariance = covariance + (cross_squares(z, z) / (n - 1) ** 2 - var.pow(2).sum()) / d
         return invariance, variance, covariance
 
