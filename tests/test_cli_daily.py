@@ -115,7 +115,8 @@ def test_fit_prints_its_folder_a_summary_and_a_line_every_n_steps_without_bar_fr
     out = proc.stdout.splitlines()
     assert out[0] == "run folder: runs/my-digits/version_0"
     assert out[1].startswith("SimCLR | backbone resnet18(cifar_stem=True, width=4), 0.05M params | "
-                             "data builtin:mnist5k | 4 steps, 1 epoch(s), batch 32 x 1 device(s), 1 CPU thread(s)")
+                             "data builtin:mnist5k (views 28 px, eval 28 of 28 px) | 4 steps, 1 epoch(s), "
+                             "batch 32 x 1 device(s), 1 CPU thread(s)")
     steps = [line for line in out if line.startswith("epoch 0  step ")]
     assert [line.split()[3] for line in steps] == ["2/4", "4/4"]
     assert re.fullmatch(r"epoch 0  step 4/4  loss \d+\.\d{4}  lr [\d.e-]+  \d+ images/s  data_wait \d+%  "

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from selfsup.errors import ConfigError
+from selfsup.moved import renamed
 from selfsup.signatures import nearest, parameters, subclasses
 
 # Model arguments the CLI links from the data, and where their value comes from.
@@ -177,6 +178,8 @@ def check_option_names(args: list[str]) -> None:
         group, name = path[:-1], path[-1]
         known = parameters(classes[group]) if classes.get(group) else None
         if known is not None and name not in known and name != "help":  # --model.help SimCLR: jsonargparse's
+            if renamed(name):
+                raise ConfigError(renamed(name))
             raise ConfigError(f"{flag}: {classes[group]} has no option {name!r}{nearest(name, known)}; "
                               f"selfsup fit -c CONFIG --print_config lists every option")
 

@@ -20,12 +20,18 @@ MOVED = {f"selfsup.{name}": f"selfsup.training.{name}" for name in (
 RENAMED_OPTIONS = {"final_weight_decay": "weight_decay_end"}  # I-JEPA's, now every method's (SSLMethod)
 
 
+def renamed(old: str) -> str | None:
+    """The one line for option ``old`` if it was renamed; None for any other."""
+    if old not in RENAMED_OPTIONS:
+        return None
+    return f"model option {old} is now called {RENAMED_OPTIONS[old]}; rename it in the config (or on the command line)"
+
+
 def renamed_option(message: str) -> str | None:
     """The one line for a parse error (``message``) about an option that was renamed; None for any other."""
     for old in re.findall(r"Option '(\w+)' is not accepted", message):
         if old in RENAMED_OPTIONS:
-            return (f"model option {old} is now called {RENAMED_OPTIONS[old]}; rename it in the config (or on the "
-                    "command line)")
+            return renamed(old)
     return None
 
 
