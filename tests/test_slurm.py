@@ -94,7 +94,8 @@ def pretrain(cwd: Path, *overrides: str, tasks: int = 2, **extra: str) -> str:
 
 
 def test_pretrain_runs_as_two_ddp_ranks(tmp_path, mnist5k):
-    job = pretrain(tmp_path, "--trainer.max_steps", "6", "--trainer.limit_train_batches", "3")
+    # --verbose: Lightning's lines, which name each rank's place in the process group, are hidden without it
+    job = pretrain(tmp_path, "--trainer.max_steps", "6", "--trainer.limit_train_batches", "3", "--verbose")
     wait_done(job)
     out = (tmp_path / f"pretrain-{job}.out").read_text()
     assert job_info(job)["JobState"] == "COMPLETED", out[-3000:]
