@@ -198,6 +198,20 @@ def test_step_on_a_batch_of_two_views(cls):
     assert model.backbone.conv1.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("cls", list(HEADS))
+def test_joint_forward_normalises_both_views_as_one_batch(cls):
+    torch.manual_seed(0)
+    model = cls(**HEADS[cls], **SMALL, joint_forward=True)
+    views = fake_batch()["views"]
+    (f1, z1), (f2, z2) = model.per_view(views, model.backbone, model.projector)
+    joint = model.projector(model.backbone(torch.cat(views)))
+    torch.testing.assert_close(torch.cat([z1, z2]), joint)
+    model.joint_forward = False
+    (g1, y1), _ = model.per_view(views, model.backbone, model.projector)
+    torch.testing.assert_close(y1, model.projector(model.backbone(views[0])))
+    assert not torch.allclose(y1, z1)  # batch statistics over one view, not over both
+
+
 # ---- the asymmetric views ------------------------------------------------------------------------------------
 
 

@@ -42,5 +42,5 @@ class BarlowTwins(TwoViews, SSLMethod):
         self.lambd, self.no_decay_lr_scale = lambd, no_decay_lr_scale
 
     def ssl_step(self, batch: dict[str, Any]) -> StepOutput:
-        (f1, z1), (_, z2) = self.per_view(batch["views"], self.projector)
+        (f1, z1), (_, z2) = self.per_view(batch["views"], self.backbone, self.projector)
         return StepOutput(loss=barlow_twins_loss(z1, z2, self.lambd), features=f1, embeddings=z1)

@@ -44,7 +44,7 @@ class VICReg(TwoViews, SSLMethod):
         self.weights = (invariance_weight, variance_weight, covariance_weight)
 
     def ssl_step(self, batch: dict[str, Any]) -> StepOutput:
-        (f1, z1), (_, z2) = self.per_view(batch["views"], self.projector)
+        (f1, z1), (_, z2) = self.per_view(batch["views"], self.backbone, self.projector)
         terms = vicreg_terms(z1, z2)
         loss = sum(w * t for w, t in zip(self.weights, terms))
         logs = {f"train/{name}": t.detach() for name, t in zip(("invariance", "variance", "covariance"), terms)}
